@@ -1,0 +1,158 @@
+//! Prometheus metrics of the store. Every label has a bounded set of values: route templates
+//! (never raw paths), status codes, and fixed outcome names.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum IntrospectOutcome {
+    Active,
+    Unknown,
+    Revoked,
+    Expired,
+    Malformed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: IntrospectOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    /// The cache was off or untrusted; the database answered.
+    Bypass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: CacheResult,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily,
+    introspections: Family<OutcomeLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
+    cache_trusted: Gauge,
+    usage_flush_failures: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("loop_store");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route template, method and status",
+            requests.clone(),
+        );
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template",
+            latency.clone(),
+        );
+        let introspections = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "introspections",
+            "Introspection answers by outcome",
+            introspections.clone(),
+        );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "introspection_cache",
+            "Introspection cache lookups by result",
+            cache.clone(),
+        );
+        let cache_trusted = Gauge::default();
+        registry.register(
+            "introspection_cache_trusted",
+            "1 when the cache may answer, 0 while changes by other processes could be missed",
+            cache_trusted.clone(),
+        );
+        let usage_flush_failures = Counter::default();
+        registry.register(
+            "usage_flush_failures",
+            "Failed writes of coalesced usage figures",
+            usage_flush_failures.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            requests,
+            latency,
+            introspections,
+            cache,
+            cache_trusted,
+            usage_flush_failures,
+        })
+    }
+
+    pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn introspection(&self, outcome: IntrospectOutcome) {
+        self.introspections
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn cache(&self, result: CacheResult) {
+        self.cache.get_or_create(&CacheLabels { result }).inc();
+    }
+
+    pub fn set_cache_trusted(&self, trusted: bool) {
+        self.cache_trusted.set(i64::from(trusted));
+    }
+
+    pub fn usage_flush_failed(&self) {
+        self.usage_flush_failures.inc();
+    }
+
+    /// OpenMetrics text.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

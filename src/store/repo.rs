@@ -1,0 +1,553 @@
+//! Storage: the [`Repository`] trait and its SQLite and PostgreSQL implementations.
+//!
+//! I/O module. Both backends run the same SQL (runtime-checked queries; `$n` placeholders work
+//! in both dialects, timestamps are BIGINT milliseconds), generated once by a macro so the two
+//! cannot drift; what differs lives in each backend's small inherent impl:
+//! - SQLite takes the write lock up front (`BEGIN IMMEDIATE`) so concurrent writers queue on
+//!   the busy timeout instead of failing on a lock upgrade;
+//! - PostgreSQL announces every change to a token with `pg_notify` inside the writing
+//!   transaction, so other store processes drop their cached answer the moment it commits.
+//!
+//! Migrations are per backend (`migrations/sqlite`, `migrations/postgres`) and run at start-up.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::model::{ListFilter, NewToken, Owner, TokenId, TokenPatch, TokenRecord};
+use super::scopes::ScopeSet;
+use crate::token::TokenHash;
+
+/// The PostgreSQL channel on which every change to a token is announced (payload: its hash).
+pub const NOTIFY_CHANNEL: &str = "loop_store_tokens";
+
+/// A storage failure, split by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The database cannot be reached (connection refused, pool timed out, ...): retry later.
+    #[error("the token database is unreachable")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database answered with an error.
+    #[error("the token database refused the operation")]
+    Database(#[source] sqlx::Error),
+    /// A row does not hold what the schema promises.
+    #[error("a stored token row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for RepoError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => RepoError::Unavailable(e),
+            other => RepoError::Database(other),
+        }
+    }
+}
+
+/// Why a registration cannot be accepted as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// The id is registered with another hash.
+    DifferentHash,
+    /// The hash is registered under another id.
+    HashTaken,
+    /// The id belongs to another owner.
+    DifferentOwner,
+    /// The id was revoked; revoked registrations are audit records and never come back.
+    Revoked,
+}
+
+impl Conflict {
+    pub fn message(self) -> &'static str {
+        match self {
+            Conflict::DifferentHash => {
+                "this token id is already registered with a different token hash"
+            }
+            Conflict::HashTaken => "this token hash is already registered under another id",
+            Conflict::DifferentOwner => "this token id is already registered by a different owner",
+            Conflict::Revoked => {
+                "this token id was revoked; revoked registrations cannot be changed or re-registered"
+            }
+        }
+    }
+}
+
+/// The result of [`Repository::register`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// A new registration.
+    Created(TokenRecord),
+    /// The same id and hash were already registered; name, scopes and expiry now match the
+    /// request.
+    Existing(TokenRecord),
+    Conflict(Conflict),
+}
+
+/// The result of [`Repository::update`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Updated {
+    Updated(Box<TokenRecord>),
+    NotFound,
+    Revoked,
+}
+
+/// Usage of one token since the last flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub id: TokenId,
+    pub count: i64,
+    pub last_used_at_ms: i64,
+}
+
+/// Token storage. Every method is one transaction.
+#[async_trait]
+pub trait Repository: Send + Sync + 'static {
+    /// Register a token (idempotent for the same id and hash).
+    async fn register(&self, new: &NewToken, now_ms: i64) -> Result<Registered, RepoError>;
+    /// Change name, scopes or expiry of an unrevoked token.
+    async fn update(
+        &self,
+        id: &TokenId,
+        patch: &TokenPatch,
+        now_ms: i64,
+    ) -> Result<Updated, RepoError>;
+    /// Revoke (idempotent). `None` when the id is unknown.
+    async fn revoke(&self, id: &TokenId, now_ms: i64) -> Result<Option<TokenRecord>, RepoError>;
+    async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, RepoError>;
+    async fn list(&self, filter: &ListFilter, now_ms: i64) -> Result<Vec<TokenRecord>, RepoError>;
+    /// Find a registration by the hash of a presented token (introspection).
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, RepoError>;
+    /// Add coalesced usage figures.
+    async fn record_usage(&self, usage: &[UsageDelta]) -> Result<(), RepoError>;
+    /// Is the database reachable.
+    async fn ping(&self) -> Result<(), RepoError>;
+    /// Backend name for logs and metrics: `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+}
+
+macro_rules! columns {
+    () => {
+        "id, hash, name, scopes, owner_cluster, owner_namespace, owner_name, owner_uid, \
+         created_at, updated_at, expires_at, revoked_at, last_used_at, use_count"
+    };
+}
+
+const SQL_INSERT: &str = "INSERT INTO tokens (id, hash, name, scopes, owner_cluster, owner_namespace, \
+     owner_name, owner_uid, created_at, updated_at, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) ON CONFLICT DO NOTHING";
+const SQL_BY_ID: &str = concat!("SELECT ", columns!(), " FROM tokens WHERE id = $1");
+const SQL_BY_HASH: &str = concat!("SELECT ", columns!(), " FROM tokens WHERE hash = $1");
+const SQL_RESET: &str = concat!(
+    "UPDATE tokens SET name = $2, scopes = $3, expires_at = $4, updated_at = $5 WHERE id = $1 RETURNING ",
+    columns!()
+);
+const SQL_PATCH: &str = concat!(
+    "UPDATE tokens SET name = COALESCE($2, name), scopes = COALESCE($3, scopes), \
+     expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, updated_at = $6 \
+     WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+    columns!()
+);
+const SQL_REVOKE: &str = concat!(
+    "UPDATE tokens SET revoked_at = $2, updated_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+    columns!()
+);
+const SQL_LIST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM tokens WHERE ($1 IS NULL OR owner_uid = $1) AND ($2 IS NULL OR owner_namespace = $2) \
+     AND ($3 IS NULL OR $3 = (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $4))) \
+     AND ($5 IS NULL OR id > $5) ORDER BY id LIMIT $6"
+);
+const SQL_USAGE: &str = "UPDATE tokens SET use_count = use_count + $2, \
+     last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 THEN $3 ELSE last_used_at END \
+     WHERE id = $1";
+
+/// Implements [`Repository`] for a backend type with a `pool` field, an inherent
+/// `begin_write()` and an inherent `announce(tx, hash)`.
+macro_rules! sql_repository {
+    ($repo:ty, $row:ty, $name:literal) => {
+        impl $repo {
+            fn to_record(row: &$row) -> Result<TokenRecord, RepoError> {
+                use sqlx::Row;
+                let text = |c: &str| {
+                    row.try_get::<String, _>(c)
+                        .map_err(|e| RepoError::Corrupt(e.to_string()))
+                };
+                let int = |c: &str| {
+                    row.try_get::<i64, _>(c)
+                        .map_err(|e| RepoError::Corrupt(e.to_string()))
+                };
+                let opt = |c: &str| {
+                    row.try_get::<Option<i64>, _>(c)
+                        .map_err(|e| RepoError::Corrupt(e.to_string()))
+                };
+                let id = text("id")?;
+                Ok(TokenRecord {
+                    id: TokenId::parse(&id).map_err(|e| RepoError::Corrupt(e.to_string()))?,
+                    hash: TokenHash::from_str(&text("hash")?)
+                        .map_err(|e| RepoError::Corrupt(e.to_string()))?,
+                    name: text("name")?,
+                    scopes: ScopeSet::from_joined(&text("scopes")?)
+                        .map_err(|e| RepoError::Corrupt(e.to_string()))?,
+                    owner: Owner {
+                        cluster: text("owner_cluster")?,
+                        namespace: text("owner_namespace")?,
+                        name: text("owner_name")?,
+                        uid: text("owner_uid")?,
+                    },
+                    created_at_ms: int("created_at")?,
+                    updated_at_ms: int("updated_at")?,
+                    expires_at_ms: opt("expires_at")?,
+                    revoked_at_ms: opt("revoked_at")?,
+                    last_used_at_ms: opt("last_used_at")?,
+                    use_count: int("use_count")?,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl Repository for $repo {
+            async fn register(&self, new: &NewToken, now_ms: i64) -> Result<Registered, RepoError> {
+                let mut tx = self.begin_write().await?;
+                let inserted = sqlx::query(SQL_INSERT)
+                    .bind(new.id.as_str())
+                    .bind(new.hash.as_str())
+                    .bind(&new.name)
+                    .bind(new.scopes.joined())
+                    .bind(&new.owner.cluster)
+                    .bind(&new.owner.namespace)
+                    .bind(&new.owner.name)
+                    .bind(&new.owner.uid)
+                    .bind(now_ms)
+                    .bind(new.expires_at_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let existing = sqlx::query(SQL_BY_ID)
+                    .bind(new.id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = existing else {
+                    // Not inserted and no such id: the hash belongs to another id.
+                    return Ok(Registered::Conflict(Conflict::HashTaken));
+                };
+                let current = Self::to_record(&row)?;
+                if inserted == 1 {
+                    Self::announce(&mut tx, &new.hash).await?;
+                    tx.commit().await?;
+                    return Ok(Registered::Created(current));
+                }
+                let conflict = if current.hash != new.hash {
+                    Some(Conflict::DifferentHash)
+                } else if current.owner != new.owner {
+                    Some(Conflict::DifferentOwner)
+                } else if current.revoked_at_ms.is_some() {
+                    Some(Conflict::Revoked)
+                } else {
+                    None
+                };
+                if let Some(c) = conflict {
+                    return Ok(Registered::Conflict(c));
+                }
+                if current.name == new.name
+                    && current.scopes == new.scopes
+                    && current.expires_at_ms == new.expires_at_ms
+                {
+                    return Ok(Registered::Existing(current));
+                }
+                let row = sqlx::query(SQL_RESET)
+                    .bind(new.id.as_str())
+                    .bind(&new.name)
+                    .bind(new.scopes.joined())
+                    .bind(new.expires_at_ms)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let updated = Self::to_record(&row)?;
+                Self::announce(&mut tx, &new.hash).await?;
+                tx.commit().await?;
+                Ok(Registered::Existing(updated))
+            }
+
+            async fn update(
+                &self,
+                id: &TokenId,
+                patch: &TokenPatch,
+                now_ms: i64,
+            ) -> Result<Updated, RepoError> {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(SQL_PATCH)
+                    .bind(id.as_str())
+                    .bind(patch.name.as_deref())
+                    .bind(patch.scopes.as_ref().map(ScopeSet::joined))
+                    .bind(patch.expires_at_ms.is_some())
+                    .bind(patch.expires_at_ms.flatten())
+                    .bind(now_ms)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match row {
+                    Some(row) => {
+                        let rec = Self::to_record(&row)?;
+                        Self::announce(&mut tx, &rec.hash).await?;
+                        tx.commit().await?;
+                        Ok(Updated::Updated(Box::new(rec)))
+                    }
+                    None => {
+                        let exists = sqlx::query(SQL_BY_ID)
+                            .bind(id.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        Ok(if exists.is_some() {
+                            Updated::Revoked
+                        } else {
+                            Updated::NotFound
+                        })
+                    }
+                }
+            }
+
+            async fn revoke(
+                &self,
+                id: &TokenId,
+                now_ms: i64,
+            ) -> Result<Option<TokenRecord>, RepoError> {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(SQL_REVOKE)
+                    .bind(id.as_str())
+                    .bind(now_ms)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(row) = row {
+                    let rec = Self::to_record(&row)?;
+                    Self::announce(&mut tx, &rec.hash).await?;
+                    tx.commit().await?;
+                    return Ok(Some(rec));
+                }
+                let row = sqlx::query(SQL_BY_ID)
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                row.as_ref().map(Self::to_record).transpose()
+            }
+
+            async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, RepoError> {
+                let row = sqlx::query(SQL_BY_ID)
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::to_record).transpose()
+            }
+
+            async fn list(
+                &self,
+                f: &ListFilter,
+                now_ms: i64,
+            ) -> Result<Vec<TokenRecord>, RepoError> {
+                let rows = sqlx::query(SQL_LIST)
+                    .bind(f.owner_uid.as_deref())
+                    .bind(f.namespace.as_deref())
+                    .bind(f.active)
+                    .bind(now_ms)
+                    .bind(f.after.as_deref())
+                    .bind(i64::from(f.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::to_record).collect()
+            }
+
+            async fn find_by_hash(
+                &self,
+                hash: &TokenHash,
+            ) -> Result<Option<TokenRecord>, RepoError> {
+                let row = sqlx::query(SQL_BY_HASH)
+                    .bind(hash.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::to_record).transpose()
+            }
+
+            async fn record_usage(&self, usage: &[UsageDelta]) -> Result<(), RepoError> {
+                if usage.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for u in usage {
+                    sqlx::query(SQL_USAGE)
+                        .bind(u.id.as_str())
+                        .bind(u.count)
+                        .bind(u.last_used_at_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> Result<(), RepoError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            fn backend(&self) -> &'static str {
+                $name
+            }
+        }
+    };
+}
+
+/// Connection settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the store answers 503.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Opening a database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unsupported database URL scheme (use sqlite://PATH or postgres://...)")]
+    Scheme,
+    #[error("invalid database URL")]
+    Url(#[source] sqlx::Error),
+    #[error("cannot connect to the database")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply the database migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// SQLite: one file, one store process.
+#[derive(Debug, Clone)]
+pub struct SqliteRepo {
+    pool: SqlitePool,
+}
+
+impl SqliteRepo {
+    pub async fn open(url: &str, settings: &PoolSettings) -> Result<Self, OpenError> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(OpenError::Url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(opts)
+            .await
+            .map_err(OpenError::Connect)?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(OpenError::Migrate)?;
+        Ok(SqliteRepo { pool })
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn announce(
+        _tx: &mut sqlx::SqliteConnection,
+        _hash: &TokenHash,
+    ) -> Result<(), sqlx::Error> {
+        // One process per SQLite file: the local cache is invalidated by the caller.
+        Ok(())
+    }
+}
+
+sql_repository!(SqliteRepo, sqlx::sqlite::SqliteRow, "sqlite");
+
+/// PostgreSQL: shared by several store processes.
+#[derive(Debug, Clone)]
+pub struct PostgresRepo {
+    pool: PgPool,
+}
+
+impl PostgresRepo {
+    pub async fn open(url: &str, settings: &PoolSettings) -> Result<Self, OpenError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(OpenError::Url)?
+            .application_name("loop-store");
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(opts)
+            .await
+            .map_err(OpenError::Connect)?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(OpenError::Migrate)?;
+        Ok(PostgresRepo { pool })
+    }
+
+    /// The pool, for the change listener.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    async fn announce(tx: &mut sqlx::PgConnection, hash: &TokenHash) -> Result<(), sqlx::Error> {
+        // Delivered to every listener when the transaction commits, and only then.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(hash.as_str())
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+sql_repository!(PostgresRepo, sqlx::postgres::PgRow, "postgres");
+
+/// An opened database: the repository, plus the PostgreSQL pool when other store processes may
+/// share it (the caller then listens for their changes).
+pub struct Opened {
+    pub repo: Arc<dyn Repository>,
+    pub postgres: Option<PgPool>,
+}
+
+/// Open the database named by a URL: `sqlite://PATH` or `postgres://...`.
+pub async fn open(url: &str, settings: &PoolSettings) -> Result<Opened, OpenError> {
+    if url.starts_with("sqlite:") {
+        let repo = SqliteRepo::open(url, settings).await?;
+        Ok(Opened {
+            repo: Arc::new(repo),
+            postgres: None,
+        })
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let repo = PostgresRepo::open(url, settings).await?;
+        let pool = repo.pool().clone();
+        Ok(Opened {
+            repo: Arc::new(repo),
+            postgres: Some(pool),
+        })
+    } else {
+        Err(OpenError::Scheme)
+    }
+}

@@ -1,0 +1,395 @@
+//! `loop-store serve`: configuration, start-up, background tasks and graceful shutdown.
+//!
+//! I/O shell: reads credential and scope files, opens the database, listens for changes by other
+//! store processes (PostgreSQL), flushes usage, serves HTTP until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::watch;
+
+use super::cache::{Cache, Introspector};
+use super::http::{self, AppState, Clock, Credential, Credentials};
+use super::metrics::Metrics;
+use super::repo::{self, NOTIFY_CHANNEL, PoolSettings, Repository};
+use super::scopes::{Catalogue, CatalogueError};
+use super::usage::Usage;
+use crate::token::TokenHash;
+
+/// Shortest credential accepted.
+pub const MIN_CREDENTIAL_LEN: usize = 16;
+
+/// Everything `serve` needs, already parsed (the binary maps flags and env onto this).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub introspect_token_file: Option<PathBuf>,
+    pub admin_token_env: Option<String>,
+    pub introspect_token_env: Option<String>,
+    pub scopes_file: Option<PathBuf>,
+    pub usage_flush_interval: Duration,
+    pub pool: PoolSettings,
+    pub introspection_cache: bool,
+}
+
+/// Why the store cannot start. Messages say what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "no {role} credential: pass --{flag}-token-file PATH (a file holding the secret) or set {env} (for local use); `loop-store generate-credential` makes one"
+    )]
+    MissingCredential {
+        role: &'static str,
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error("cannot read the {role} credential file {path}")]
+    CredentialFile {
+        role: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the {role} credential is shorter than {MIN_CREDENTIAL_LEN} characters; use `loop-store generate-credential`"
+    )]
+    WeakCredential { role: &'static str },
+    #[error(
+        "the admin and introspection credentials are the same; they must differ so that Loop's API cannot manage tokens"
+    )]
+    SameCredentials,
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {url}")]
+    Database {
+        url: String,
+        #[source]
+        source: repo::OpenError,
+    },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+fn credential(
+    role: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    file: Option<&Path>,
+    from_env: Option<&str>,
+) -> Result<Credential, StartError> {
+    let secret = match (file, from_env) {
+        (Some(path), _) => {
+            std::fs::read_to_string(path).map_err(|source| StartError::CredentialFile {
+                role,
+                path: path.display().to_string(),
+                source,
+            })?
+        }
+        (None, Some(v)) => v.to_owned(),
+        (None, None) => return Err(StartError::MissingCredential { role, flag, env }),
+    };
+    let secret = secret.trim();
+    if secret.len() < MIN_CREDENTIAL_LEN {
+        return Err(StartError::WeakCredential { role });
+    }
+    Ok(Credential::new(secret))
+}
+
+/// Resolve both credentials from files or env.
+pub fn credentials(cfg: &ServeConfig) -> Result<Credentials, StartError> {
+    let admin = credential(
+        "admin",
+        "admin",
+        "LOOP_STORE_ADMIN_TOKEN",
+        cfg.admin_token_file.as_deref(),
+        cfg.admin_token_env.as_deref(),
+    )?;
+    let introspect = credential(
+        "introspection",
+        "introspect",
+        "LOOP_STORE_INTROSPECT_TOKEN",
+        cfg.introspect_token_file.as_deref(),
+        cfg.introspect_token_env.as_deref(),
+    )?;
+    let creds = Credentials { admin, introspect };
+    if same(&creds) {
+        return Err(StartError::SameCredentials);
+    }
+    Ok(creds)
+}
+
+fn same(c: &Credentials) -> bool {
+    c.admin.digest() == c.introspect.digest()
+}
+
+/// The database URL: the flag, or a SQLite file in the data directory (created when absent).
+pub fn database_url(cfg: &ServeConfig) -> Result<String, StartError> {
+    if let Some(url) = &cfg.database_url {
+        return Ok(url.clone());
+    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
+    Ok(format!(
+        "sqlite://{}",
+        cfg.data_dir.join("loop-store.db").display()
+    ))
+}
+
+/// Hide the password of a database URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A running store, for tests and the binary.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), StartError>>,
+}
+
+impl Running {
+    /// Stop accepting, finish in-flight requests, flush usage.
+    pub async fn stop(self) -> Result<(), StartError> {
+        let _ = self.shutdown.send(true);
+        match self.task.await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Start the store; returns once it is listening.
+pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError> {
+    let credentials = credentials(&cfg)?;
+    let catalogue = match &cfg.scopes_file {
+        Some(p) => Catalogue::load(p)?,
+        None => Catalogue::default(),
+    };
+    let url = database_url(&cfg)?;
+    let opened = repo::open(&url, &cfg.pool)
+        .await
+        .map_err(|source| StartError::Database {
+            url: redact_url(&url),
+            source,
+        })?;
+    let repo = opened.repo;
+    let metrics = Metrics::new();
+    let usage = Arc::new(Usage::default());
+    // A SQLite file has one writer, this process: its cache is trusted from the start. With
+    // PostgreSQL the cache is trusted only while the change listener is connected.
+    let cache = Arc::new(Cache::new(opened.postgres.is_none()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(pool) = opened.postgres.clone() {
+        let connected = spawn_change_listener(pool, Arc::clone(&cache), shutdown_rx.clone());
+        // Serve once the first subscription is in place (or after 10 s, reading the database).
+        let _ = tokio::time::timeout(Duration::from_secs(10), connected).await;
+    }
+    let introspector = Arc::new(Introspector::new(
+        Arc::clone(&repo),
+        Arc::clone(&cache),
+        Arc::clone(&usage),
+        Arc::clone(&metrics),
+        cfg.introspection_cache,
+    ));
+    let state = AppState {
+        repo: Arc::clone(&repo),
+        introspector,
+        catalogue: Arc::new(catalogue),
+        credentials: Arc::new(credentials),
+        metrics: Arc::clone(&metrics),
+        clock,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let flusher = spawn_usage_flusher(
+        Arc::clone(&usage),
+        Arc::clone(&repo),
+        Arc::clone(&metrics),
+        cfg.usage_flush_interval,
+        shutdown_rx.clone(),
+    );
+    tracing::info!(%addr, backend = repo.backend(), database = %redact_url(&url), cache = cfg.introspection_cache, "listening");
+    let app = http::app(state);
+    let mut rx = shutdown_rx;
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+            .map_err(StartError::Serve);
+        let _ = flusher.await;
+        served
+    });
+    Ok(Running {
+        addr,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+/// Run until SIGTERM or Ctrl-C.
+pub async fn serve(cfg: ServeConfig) -> Result<(), StartError> {
+    let running = start(cfg, http::system_clock()).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests and flushing usage");
+    running.stop().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+fn spawn_usage_flusher(
+    usage: Arc<Usage>,
+    repo: Arc<dyn Repository>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.wait_for(|s| *s) => true,
+            };
+            if let Err(e) = usage.flush(repo.as_ref()).await {
+                metrics.usage_flush_failed();
+                tracing::warn!(error = %e, pending = usage.pending(), "could not write usage figures; keeping them for the next flush");
+            }
+            if stopping {
+                break;
+            }
+        }
+    })
+}
+
+/// Listen for changes by other store processes. Resolves the returned receiver once the first
+/// subscription is in place.
+fn spawn_change_listener(
+    pool: PgPool,
+    cache: Arc<Cache>,
+    mut shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> {
+    let (connected_tx, mut connected_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let listener = async {
+                let mut l = PgListener::connect_with(&pool).await?;
+                l.listen(NOTIFY_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = tokio::select! {
+                r = listener => r,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match listener.as_mut() {
+                Ok(l) => {
+                    // Changes made while we were not listening are unknown: start afresh.
+                    cache.reset(true);
+                    let _ = connected_tx.send(true);
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(
+                        channel = NOTIFY_CHANNEL,
+                        "listening for token changes by other store processes"
+                    );
+                    loop {
+                        let next = tokio::select! {
+                            n = l.try_recv() => n,
+                            _ = shutdown.wait_for(|s| *s) => return,
+                        };
+                        match next {
+                            Ok(Some(n)) => match n.payload().parse::<TokenHash>() {
+                                Ok(h) => cache.invalidate(&h),
+                                Err(_) => cache.reset(true),
+                            },
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                    cache.reset(false);
+                    tracing::warn!(
+                        "lost the change listener connection; introspection reads the database until it is back"
+                    );
+                }
+                Err(e) => {
+                    cache.reset(false);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot listen for token changes");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {},
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+    async move {
+        let _ = connected_rx.wait_for(|c| *c).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://x/y.db"), "sqlite://x/y.db");
+    }
+}
