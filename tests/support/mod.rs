@@ -1,0 +1,247 @@
+//! Test support for integration tests against real services.
+//!
+//! - [`control_plane`]: the local Kubernetes control plane (`scripts/dev-cluster up`, idempotent
+//!   and locked, so any test binary may call it), a client and a `kubectl` for it;
+//! - [`with_namespace`]: runs a test body in a fresh namespace, dumps the namespace's objects,
+//!   events and the API server's log tail when the body panics, and deletes the namespace;
+//! - [`postgres`]: a fresh PostgreSQL database per test on the local server
+//!   (`scripts/dev-postgres up`).
+//!
+//! A missing service is a failure, never a skip: these tests are the proof.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, Config};
+use tokio::sync::OnceCell;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_script(script: &str, args: &[&str]) -> String {
+    let path = repo_root().join("scripts").join(script);
+    let out = Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{} {} failed:\n{}",
+        path.display(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The local control plane.
+#[derive(Clone)]
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub state_dir: PathBuf,
+    pub client: Client,
+}
+
+static CLUSTER: OnceCell<(PathBuf, PathBuf, PathBuf)> = OnceCell::const_new();
+
+/// Connect to the local control plane, starting it if needed.
+pub async fn control_plane() -> ControlPlane {
+    let (kubeconfig, kubectl, state_dir) = CLUSTER
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                run_script("dev-cluster", &["up"]);
+                let env = run_script("dev-cluster", &["env"]);
+                let kubeconfig = PathBuf::from(
+                    env.strip_prefix("export KUBECONFIG=")
+                        .unwrap_or_else(|| panic!("unexpected env line {env:?}")),
+                );
+                let kubectl = PathBuf::from(run_script("dev-cluster", &["bin", "kubectl"]));
+                let state_dir = kubeconfig
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                (kubeconfig, kubectl, state_dir)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("starting the control plane panicked: {e}"))
+        })
+        .await
+        .clone();
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+        .unwrap_or_else(|e| panic!("bad kubeconfig: {e}"));
+    let config = Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot load {}: {e}", kubeconfig.display()));
+    let client = Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a client: {e}"));
+    ControlPlane {
+        kubeconfig,
+        kubectl,
+        state_dir,
+        client,
+    }
+}
+
+impl ControlPlane {
+    /// Run kubectl against the control plane.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Run kubectl with `stdin` piped in (for `apply -f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig);
+        cmd.stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        });
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())
+                .unwrap_or_else(|e| panic!("kubectl stdin: {e}"));
+        }
+        child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("kubectl: {e}"))
+    }
+
+    /// Run kubectl and insist that it succeeds; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The last lines of a component's log (etcd, kube-apiserver, kube-controller-manager).
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        let path = self.state_dir.join("logs").join(format!("{component}.log"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Everything a human needs to understand a failed test in `ns`.
+    pub fn dump(&self, ns: &str) -> String {
+        let mut out = format!("===== diagnostics for namespace {ns} =====\n");
+        for args in [
+            vec![
+                "get",
+                "all,secrets,configmaps,leases",
+                "-n",
+                ns,
+                "-o",
+                "wide",
+                "--show-labels",
+            ],
+            vec!["get", "apitokens.loop.dev", "-n", ns, "-o", "yaml"],
+            vec!["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+        ] {
+            let o = self.kubectl(&args);
+            out.push_str(&format!(
+                "$ kubectl {}\n{}{}\n",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        for c in ["kube-apiserver", "kube-controller-manager"] {
+            out.push_str(&format!(
+                "----- last lines of {c} log -----\n{}\n",
+                self.log_tail(c, 20)
+            ));
+        }
+        out
+    }
+}
+
+/// A short random suffix for names.
+pub fn suffix() -> String {
+    let t = loop_token_operator::token::Token::mint().unwrap_or_else(|e| panic!("{e}"));
+    t.expose()[5..13].to_ascii_lowercase()
+}
+
+/// Run `body` in a fresh namespace named `<prefix>-<random>`; on panic, print diagnostics; in
+/// every case delete the namespace.
+pub async fn with_namespace<F, Fut>(prefix: &str, body: F)
+where
+    F: FnOnce(ControlPlane, String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let cp = control_plane().await;
+    let name = format!("{prefix}-{}", suffix());
+    let namespaces: Api<Namespace> = Api::all(cp.client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"loop.dev/test": "true"}}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+    let result = tokio::spawn(body(cp.clone(), name.clone())).await;
+    if result.is_err() {
+        eprintln!("{}", cp.dump(&name));
+    }
+    let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+    if let Err(e) = result {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("test body was cancelled: {e}"),
+        }
+    }
+}
+
+/// Wait for a future with a generous deadline, naming what was awaited on timeout.
+pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
+}
+
+static POSTGRES: OnceCell<String> = OnceCell::const_new();
+
+/// A fresh, empty PostgreSQL database on the local server; returns its URL.
+pub async fn postgres() -> String {
+    let admin_url = POSTGRES
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                run_script("dev-postgres", &["up"]);
+                run_script("dev-postgres", &["url"])
+            })
+            .await
+            .unwrap_or_else(|e| panic!("starting PostgreSQL panicked: {e}"))
+        })
+        .await
+        .clone();
+    let db = format!("t_{}", suffix());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot create database {db}: {e}"));
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b);
+    format!("{base}/{db}")
+}
