@@ -10,6 +10,8 @@
 //! A missing service is a failure, never a skip: these tests are the proof.
 #![allow(dead_code)]
 
+pub mod store;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -1,0 +1,338 @@
+//! `loop-store` as real processes: several on one PostgreSQL, a database outage, graceful
+//! shutdown, start-up errors, and a scan of every log line for token plaintext.
+
+mod support;
+
+use std::time::Instant;
+
+use loop_token_operator::token::Token;
+use reqwest::Method;
+use serde_json::json;
+use support::store::{ADMIN, Proxy, StoreProcess, eventually, sqlite_args, start_failure};
+
+fn pg_addr(url: &str) -> std::net::SocketAddr {
+    // postgres://postgres@127.0.0.1:PORT/db
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default();
+    host_port
+        .parse()
+        .unwrap_or_else(|e| panic!("bad url {url}: {e}"))
+}
+
+#[tokio::test]
+async fn changes_through_one_process_are_seen_at_once_by_another() {
+    let url = support::postgres().await;
+    let a = StoreProcess::start(&["--database-url", &url], &[]);
+    let b = StoreProcess::start(&["--database-url", &url], &[]);
+    let t = Token::mint().unwrap();
+    assert_eq!(
+        a.register("shared", t.hash().as_str(), &["orders:read"])
+            .await
+            .0,
+        201
+    );
+
+    // B answers, then answers again from its cache.
+    for _ in 0..3 {
+        let (s, v) = b.introspect(t.expose()).await;
+        assert_eq!((s, v["active"].as_bool()), (200, Some(true)), "{v}");
+    }
+    assert!(
+        b.metrics()
+            .await
+            .contains("loop_store_introspection_cache_total{result=\"Hit\"} 2")
+    );
+
+    // A scope edit through A reaches B's cache.
+    let (s, _) = a
+        .call(
+            Method::PATCH,
+            "/v1/tokens/shared",
+            Some(ADMIN),
+            Some(json!({"scopes": ["orders:write"]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    eventually(10, "B to see the new scopes", || async {
+        (b.introspect(t.expose()).await.1["scope"] == "orders:write").then_some(())
+    })
+    .await;
+
+    // Revocation through A: B stops answering active as soon as the notification lands.
+    let (s, _) = a
+        .call(Method::DELETE, "/v1/tokens/shared", Some(ADMIN), None)
+        .await;
+    assert_eq!(s, 200);
+    let revoked_at = Instant::now();
+    eventually(10, "B to see the revocation", || async {
+        (b.introspect(t.expose()).await.1 == json!({"active": false})).then_some(())
+    })
+    .await;
+    eprintln!(
+        "revocation visible through the other process after {:?}",
+        revoked_at.elapsed()
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            b.introspect(t.expose()).await.1,
+            json!({"active": false}),
+            "a revoked token stays inactive"
+        );
+    }
+
+    // A token B had looked up while unknown becomes active once A registers it.
+    let late = Token::mint().unwrap();
+    assert_eq!(
+        b.introspect(late.expose()).await.1,
+        json!({"active": false})
+    );
+    assert_eq!(
+        a.register("late", late.hash().as_str(), &["orders:read"])
+            .await
+            .0,
+        201
+    );
+    eventually(10, "B to see the new registration", || async {
+        (b.introspect(late.expose()).await.1["active"] == true).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_fails_closed_and_recovers_without_half_writes() {
+    let url = support::postgres().await;
+    let proxy = Proxy::start(pg_addr(&url)).await;
+    let proxied = url.replace(&pg_addr(&url).to_string(), &proxy.addr.to_string());
+    let s = StoreProcess::start(
+        &["--database-url", &proxied, "--db-acquire-timeout", "1s"],
+        &[],
+    );
+    let t = Token::mint().unwrap();
+    assert_eq!(
+        s.register("before", t.hash().as_str(), &["orders:read"])
+            .await
+            .0,
+        201
+    );
+    assert_eq!(s.introspect(t.expose()).await.1["active"], true);
+
+    proxy.cut();
+    assert_eq!(s.call(Method::GET, "/readyz", None, None).await.0, 503);
+    let (status, v) = s
+        .register(
+            "during",
+            Token::mint().unwrap().hash().as_str(),
+            &["orders:read"],
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (503, Some("store_unavailable")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nothing was changed")
+    );
+    // Revocations by other processes cannot be heard now: the cache stops answering, and
+    // introspection fails closed instead of vouching for a token it cannot check.
+    eventually(10, "the cache to be marked untrusted", || async {
+        s.metrics()
+            .await
+            .contains("loop_store_introspection_cache_trusted 0")
+            .then_some(())
+    })
+    .await;
+    let (status, v) = s.introspect(t.expose()).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"], "store_unavailable");
+
+    proxy.restore();
+    eventually(30, "readiness after the outage", || async {
+        (s.call(Method::GET, "/readyz", None, None).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(s.introspect(t.expose()).await.1["active"], true);
+    let (status, _) = s
+        .call(Method::GET, "/v1/tokens/during", Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        status, 404,
+        "the registration refused during the outage left nothing behind"
+    );
+    assert_eq!(
+        s.register(
+            "after",
+            Token::mint().unwrap().hash().as_str(),
+            &["orders:read"]
+        )
+        .await
+        .0,
+        201
+    );
+    eventually(30, "the change listener to reconnect", || async {
+        s.metrics()
+            .await
+            .contains("loop_store_introspection_cache_trusted 1")
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_usage_and_sqlite_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = sqlite_args(dir.path());
+    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    argv.extend(["--usage-flush-interval", "1h"]);
+    let s = StoreProcess::start(&argv, &[]);
+    let t = Token::mint().unwrap();
+    assert_eq!(
+        s.register("u", t.hash().as_str(), &["orders:read"]).await.0,
+        201
+    );
+    for _ in 0..3 {
+        assert_eq!(s.introspect(t.expose()).await.1["active"], true);
+    }
+    let status = s.terminate();
+    assert!(status.success(), "loop-store exited with {status}");
+
+    let again = StoreProcess::start(&argv, &[]);
+    let (_, v) = again
+        .call(Method::GET, "/v1/tokens/u", Some(ADMIN), None)
+        .await;
+    assert_eq!(v["useCount"], 3, "{v}");
+    assert!(v["lastUsedAt"].is_string());
+}
+
+#[test]
+fn start_up_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap_or_default();
+    let err = start_failure(&["--data-dir", d], &[]);
+    assert!(
+        err.contains("no admin credential") && err.contains("--admin-token-file"),
+        "{err}"
+    );
+    let err = start_failure(
+        &["--data-dir", d],
+        &[
+            ("LOOP_STORE_ADMIN_TOKEN", "short"),
+            ("LOOP_STORE_INTROSPECT_TOKEN", "introspect-credential-000"),
+        ],
+    );
+    assert!(err.contains("shorter than 16"), "{err}");
+    let same = "the-same-credential-for-both";
+    let err = start_failure(
+        &["--data-dir", d],
+        &[
+            ("LOOP_STORE_ADMIN_TOKEN", same),
+            ("LOOP_STORE_INTROSPECT_TOKEN", same),
+        ],
+    );
+    assert!(err.contains("must differ"), "{err}");
+    let err = start_failure(
+        &["--data-dir", d, "--database-url", "mysql://x"],
+        &[
+            ("LOOP_STORE_ADMIN_TOKEN", "admin-credential-000000"),
+            ("LOOP_STORE_INTROSPECT_TOKEN", "introspect-credential-000"),
+        ],
+    );
+    assert!(err.contains("unsupported database URL scheme"), "{err}");
+    let missing = dir.path().join("nope.json");
+    let err = start_failure(
+        &[
+            "--data-dir",
+            d,
+            "--scopes-file",
+            missing.to_str().unwrap_or_default(),
+        ],
+        &[
+            ("LOOP_STORE_ADMIN_TOKEN", "admin-credential-000000"),
+            ("LOOP_STORE_INTROSPECT_TOKEN", "introspect-credential-000"),
+        ],
+    );
+    assert!(err.contains("cannot read scopes file"), "{err}");
+}
+
+/// Promise 1 for the store: a full life of many tokens at debug level, and no log line holds
+/// any of them.
+#[tokio::test]
+async fn logs_never_contain_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = sqlite_args(dir.path());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = StoreProcess::start(&argv, &[("RUST_LOG", "trace")]);
+    let mut used = Vec::new();
+    for i in 0..5 {
+        let t = Token::mint().unwrap();
+        let id = format!("scan-{i}");
+        assert_eq!(
+            s.register(&id, t.hash().as_str(), &["orders:read"]).await.0,
+            201
+        );
+        assert_eq!(s.introspect(t.expose()).await.1["active"], true);
+        s.call(
+            Method::PATCH,
+            &format!("/v1/tokens/{id}"),
+            Some(ADMIN),
+            Some(json!({"scopes": ["orders:write"]})),
+        )
+        .await;
+        s.call(
+            Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+        assert_eq!(s.introspect(t.expose()).await.1["active"], false);
+        // Misuse: tokens where they do not belong, and tampered tokens.
+        s.call(
+            Method::POST,
+            "/v1/introspect",
+            Some(ADMIN),
+            Some(json!({"token": t.expose()})),
+        )
+        .await;
+        s.call(
+            Method::POST,
+            "/v1/introspect",
+            Some(t.expose()),
+            Some(json!({"token": t.expose()})),
+        )
+        .await;
+        s.call(
+            Method::POST,
+            "/v1/introspect",
+            Some(support::store::INTROSPECT),
+            Some(json!({"token": [t.expose()]})),
+        )
+        .await;
+        let mut tampered = t.expose().to_owned();
+        tampered.push('x');
+        s.introspect(&tampered).await;
+        used.push(t.expose().to_owned());
+    }
+    let logs = s.log_text();
+    s.terminate();
+    assert!(
+        logs.lines().count() > 20,
+        "expected a verbose log, got:\n{logs}"
+    );
+    for t in &used {
+        // The whole token, and any 16-character window of its random part.
+        assert!(!logs.contains(t.as_str()), "a token appears in the logs");
+        for w in t.as_bytes()[5..41].windows(16) {
+            assert!(
+                !logs.contains(std::str::from_utf8(w).unwrap_or_default()),
+                "part of a token appears in the logs"
+            );
+        }
+    }
+}

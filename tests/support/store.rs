@@ -1,0 +1,270 @@
+//! Running `loop-store` as a real process, and a TCP proxy that can cut its database off.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "admin-credential-for-tests-0001";
+pub const INTROSPECT: &str = "introspect-credential-for-tests-01";
+
+/// A `loop-store serve` child process whose stderr (its logs) is captured.
+pub struct StoreProcess {
+    child: Child,
+    pub url: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+impl StoreProcess {
+    /// Start `loop-store serve` with extra arguments; returns once it listens.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> StoreProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loop-store"));
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args);
+        cmd.env("LOOP_STORE_ADMIN_TOKEN", ADMIN)
+            .env("LOOP_STORE_INTROSPECT_TOKEN", INTROSPECT);
+        cmd.env("RUST_LOG", "debug");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start loop-store: {e}"));
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(" listening ")
+                    && let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "loop-store did not start listening; logs:\n{}",
+                    logs.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+                );
+            }
+        };
+        StoreProcess {
+            child,
+            url: format!("http://{addr}"),
+            logs,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        cred: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(c) = cred {
+            req = req.bearer_auth(c);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request to loop-store failed: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn register(&self, id: &str, hash: &str, scopes: &[&str]) -> (u16, Value) {
+        let body = json!({
+            "hash": hash, "name": format!("token {id}"), "scopes": scopes,
+            "owner": {"cluster": "test", "namespace": "ns", "name": id, "uid": format!("uid-{id}")},
+        });
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/v1/tokens/{id}"),
+            Some(ADMIN),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn introspect(&self, token: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/introspect",
+            Some(INTROSPECT),
+            Some(json!({ "token": token })),
+        )
+        .await
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (_, v) = self
+            .call(reqwest::Method::GET, "/metrics", None, None)
+            .await;
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for loop-store: {e}"));
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for StoreProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `loop-store` with arguments and expect it to fail at start-up; returns its stderr.
+pub fn start_failure(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_loop-store"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("LOOP_STORE_ADMIN_TOKEN")
+        .env_remove("LOOP_STORE_INTROSPECT_TOKEN")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run loop-store: {e}"));
+    assert!(
+        !out.status.success(),
+        "loop-store started although it should not have"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A TCP proxy in front of a server, which a test can cut (dropping every connection and
+/// refusing new ones) and restore: a database outage without touching the shared database.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let down = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (d, c) = (Arc::clone(&down), Arc::clone(&conns));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(task.abort_handle());
+            }
+        });
+        Proxy {
+            addr,
+            down,
+            conns,
+            accept,
+        }
+    }
+
+    /// Cut every connection and refuse new ones.
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Poll `check` until it returns `Some`, for at most `secs` seconds. For conditions that only
+/// an outside observer can see (another process's state); the deadline is generous.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The data directory argument for a SQLite store in `dir`.
+pub fn sqlite_args(dir: &Path) -> Vec<String> {
+    vec!["--data-dir".into(), dir.display().to_string()]
+}
