@@ -1,0 +1,24 @@
+# Entry points; each target is a thin wrapper over a script in scripts/.
+.PHONY: test build cluster-up cluster-down postgres-up postgres-down store
+
+test: ## Run every test (starts and stops the local control plane and PostgreSQL as needed)
+	scripts/test
+
+build: ## Build the binaries
+	cargo build --release --locked
+
+cluster-up: ## Start the local Kubernetes control plane (builds it the first time)
+	scripts/dev-cluster up
+
+cluster-down: ## Stop it and remove its state
+	scripts/dev-cluster down
+
+postgres-up:
+	scripts/dev-postgres up
+
+postgres-down:
+	scripts/dev-postgres down
+
+store: ## Run loop-store locally on SQLite with throwaway credentials
+	LOOP_STORE_ADMIN_TOKEN=dev-admin-credential-0000 LOOP_STORE_INTROSPECT_TOKEN=dev-introspect-credential-0 \
+		cargo run --bin loop-store -- serve
