@@ -8,7 +8,8 @@ use std::time::Instant;
 use loop_token_operator::token::Token;
 use reqwest::Method;
 use serde_json::json;
-use support::store::{ADMIN, Proxy, StoreProcess, eventually, sqlite_args, start_failure};
+use support::eventually;
+use support::store::{ADMIN, Proxy, StoreProcess, sqlite_args, start_failure};
 
 fn pg_addr(url: &str) -> std::net::SocketAddr {
     // postgres://postgres@127.0.0.1:PORT/db

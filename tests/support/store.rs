@@ -244,26 +244,6 @@ impl Drop for Proxy {
     }
 }
 
-/// Poll `check` until it returns `Some`, for at most `secs` seconds. For conditions that only
-/// an outside observer can see (another process's state); the deadline is generous.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The data directory argument for a SQLite store in `dir`.
 pub fn sqlite_args(dir: &Path) -> Vec<String> {
     vec!["--data-dir".into(), dir.display().to_string()]

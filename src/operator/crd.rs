@@ -1,0 +1,303 @@
+//! The `ApiToken` custom resource (`loop.dev/v1alpha1`).
+//!
+//! Pure types. The schema does as much validation as the API server can enforce at apply time
+//! (patterns, lengths, a set of scopes, CEL for durations); what only the store can judge (is a
+//! scope in its catalogue) becomes a condition. `crds/apitoken.yaml` is generated from these
+//! types by `cargo run --bin crdgen`; a test fails when it is stale.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::names::{DEFAULT_GRACE_PERIOD, DEFAULT_SECRET_KEY};
+
+/// A Kubernetes DNS subdomain name (Secret names).
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A valid key of a Secret's data.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// A Go-style duration such as `1h`, `30m`, `1h30m`, `90s` or `0s`.
+pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ms|s|m|h))+)$";
+
+/// An API token for Loop's Admin API. The operator mints the token, writes it into a Secret in
+/// this namespace, registers its SHA-256 hash with the Loop token store, applies edits of
+/// `displayName` and `scopes` in place, rotates it whenever the `loop.dev/rotate` annotation
+/// changes, and revokes it when this resource is deleted.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "loop.dev",
+    version = "v1alpha1",
+    kind = "ApiToken",
+    plural = "apitokens",
+    shortname = "lat",
+    category = "loop",
+    namespaced,
+    status = "ApiTokenStatus",
+    doc = "An API token for Loop's Admin API, minted into a Secret and registered with the Loop token store.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Scopes", type_ = "string", json_path = ".spec.scopes"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Last used", type_ = "date", json_path = ".status.lastUsedAt"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Fingerprint",
+        type_ = "string",
+        json_path = ".status.fingerprint",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiTokenSpec {
+    /// The token's name in Loop, as shown in Loop's list of API tokens (1-100 characters, no
+    /// leading or trailing spaces). Defaults to the resource's name. Editing it renames the
+    /// token in place; the token itself does not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100), regex(pattern = r"^\S(.*\S)?$"))]
+    pub display_name: Option<String>,
+
+    /// What the token may do: a set of `<resource>:read` or `<resource>:write` scopes (write
+    /// implies read), for example `subscriptions:read`. At least one. The Loop token store
+    /// decides which resources exist; an unknown one makes the resource Stalled. Editing the
+    /// scopes updates the token in place; the token itself does not change.
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(regex(pattern = "^[a-z][a-z0-9_-]{0,62}:(read|write)$")),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub scopes: Vec<String>,
+
+    /// Where the token is written.
+    #[serde(default)]
+    pub secret: SecretTarget,
+
+    /// How rotations behave.
+    #[serde(default)]
+    pub rotation: RotationPolicy,
+}
+
+/// The Secret that receives the token.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTarget {
+    /// Name of the Secret in this namespace. Defaults to the resource's name. The operator
+    /// creates it and never writes into a Secret it did not create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub name: Option<String>,
+
+    /// Key of the token in the Secret's data.
+    #[serde(default = "default_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub key: String,
+}
+
+impl Default for SecretTarget {
+    fn default() -> Self {
+        SecretTarget {
+            name: None,
+            key: default_key(),
+        }
+    }
+}
+
+fn default_key() -> String {
+    DEFAULT_SECRET_KEY.to_owned()
+}
+
+/// Rotation settings. A rotation is requested by changing the `loop.dev/rotate` annotation
+/// (a timestamp is the convention, as with `kubectl rollout restart`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationPolicy {
+    /// How long the previous token keeps working after a rotation, as a duration such as
+    /// `1h`, `30m` or `90s`, at most `168h`. `0s` revokes the previous token at once (the
+    /// "token leaked" path).
+    #[serde(default = "default_grace")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('168h')").message("gracePeriod must be at most 168h"))]
+    pub grace_period: String,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        RotationPolicy {
+            grace_period: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> String {
+    DEFAULT_GRACE_PERIOD.to_owned()
+}
+
+/// What the operator observed and did. Never holds a token.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiTokenStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling` and `Stalled` (kstatus conventions), each with a reason and an
+    /// actionable message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The Loop token store's id of the current token (not the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+
+    /// Short, non-secret identifier of the current token (first 12 hex digits of its SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+
+    /// When the current token was issued (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<String>,
+
+    /// The Secret holding the current token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// The last `loop.dev/rotate` value that was handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_request: Option<String>,
+
+    /// Earlier tokens still active during their grace period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_tokens: Vec<PreviousToken>,
+
+    /// When the current token was last used, as the store last reported it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+
+    /// How many calls the store has answered for the current token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_count: Option<i64>,
+}
+
+/// A previous token in its grace period.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousToken {
+    pub token_id: String,
+    pub fingerprint: String,
+    /// When it stops working (RFC 3339).
+    pub expires_at: String,
+}
+
+/// A status condition (the shape of `metav1.Condition`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reconciling` or `Stalled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason, stable for automation.
+    pub reason: String,
+    /// What happened and what to do, for a human.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The CRD as YAML, as committed in `crds/apitoken.yaml`.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    use kube::CustomResourceExt;
+    let mut crd = serde_json::to_value(ApiToken::crd())
+        .map_err(<serde_norway::Error as serde::ser::Error>::custom)?;
+    unwrap_descriptions(&mut crd);
+    let header = "# Generated by `cargo run --bin crdgen` from src/operator/crd.rs. Do not edit.\n";
+    Ok(format!("{header}{}", serde_norway::to_string(&crd)?))
+}
+
+/// Doc comments are wrapped at source width; `kubectl explain` wraps again. Join wrapped lines
+/// (single newlines) and keep paragraph breaks.
+fn unwrap_descriptions(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(text) if k == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|p| p.replace('\n', " "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    _ => unwrap_descriptions(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_an_almost_empty_spec() {
+        let spec: ApiTokenSpec =
+            serde_json::from_value(serde_json::json!({"scopes": ["orders:read"]})).unwrap();
+        assert_eq!(
+            spec.secret,
+            SecretTarget {
+                name: None,
+                key: "token".into()
+            }
+        );
+        assert_eq!(spec.rotation.grace_period, "1h");
+        assert_eq!(spec.display_name, None);
+    }
+
+    #[test]
+    fn the_committed_crd_is_current() {
+        let committed = include_str!("../../crds/apitoken.yaml");
+        assert!(
+            committed == crd_yaml().unwrap(),
+            "crds/apitoken.yaml is stale; regenerate it with: cargo run --bin crdgen > crds/apitoken.yaml"
+        );
+    }
+
+    #[test]
+    fn the_schema_says_what_the_api_server_must_enforce() {
+        let yaml = crd_yaml().unwrap();
+        for needle in [
+            "x-kubernetes-list-type: set",
+            "^[a-z][a-z0-9_-]{0,62}:(read|write)$",
+            "duration(self) <= duration('168h')",
+            "minItems: 1",
+            "maxLength: 100",
+            "subresources:\n      status: {}",
+            "shortNames:\n    - lat",
+        ] {
+            assert!(
+                yaml.contains(needle),
+                "missing {needle:?} in the CRD:\n{yaml}"
+            );
+        }
+        // The CRD's scope pattern is the store's.
+        assert!(yaml.contains(crate::store::scopes::SCOPE_PATTERN));
+    }
+}

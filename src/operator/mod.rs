@@ -1,0 +1,7 @@
+//! The operator: the `ApiToken` custom resource and (to come) its reconcile loop.
+//!
+//! - [`crd`]: the resource's types, schema and CEL rules (pure);
+//! - [`names`]: every name other parts agree on (DESIGN.md §3), in one place.
+
+pub mod crd;
+pub mod names;
