@@ -22,6 +22,8 @@ pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ms|s|m|h))+)$";
 /// this namespace, registers its SHA-256 hash with the Loop token store, applies edits of
 /// `displayName` and `scopes` in place, rotates it whenever the `loop.dev/rotate` annotation
 /// changes, and revokes it when this resource is deleted.
+// Each `printcolumn(...)` repeats `type_`; clippy mistakes that for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "loop.dev",
