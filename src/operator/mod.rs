@@ -1,7 +1,9 @@
 //! The operator: the `ApiToken` custom resource and (to come) its reconcile loop.
 //!
 //! - [`crd`]: the resource's types, schema and CEL rules (pure);
-//! - [`names`]: every name other parts agree on (DESIGN.md §3), in one place.
+//! - [`names`]: every name other parts agree on (DESIGN.md §3), in one place;
+//! - [`plan`]: the pure decision core (what to issue, update, expire, revoke).
 
 pub mod crd;
 pub mod names;
+pub mod plan;
