@@ -344,7 +344,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             }),
         }
     }
-    p.in_grace.sort_by(|a, b| a.2.cmp(&b.2));
+    p.in_grace.sort_by_key(|g| g.2);
     p.wake_at = wake;
     p
 }
