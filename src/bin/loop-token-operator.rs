@@ -1,0 +1,96 @@
+//! `loop-token-operator`: keeps Loop API tokens in Kubernetes Secrets. See `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use loop_token_operator::operator::run::{RunConfig, run};
+use loop_token_operator::telemetry::{LogFormat, init_logging};
+
+#[derive(Parser)]
+#[command(
+    name = "loop-token-operator",
+    version,
+    about = "Kubernetes operator for declarative Loop Admin API tokens (ApiToken, loop.dev/v1alpha1)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller against the cluster of the current kubeconfig (or in-cluster config).
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "The store credential can also come from LOOP_STORE_TOKEN (for local use).\n\
+The CRD is installed from crds/ (or by the Helm chart), not by the operator.\n\
+Logs go to stderr; RUST_LOG filters them (default: info)."
+)]
+struct RunArgs {
+    /// Base URL of loop-store.
+    #[arg(long, env = "LOOP_STORE_URL")]
+    store_url: String,
+    /// File holding the store's admin credential.
+    #[arg(long, env = "LOOP_STORE_TOKEN_FILE")]
+    store_token_file: Option<PathBuf>,
+    /// Name of this cluster, recorded as the owner of each token in the store.
+    #[arg(long, env = "LOOP_CLUSTER_NAME", default_value = "default")]
+    cluster_name: String,
+    /// Watch one namespace only (default: all namespaces).
+    #[arg(long, env = "LOOP_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the metrics and health endpoints (/metrics, /healthz, /readyz).
+    #[arg(long, env = "LOOP_METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    metrics_addr: SocketAddr,
+    /// ApiTokens reconciled at once.
+    #[arg(long, env = "LOOP_CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+    /// How often usage figures (last used, use count) are read from the store.
+    #[arg(long, env = "LOOP_USAGE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    usage_interval: Duration,
+    /// Timeout of each call to the store.
+    #[arg(long, env = "LOOP_STORE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    store_timeout: Duration,
+    /// Wait before retrying a failed reconcile.
+    #[arg(long, env = "LOOP_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
+    retry_after: Duration,
+    /// Log format.
+    #[arg(long, env = "LOOP_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{e} (use forms like 500ms, 5s, 5m)"))?;
+    Duration::try_from(d).map_err(|_| "duration must not be negative".to_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Command::Run(a) = Cli::parse().command;
+    init_logging(a.log_format);
+    let cfg = RunConfig {
+        store_url: a.store_url,
+        store_token_file: a.store_token_file,
+        store_token_env: std::env::var("LOOP_STORE_TOKEN")
+            .ok()
+            .filter(|v| !v.trim().is_empty()),
+        cluster_name: a.cluster_name,
+        namespace: a.namespace,
+        metrics_addr: a.metrics_addr,
+        concurrency: a.concurrency,
+        usage_interval: a.usage_interval,
+        store_timeout: a.store_timeout,
+        retry_after: a.retry_after,
+        // Test hook for the crash tests; undocumented in --help on purpose.
+        crash_at: std::env::var("LOOP_OPERATOR_CRASH_AT").ok(),
+    };
+    run(cfg).await.context("loop-token-operator failed")
+}

@@ -1,0 +1,654 @@
+//! The reconcile shell. I/O module: observes an ApiToken's Secret and its store registrations,
+//! asks [`plan`] what to do, does it, and writes the status once, only when it changed.
+//!
+//! Order of an issue (crash-safe, see `plan`): mint → register the hash → write the Secret.
+//! The Secret is created with a plain create (which fails if someone else created a Secret of
+//! that name in the meantime) and later updated by server-side apply, only while this ApiToken
+//! controls it: the operator never writes into a Secret it does not own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::crd::ApiToken;
+use super::metrics::Metrics;
+use super::names::{
+    API_TOKEN_LABEL, FIELD_MANAGER, FINALIZER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    ROTATE_ANNOTATION,
+};
+use super::plan::{self, Action, Blocked, Desired, IssueReason, Observed, Plan, SecretObs};
+use super::status::{self, Outcome};
+use super::store_client::{StoreClient, StoreError};
+use crate::store::model::Owner;
+use crate::token::Token;
+
+/// Secret annotations: the durable record of the token chain (see `plan`).
+pub mod annotations {
+    pub const TOKEN_ID: &str = "loop.dev/token-id";
+    pub const PREVIOUS_TOKEN_ID: &str = "loop.dev/previous-token-id";
+    pub const ISSUED_AT: &str = "loop.dev/issued-at";
+    pub const ROTATION_REQUEST: &str = "loop.dev/rotation-request";
+    pub const FINGERPRINT: &str = "loop.dev/fingerprint";
+    pub const TOKEN_KEY: &str = "loop.dev/token-key";
+}
+
+/// Passes of observe-plan-act within one reconcile before reporting `Progressing`.
+const MAX_PASSES: usize = 4;
+
+/// A reconcile failure. Never carries a token.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading or writing Kubernetes objects failed: {0}")]
+    Kube(#[source] kube::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the ApiToken has no namespace")]
+    NoNamespace,
+    #[error("cannot mint a token: {0}")]
+    Mint(#[from] crate::token::MintError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Store(e) => e.kind(),
+            Error::NoNamespace => "no_namespace",
+            Error::Mint(_) => "mint",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub store: StoreClient,
+    pub cluster: String,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// How often usage figures are refreshed from the store.
+    pub usage_interval: Duration,
+    /// How long to wait before retrying after an error.
+    pub retry_after: Duration,
+    /// Test hook: die (SIGKILL-like, no cleanup) at this step of an issue.
+    pub crash_at: Option<String>,
+}
+
+impl Context {
+    fn crash_point(&self, step: &str) {
+        if self.crash_at.as_deref() == Some(step) {
+            tracing::error!(
+                step,
+                "crash point reached (LOOP_OPERATOR_CRASH_AT); aborting"
+            );
+            std::process::abort();
+        }
+    }
+}
+
+/// Entry point for the controller.
+pub async fn reconcile(obj: Arc<ApiToken>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let start = Instant::now();
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<ApiToken> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer::finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(t) => apply(&t, &ctx).await,
+            Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(
+        result.as_ref().err().map(Error::kind),
+        start.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+/// Requeue after an error. Statuses were already written by the failing step.
+pub fn error_policy(obj: Arc<ApiToken>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(apitoken = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, "reconcile failed; retrying");
+    Requeue::requeue(ctx.retry_after)
+}
+
+struct Target<'a> {
+    t: &'a ApiToken,
+    name: String,
+    ns: String,
+    uid: String,
+    secrets: Api<Secret>,
+    tokens: Api<ApiToken>,
+}
+
+impl Target<'_> {
+    fn owner(&self, cluster: &str) -> Owner {
+        Owner {
+            cluster: cluster.to_owned(),
+            namespace: self.ns.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+        }
+    }
+}
+
+fn target<'a>(t: &'a ApiToken, client: &Client) -> Result<Target<'a>, Error> {
+    let ns = t.namespace().ok_or(Error::NoNamespace)?;
+    Ok(Target {
+        t,
+        name: t.name_any(),
+        uid: t.uid().unwrap_or_default(),
+        secrets: Api::namespaced(client.clone(), &ns),
+        tokens: Api::namespaced(client.clone(), &ns),
+        ns,
+    })
+}
+
+async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
+    let tg = target(t, &ctx.client)?;
+    let rotation = t.annotations().get(ROTATE_ANNOTATION).map(String::as_str);
+    let d = match plan::desired(t, &tg.name, rotation) {
+        Ok(d) => d,
+        Err(problem) => {
+            let blocked = Blocked::Spec(problem);
+            write_status(&tg, ctx, &Outcome::Blocked(&blocked), None, None).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let mut converged: Option<Plan> = None;
+    for _ in 0..MAX_PASSES {
+        let (secret, sobs, held) = match observe_secret(&tg, &d).await {
+            Ok(o) => o,
+            Err(e) => return fail(&tg, ctx, &d, e).await,
+        };
+        let regs = match ctx.store.list_owned(&tg.uid).await {
+            Ok(r) => r,
+            Err(e) => return fail(&tg, ctx, &d, Error::Store(e)).await,
+        };
+        let now = Timestamp::now();
+        let status_token_id = t.status.as_ref().and_then(|s| s.token_id.as_deref());
+        let p = plan::plan(&Observed {
+            desired: &d,
+            secret: sobs.as_ref(),
+            registrations: &regs,
+            status_token_id,
+            now,
+        });
+        if let Some(blocked) = &p.blocked {
+            let was_blocked = t
+                .status
+                .as_ref()
+                .is_some_and(|s| status::ready_state(s) == "stalled");
+            if !was_blocked && let Blocked::SecretConflict { secret } = blocked {
+                publish(ctx, t, EventType::Warning, "SecretConflict", format!("Secret {secret} exists and is not managed by this ApiToken; it was left untouched")).await;
+            }
+            write_status(&tg, ctx, &Outcome::Blocked(blocked), Some(&d), None).await?;
+            return Ok(Requeue::requeue(ctx.usage_interval));
+        }
+        if p.actions.is_empty() {
+            converged = Some(p);
+            break;
+        }
+        for action in &p.actions {
+            if let Err(e) = execute(action, &tg, ctx, &d, secret.as_ref(), held.as_ref()).await {
+                return fail(&tg, ctx, &d, e).await;
+            }
+        }
+    }
+    let Some(p) = converged else {
+        write_status(&tg, ctx, &Outcome::Pending, Some(&d), None).await?;
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    };
+    remove_stale_secrets(&tg, &d).await.map_err(Error::Kube)?;
+    write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&p)).await?;
+    let now = Timestamp::now();
+    let next = p.wake_at.map_or(ctx.usage_interval, |at| {
+        plan::until(now, at).min(ctx.usage_interval)
+    });
+    Ok(Requeue::requeue(next.max(Duration::from_millis(100))))
+}
+
+/// Record a failure in the status, then hand it to the error policy.
+async fn fail(tg: &Target<'_>, ctx: &Context, d: &Desired, e: Error) -> Result<Requeue, Error> {
+    let message = e.to_string();
+    let outcome = match &e {
+        Error::Store(s) => Outcome::Store(s),
+        _ => Outcome::Kubernetes(&message),
+    };
+    if let Error::Store(StoreError::Rejected { code, message, .. }) = &e {
+        let was =
+            tg.t.status
+                .as_ref()
+                .is_some_and(|s| status::ready_state(s) == "stalled");
+        if !was {
+            publish(
+                ctx,
+                tg.t,
+                EventType::Warning,
+                "StoreRejected",
+                format!("{code}: {message}"),
+            )
+            .await;
+        }
+    }
+    write_status(tg, ctx, &outcome, Some(d), None).await?;
+    // Problems a human must fix are not retried in a tight loop.
+    if matches!(
+        e,
+        Error::Store(StoreError::Rejected { .. } | StoreError::Unauthorized { .. })
+    ) {
+        return Ok(Requeue::requeue(ctx.usage_interval));
+    }
+    Err(e)
+}
+
+async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
+    let tg = target(t, &ctx.client)?;
+    let result = async {
+        let regs = ctx.store.list_owned(&tg.uid).await?;
+        for action in plan::plan_cleanup(&regs) {
+            if let Action::Revoke { id, .. } = &action {
+                ctx.store.revoke(id).await?;
+                ctx.metrics.action("revoke");
+                let fp = regs
+                    .iter()
+                    .find(|r| &r.id == id)
+                    .map(|r| r.fingerprint.clone())
+                    .unwrap_or_default();
+                publish(
+                    ctx,
+                    t,
+                    EventType::Normal,
+                    "Revoked",
+                    format!("token {fp} revoked: the ApiToken is being deleted"),
+                )
+                .await;
+            }
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            ctx.metrics.forget(&tg.uid);
+            Ok(Requeue::await_change())
+        }
+        Err(e) => {
+            write_status(&tg, ctx, &Outcome::Deleting(&e), None, None).await?;
+            Err(Error::Store(e))
+        }
+    }
+}
+
+/// The Secret, what the plan may see of it, and the token it holds (for re-registering or
+/// rewriting it; never logged).
+async fn observe_secret(
+    tg: &Target<'_>,
+    d: &Desired,
+) -> Result<(Option<Secret>, Option<SecretObs>, Option<Token>), Error> {
+    let secret = tg
+        .secrets
+        .get_opt(&d.secret_name)
+        .await
+        .map_err(Error::Kube)?;
+    let Some(s) = secret else {
+        return Ok((None, None, None));
+    };
+    let owned = s.metadata.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|r| r.uid == tg.uid && r.controller == Some(true))
+    });
+    let ann = s.metadata.annotations.clone().unwrap_or_default();
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    let data = s.data.clone().unwrap_or_default();
+    let read = |key: &str| {
+        data.get(key)
+            .and_then(|b| std::str::from_utf8(&b.0).ok())
+            .and_then(|v| Token::parse(v).ok())
+    };
+    let (held, at_desired_key) = match read(&d.secret_key) {
+        Some(t) => (Some(t), true),
+        None => (ann.get(annotations::TOKEN_KEY).and_then(|k| read(k)), false),
+    };
+    let fingerprint = held.as_ref().map(Token::fingerprint);
+    let shape_ok = at_desired_key
+        && data.len() == 1
+        && labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+        && labels.get(API_TOKEN_LABEL) == Some(&tg.name)
+        && ann.get(annotations::FINGERPRINT) == fingerprint.as_ref()
+        && ann.get(annotations::TOKEN_KEY) == Some(&d.secret_key);
+    let obs = SecretObs {
+        owned,
+        token_id: ann.get(annotations::TOKEN_ID).cloned(),
+        previous_token_id: ann.get(annotations::PREVIOUS_TOKEN_ID).cloned(),
+        issued_at: ann.get(annotations::ISSUED_AT).and_then(|v| v.parse().ok()),
+        rotation_request: ann.get(annotations::ROTATION_REQUEST).cloned(),
+        fingerprint,
+        shape_ok,
+    };
+    Ok((Some(s), Some(obs), if owned { held } else { None }))
+}
+
+async fn execute(
+    action: &Action,
+    tg: &Target<'_>,
+    ctx: &Context,
+    d: &Desired,
+    secret: Option<&Secret>,
+    held: Option<&Token>,
+) -> Result<(), Error> {
+    let ann = |k: &str| {
+        secret
+            .and_then(|s| s.metadata.annotations.as_ref())
+            .and_then(|a| a.get(k))
+            .cloned()
+    };
+    match action {
+        Action::Issue { previous, reason } => {
+            let token = Token::mint()?;
+            let id = new_token_id(&tg.uid)?;
+            ctx.crash_point("after-mint");
+            ctx.store
+                .register(
+                    &id,
+                    &token.hash(),
+                    &d.display_name,
+                    &d.scopes,
+                    &tg.owner(&ctx.cluster),
+                )
+                .await?;
+            ctx.crash_point("after-register");
+            let record = Record {
+                token_id: &id,
+                previous: previous.as_deref(),
+                issued_at: Timestamp::now(),
+                rotation: d.rotation_request.as_deref(),
+            };
+            write_secret(tg, d, secret, &token, &record).await?;
+            ctx.crash_point("after-secret");
+            let (reason_str, what) = match reason {
+                IssueReason::First => ("Issued", "issued"),
+                IssueReason::Rotation => ("Rotated", "issued by rotation"),
+                IssueReason::SecretLost => (
+                    "Reissued",
+                    "issued because the Secret was deleted or edited",
+                ),
+                IssueReason::RevokedElsewhere => (
+                    "Reissued",
+                    "issued because the previous token was revoked outside the operator",
+                ),
+            };
+            ctx.metrics.action(if *reason == IssueReason::Rotation {
+                "rotate"
+            } else {
+                "issue"
+            });
+            let note = format!(
+                "token {} {what}; written to Secret {}",
+                token.fingerprint(),
+                d.secret_name
+            );
+            publish(ctx, tg.t, EventType::Normal, reason_str, note).await;
+        }
+        Action::Reregister { id } => {
+            let Some(token) = held else { return Ok(()) };
+            ctx.store
+                .register(
+                    id,
+                    &token.hash(),
+                    &d.display_name,
+                    &d.scopes,
+                    &tg.owner(&ctx.cluster),
+                )
+                .await?;
+            ctx.metrics.action("reregister");
+            let note = format!(
+                "token {} was unknown to the Loop token store and was registered again",
+                token.fingerprint()
+            );
+            publish(ctx, tg.t, EventType::Warning, "Reregistered", note).await;
+        }
+        Action::RewriteSecret => {
+            let Some(token) = held else { return Ok(()) };
+            let (Some(id), issued) = (ann(annotations::TOKEN_ID), ann(annotations::ISSUED_AT))
+            else {
+                return Ok(());
+            };
+            let previous = ann(annotations::PREVIOUS_TOKEN_ID);
+            let rotation = ann(annotations::ROTATION_REQUEST);
+            let record = Record {
+                token_id: &id,
+                previous: previous.as_deref(),
+                issued_at: issued
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(Timestamp::now),
+                rotation: rotation.as_deref(),
+            };
+            write_secret(tg, d, secret, token, &record).await?;
+            ctx.metrics.action("repair_secret");
+            publish(
+                ctx,
+                tg.t,
+                EventType::Normal,
+                "SecretRepaired",
+                format!("Secret {} was edited; restored", d.secret_name),
+            )
+            .await;
+        }
+        Action::Update {
+            id,
+            name,
+            scopes,
+            clear_expiry,
+        } => {
+            ctx.store
+                .update(id, Some(name), Some(scopes), clear_expiry.then_some(None))
+                .await?;
+            ctx.metrics.action("update");
+            publish(
+                ctx,
+                tg.t,
+                EventType::Normal,
+                "Updated",
+                format!(
+                    "name {name:?} and scopes {} applied in place; the token is unchanged",
+                    scopes.join(" ")
+                ),
+            )
+            .await;
+        }
+        Action::Expire { id, at } => {
+            ctx.store.update(id, None, None, Some(Some(*at))).await?;
+            ctx.metrics.action("expire");
+            publish(
+                ctx,
+                tg.t,
+                EventType::Normal,
+                "GracePeriodStarted",
+                format!("previous token {id} stays active until {at}"),
+            )
+            .await;
+        }
+        Action::Revoke { id, reason } => {
+            ctx.store.revoke(id).await?;
+            ctx.metrics.action("revoke");
+            let why = match reason {
+                plan::RevokeReason::GraceOver => "its grace period is over",
+                plan::RevokeReason::Orphan => {
+                    "it was registered but never reached the Secret (an interrupted issue)"
+                }
+                plan::RevokeReason::Deleted => "the ApiToken is being deleted",
+            };
+            publish(
+                ctx,
+                tg.t,
+                EventType::Normal,
+                "Revoked",
+                format!("token {id} revoked: {why}"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// A fresh store id: `<owner uid>.<10 random base62 characters>`.
+fn new_token_id(uid: &str) -> Result<String, crate::token::MintError> {
+    let random = Token::mint()?;
+    let suffix = &random.expose()[crate::token::PREFIX.len()..crate::token::PREFIX.len() + 10];
+    Ok(format!("{uid}.{suffix}"))
+}
+
+struct Record<'a> {
+    token_id: &'a str,
+    previous: Option<&'a str>,
+    issued_at: Timestamp,
+    rotation: Option<&'a str>,
+}
+
+fn desired_secret(tg: &Target<'_>, d: &Desired, token: &Token, r: &Record<'_>) -> Secret {
+    let mut annotations = BTreeMap::from([
+        (annotations::TOKEN_ID.to_owned(), r.token_id.to_owned()),
+        (annotations::ISSUED_AT.to_owned(), r.issued_at.to_string()),
+        (annotations::FINGERPRINT.to_owned(), token.fingerprint()),
+        (annotations::TOKEN_KEY.to_owned(), d.secret_key.clone()),
+    ]);
+    if let Some(p) = r.previous {
+        annotations.insert(annotations::PREVIOUS_TOKEN_ID.to_owned(), p.to_owned());
+    }
+    if let Some(v) = r.rotation {
+        annotations.insert(annotations::ROTATION_REQUEST.to_owned(), v.to_owned());
+    }
+    let mut s = Secret {
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            d.secret_key.clone(),
+            ByteString(token.expose().as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    s.metadata.name = Some(d.secret_name.clone());
+    s.metadata.namespace = Some(tg.ns.clone());
+    s.metadata.labels = Some(BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+        (API_TOKEN_LABEL.to_owned(), tg.name.clone()),
+    ]));
+    s.metadata.annotations = Some(annotations);
+    s.metadata.owner_references = tg.t.controller_owner_ref(&()).map(|r| vec![r]);
+    s
+}
+
+async fn write_secret(
+    tg: &Target<'_>,
+    d: &Desired,
+    existing: Option<&Secret>,
+    token: &Token,
+    r: &Record<'_>,
+) -> Result<(), Error> {
+    let mut s = desired_secret(tg, d, token, r);
+    match existing {
+        // Create, never apply, a Secret that does not exist yet: if another party created one of
+        // that name in the meantime, the create fails instead of taking it over.
+        None => {
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PostParams::default()
+            };
+            tg.secrets.create(&pp, &s).await.map_err(Error::Kube)?;
+        }
+        Some(_) => {
+            s.metadata.managed_fields = None;
+            let patch =
+                serde_json::to_value(&s).map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+            let mut patch = patch;
+            patch["apiVersion"] = serde_json::json!("v1");
+            patch["kind"] = serde_json::json!("Secret");
+            tg.secrets
+                .patch(
+                    &d.secret_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(patch),
+                )
+                .await
+                .map_err(Error::Kube)?;
+        }
+    }
+    Ok(())
+}
+
+/// Secrets this ApiToken owns under another name (after `spec.secret.name` changed).
+async fn remove_stale_secrets(tg: &Target<'_>, d: &Desired) -> Result<(), kube::Error> {
+    let lp = ListParams::default().labels(&format!("{API_TOKEN_LABEL}={}", tg.name));
+    for s in tg.secrets.list_metadata(&lp).await? {
+        let ours = s.metadata.owner_references.as_ref().is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.uid == tg.uid && r.controller == Some(true))
+        });
+        if ours && s.name_any() != d.secret_name {
+            tg.secrets
+                .delete(&s.name_any(), &DeleteParams::default())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_status(
+    tg: &Target<'_>,
+    ctx: &Context,
+    outcome: &Outcome<'_>,
+    d: Option<&Desired>,
+    p: Option<&Plan>,
+) -> Result<(), Error> {
+    let old = tg.t.status.clone().unwrap_or_default();
+    let new = status::compute(
+        &old,
+        outcome,
+        d,
+        p,
+        tg.t.meta().generation,
+        Timestamp::now(),
+    );
+    ctx.metrics.set_state(&tg.uid, status::ready_state(&new));
+    if tg.t.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    // Server-side apply: fields the operator set before and leaves out now are removed.
+    let patch =
+        serde_json::json!({ "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken", "status": new });
+    tg.tokens
+        .patch_status(
+            &tg.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, t: &ApiToken, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &t.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish an event");
+    }
+}

@@ -1,0 +1,154 @@
+//! Prometheus metrics of the operator. Labels are bounded: error kinds, action names, store
+//! operations and outcomes, condition states. Never a name, a namespace or a token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_seconds: Histograms<ResultLabels>,
+    actions: Family<ActionLabels, Counter>,
+    store_seconds: Histograms<StoreLabels>,
+    tokens: Family<StateLabels, Gauge>,
+    states: Mutex<HashMap<String, &'static str>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("loop_operator");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles by result (ok or an error kind)",
+            reconciles.clone(),
+        );
+        let reconcile_seconds: Histograms<ResultLabels> = Family::new_with_constructor(seconds);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration by result",
+            reconcile_seconds.clone(),
+        );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "token_actions",
+            "Actions taken: issue, rotate, update, expire, revoke, reregister, repair_secret",
+            actions.clone(),
+        );
+        let store_seconds: Histograms<StoreLabels> = Family::new_with_constructor(seconds);
+        registry.register(
+            "store_request_duration_seconds",
+            "Calls to the Loop token store",
+            store_seconds.clone(),
+        );
+        let tokens = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "api_tokens",
+            "ApiTokens by state: ready, reconciling, stalled",
+            tokens.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            reconciles,
+            reconcile_seconds,
+            actions,
+            store_seconds,
+            tokens,
+            states: Mutex::default(),
+        })
+    }
+
+    pub fn reconciled(&self, error: Option<&'static str>, seconds: f64) {
+        let l = ResultLabels {
+            result: error.unwrap_or("ok").to_owned(),
+        };
+        self.reconciles.get_or_create(&l).inc();
+        self.reconcile_seconds.get_or_create(&l).observe(seconds);
+    }
+
+    pub fn action(&self, action: &'static str) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                action: action.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn store_call(&self, operation: &'static str, seconds: f64, outcome: &'static str) {
+        self.store_seconds
+            .get_or_create(&StoreLabels {
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Record the state of one ApiToken (by uid) and refresh the per-state gauge.
+    pub fn set_state(&self, uid: &str, state: &'static str) {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        if states.get(uid) == Some(&state) {
+            return;
+        }
+        states.insert(uid.to_owned(), state);
+        self.refresh(&states);
+    }
+
+    pub fn forget(&self, uid: &str) {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        if states.remove(uid).is_some() {
+            self.refresh(&states);
+        }
+    }
+
+    fn refresh(&self, states: &HashMap<String, &'static str>) {
+        for s in ["ready", "reconciling", "stalled"] {
+            let n = states.values().filter(|v| **v == s).count();
+            self.tokens
+                .get_or_create(&StateLabels {
+                    state: s.to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

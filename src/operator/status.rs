@@ -1,0 +1,375 @@
+//! Status and conditions (kstatus conventions), computed purely from a plan and an outcome.
+//!
+//! `Ready` is always present. `Reconciling` and `Stalled` appear only while true (abnormal-true
+//! polarity, as kstatus expects). A condition keeps its `lastTransitionTime` while its status
+//! does not change, so an unchanged situation produces an identical status and no write.
+
+use jiff::Timestamp;
+
+use super::crd::{ApiTokenStatus, Condition, PreviousToken};
+use super::plan::{Blocked, Desired, Plan};
+use super::store_client::StoreError;
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// Condition reasons: stable, CamelCase, for automation and `kubectl get -o wide`.
+pub mod reason {
+    pub const ISSUED: &str = "Issued";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const UNKNOWN_SCOPE: &str = "UnknownScope";
+    pub const STORE_REJECTED: &str = "StoreRejected";
+    pub const STORE_CREDENTIAL_REJECTED: &str = "StoreCredentialRejected";
+    pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
+    pub const KUBERNETES_ERROR: &str = "KubernetesError";
+    pub const REVOCATION_PENDING: &str = "RevocationPending";
+}
+
+/// How a reconcile ended.
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// Nothing left to do.
+    Converged,
+    /// A human must act.
+    Blocked(&'a Blocked),
+    /// The store refused or failed.
+    Store(&'a StoreError),
+    /// The Kubernetes API failed (message only).
+    Kubernetes(&'a str),
+    /// Work remains (more passes needed).
+    Pending,
+    /// Deletion waits for revocations.
+    Deleting(&'a StoreError),
+}
+
+fn ts(t: Timestamp) -> String {
+    t.to_string()
+}
+
+/// A condition (type, status, reason, message).
+type Cond = (&'static str, &'static str, &'static str, String);
+
+fn conditions_for(outcome: &Outcome<'_>, d: Option<&Desired>, plan: Option<&Plan>) -> Vec<Cond> {
+    let secret = d.map_or("its Secret", |d| d.secret_name.as_str());
+    match outcome {
+        Outcome::Converged => {
+            let mut msg = match plan.and_then(|p| p.current.as_ref()) {
+                Some(c) => format!(
+                    "token {} is in Secret {secret} and active in the Loop token store with scopes {}",
+                    c.fingerprint,
+                    c.scopes.join(" ")
+                ),
+                None => format!("token is in Secret {secret}"),
+            };
+            if let Some(p) = plan.filter(|p| !p.in_grace.is_empty()) {
+                let list: Vec<String> = p
+                    .in_grace
+                    .iter()
+                    .map(|(_, fp, at)| format!("{fp} until {at}"))
+                    .collect();
+                msg.push_str(&format!(
+                    "; previous token still active: {}",
+                    list.join(", ")
+                ));
+            }
+            vec![(READY, "True", reason::ISSUED, msg)]
+        }
+        Outcome::Pending => vec![
+            (
+                READY,
+                "False",
+                reason::PROGRESSING,
+                "issuing or updating the token".to_owned(),
+            ),
+            (
+                RECONCILING,
+                "True",
+                reason::PROGRESSING,
+                "issuing or updating the token".to_owned(),
+            ),
+        ],
+        Outcome::Blocked(Blocked::SecretConflict { secret }) => {
+            let msg = format!(
+                "Secret {secret} already exists and is not managed by this ApiToken; the operator will not overwrite it. \
+                 Delete or rename that Secret, or set spec.secret.name to an unused name."
+            );
+            vec![
+                (READY, "False", reason::SECRET_CONFLICT, msg.clone()),
+                (STALLED, "True", reason::SECRET_CONFLICT, msg),
+            ]
+        }
+        Outcome::Blocked(Blocked::Spec(problem)) => {
+            let msg = format!("{problem}; fix the spec");
+            vec![
+                (READY, "False", reason::INVALID_SPEC, msg.clone()),
+                (STALLED, "True", reason::INVALID_SPEC, msg),
+            ]
+        }
+        Outcome::Store(StoreError::Rejected { code, message, .. }) if code == "unknown_scope" => {
+            let msg =
+                format!("the Loop token store refused the scopes: {message}. Fix spec.scopes.");
+            vec![
+                (READY, "False", reason::UNKNOWN_SCOPE, msg.clone()),
+                (STALLED, "True", reason::UNKNOWN_SCOPE, msg),
+            ]
+        }
+        Outcome::Store(e @ StoreError::Rejected { .. }) => {
+            let msg = e.to_string();
+            vec![
+                (READY, "False", reason::STORE_REJECTED, msg.clone()),
+                (STALLED, "True", reason::STORE_REJECTED, msg),
+            ]
+        }
+        Outcome::Store(e @ StoreError::Unauthorized { .. }) => {
+            let msg = e.to_string();
+            vec![
+                (
+                    READY,
+                    "False",
+                    reason::STORE_CREDENTIAL_REJECTED,
+                    msg.clone(),
+                ),
+                (STALLED, "True", reason::STORE_CREDENTIAL_REJECTED, msg),
+            ]
+        }
+        Outcome::Store(e @ StoreError::Unavailable(_)) => {
+            let msg = format!("{e}; retrying");
+            vec![
+                (READY, "False", reason::STORE_UNAVAILABLE, msg.clone()),
+                (RECONCILING, "True", reason::STORE_UNAVAILABLE, msg),
+            ]
+        }
+        Outcome::Kubernetes(e) => {
+            let msg = format!("Kubernetes API error: {e}; retrying");
+            vec![
+                (READY, "False", reason::KUBERNETES_ERROR, msg.clone()),
+                (RECONCILING, "True", reason::KUBERNETES_ERROR, msg),
+            ]
+        }
+        Outcome::Deleting(e) => {
+            let msg = format!(
+                "deletion waits until every token of this ApiToken is revoked in the Loop token store: {e}; retrying"
+            );
+            vec![
+                (READY, "False", reason::REVOCATION_PENDING, msg.clone()),
+                (RECONCILING, "True", reason::REVOCATION_PENDING, msg),
+            ]
+        }
+    }
+}
+
+/// The status to write. Token fields come from the plan when it knows the current token, and
+/// are otherwise kept from `old` (a failed pass does not erase what is known).
+pub fn compute(
+    old: &ApiTokenStatus,
+    outcome: &Outcome<'_>,
+    d: Option<&Desired>,
+    plan: Option<&Plan>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> ApiTokenStatus {
+    let conditions = conditions_for(outcome, d, plan)
+        .into_iter()
+        .map(|(type_, status, reason, message)| {
+            let since = old
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map_or_else(|| ts(now), |c| c.last_transition_time.clone());
+            Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                last_transition_time: since,
+                observed_generation: generation,
+            }
+        })
+        .collect();
+    let mut s = ApiTokenStatus {
+        observed_generation: generation,
+        conditions,
+        ..old.clone()
+    };
+    if let Some(p) = plan
+        && let Some(c) = &p.current
+    {
+        s.token_id = Some(c.id.clone());
+        s.fingerprint = Some(c.fingerprint.clone());
+        s.issued_at = p.issued_at.map(ts);
+        s.last_rotation_request.clone_from(&p.handled_rotation);
+        s.previous_tokens = p
+            .in_grace
+            .iter()
+            .map(|(id, fp, at)| PreviousToken {
+                token_id: id.clone(),
+                fingerprint: fp.clone(),
+                expires_at: ts(*at),
+            })
+            .collect();
+        s.last_used_at = c.last_used_at.map(ts);
+        s.use_count = Some(c.use_count);
+        s.secret_name = d.map(|d| d.secret_name.clone());
+    }
+    s
+}
+
+/// The `Ready` condition's status and reason, for metrics.
+pub fn ready_state(s: &ApiTokenStatus) -> &'static str {
+    let has = |t: &str| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
+    if has(STALLED) {
+        "stalled"
+    } else if has(READY) {
+        "ready"
+    } else {
+        "reconciling"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::plan::RegObs;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn plan_with_current() -> Plan {
+        Plan {
+            actions: vec![],
+            blocked: None,
+            current: Some(RegObs {
+                id: "id-1".into(),
+                fingerprint: "abcdef012345".into(),
+                name: "n".into(),
+                scopes: vec!["orders:read".into()],
+                expires_at: None,
+                revoked: false,
+                last_used_at: None,
+                use_count: 4,
+            }),
+            in_grace: vec![],
+            handled_rotation: Some("r1".into()),
+            issued_at: Some(now()),
+            wake_at: None,
+        }
+    }
+
+    #[test]
+    fn converged_is_ready_with_token_fields() {
+        let s = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Converged,
+            None,
+            Some(&plan_with_current()),
+            Some(3),
+            now(),
+        );
+        assert_eq!(ready_state(&s), "ready");
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(
+            (s.token_id.as_deref(), s.fingerprint.as_deref()),
+            (Some("id-1"), Some("abcdef012345"))
+        );
+        assert_eq!(
+            (
+                s.observed_generation,
+                s.use_count,
+                s.last_rotation_request.as_deref()
+            ),
+            (Some(3), Some(4), Some("r1"))
+        );
+    }
+
+    #[test]
+    fn an_unchanged_situation_gives_an_identical_status() {
+        let p = plan_with_current();
+        let first = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Converged,
+            None,
+            Some(&p),
+            Some(1),
+            now(),
+        );
+        let later = Timestamp::from_second(1_800_000_999).unwrap();
+        let second = compute(&first, &Outcome::Converged, None, Some(&p), Some(1), later);
+        assert_eq!(
+            first, second,
+            "lastTransitionTime is kept, so nothing is written"
+        );
+    }
+
+    #[test]
+    fn stalled_and_reconciling_say_why() {
+        let unknown = StoreError::Rejected {
+            status: 422,
+            code: "unknown_scope".into(),
+            message: "unknown scope \"widgets:read\"".into(),
+        };
+        let s = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Store(&unknown),
+            None,
+            None,
+            Some(1),
+            now(),
+        );
+        assert_eq!(ready_state(&s), "stalled");
+        let stalled = s.conditions.iter().find(|c| c.type_ == STALLED).unwrap();
+        assert_eq!(stalled.reason, reason::UNKNOWN_SCOPE);
+        assert!(
+            stalled.message.contains("widgets:read") && stalled.message.contains("Fix spec.scopes")
+        );
+
+        let down = StoreError::Unavailable("connection failed".into());
+        let s2 = compute(&s, &Outcome::Store(&down), None, None, Some(1), now());
+        assert_eq!(ready_state(&s2), "reconciling");
+        assert!(
+            s2.conditions.iter().all(|c| c.type_ != STALLED),
+            "Stalled disappears once not true"
+        );
+
+        let conflict = Blocked::SecretConflict {
+            secret: "taken".into(),
+        };
+        let s3 = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Blocked(&conflict),
+            None,
+            None,
+            Some(1),
+            now(),
+        );
+        let c = s3.conditions.iter().find(|c| c.type_ == STALLED).unwrap();
+        assert!(
+            c.message.contains("Secret taken already exists"),
+            "{}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn a_failed_pass_keeps_the_known_token() {
+        let ok = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Converged,
+            None,
+            Some(&plan_with_current()),
+            Some(1),
+            now(),
+        );
+        let down = StoreError::Unavailable("x".into());
+        let s = compute(&ok, &Outcome::Store(&down), None, None, Some(2), now());
+        assert_eq!(s.token_id.as_deref(), Some("id-1"));
+        assert_eq!(s.observed_generation, Some(2));
+    }
+}
