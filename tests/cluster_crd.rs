@@ -4,29 +4,7 @@
 
 mod support;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Api;
-use kube::runtime::wait::{await_condition, conditions};
-use support::{ControlPlane, with_namespace, within};
-
-pub async fn install_crd(cp: &ControlPlane) {
-    let path = support::repo_root().join("crds/apitoken.yaml");
-    cp.kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "--field-manager=loop-tests",
-        "-f",
-        path.to_str().unwrap_or_default(),
-    ]);
-    let crds: Api<CustomResourceDefinition> = Api::all(cp.client.clone());
-    within(
-        60,
-        "apitokens.loop.dev to be Established",
-        await_condition(crds, "apitokens.loop.dev", conditions::is_crd_established()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-}
+use support::with_namespace;
 
 fn token(ns: &str, name: &str, spec: &str) -> String {
     format!(
@@ -37,7 +15,7 @@ fn token(ns: &str, name: &str, spec: &str) -> String {
 #[tokio::test]
 async fn invalid_specs_are_refused_by_the_api_server() {
     with_namespace("crd-validation", |cp, ns| async move {
-        install_crd(&cp).await;
+        support::install_crd(&cp).await;
         let ok = cp.kubectl_stdin(
             &["apply", "-f", "-"],
             Some(&token(&ns, "good", "{scopes: [subscriptions:read, customers:write], displayName: Klaviyo sync, rotation: {gracePeriod: 1h30m}}")),
@@ -86,7 +64,7 @@ async fn invalid_specs_are_refused_by_the_api_server() {
 #[tokio::test]
 async fn kubectl_explain_documents_every_field() {
     let cp = support::control_plane().await;
-    install_crd(&cp).await;
+    support::install_crd(&cp).await;
     // The API server publishes a new CRD's OpenAPI a moment after it is Established.
     let spec = support::eventually(60, "kubectl explain to know apitokens", || async {
         let out = cp.kubectl(&["explain", "apitoken.spec"]);

@@ -169,6 +169,7 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
         }
     };
     let mut converged: Option<Plan> = None;
+    let mut issued = false;
     for _ in 0..MAX_PASSES {
         let (secret, sobs, held) = match observe_secret(&tg, &d).await {
             Ok(o) => o,
@@ -206,6 +207,7 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             if let Err(e) = execute(action, &tg, ctx, &d, secret.as_ref(), held.as_ref()).await {
                 return fail(&tg, ctx, &d, e).await;
             }
+            issued |= matches!(action, Action::Issue { .. });
         }
     }
     let Some(p) = converged else {
@@ -213,6 +215,9 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     };
     remove_stale_secrets(&tg, &d).await.map_err(Error::Kube)?;
+    if issued {
+        ctx.crash_point("before-status");
+    }
     write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&p)).await?;
     let now = Timestamp::now();
     let next = p.wake_at.map_or(ctx.usage_interval, |at| {

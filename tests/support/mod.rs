@@ -10,6 +10,7 @@
 //! A missing service is a failure, never a skip: these tests are the proof.
 #![allow(dead_code)]
 
+pub mod operator;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -266,4 +267,26 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Install the ApiToken CRD from `crds/` with server-side apply and wait until it is served.
+pub async fn install_crd(cp: &ControlPlane) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::runtime::wait::{await_condition, conditions};
+    let path = repo_root().join("crds/apitoken.yaml");
+    cp.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=loop-tests",
+        "-f",
+        path.to_str().unwrap_or_default(),
+    ]);
+    let crds: Api<CustomResourceDefinition> = Api::all(cp.client.clone());
+    within(
+        60,
+        "apitokens.loop.dev to be Established",
+        await_condition(crds, "apitokens.loop.dev", conditions::is_crd_established()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -26,9 +26,11 @@ impl StoreProcess {
     /// Start `loop-store serve` with extra arguments; returns once it listens.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> StoreProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loop-store"));
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args);
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args);
         cmd.env("LOOP_STORE_ADMIN_TOKEN", ADMIN)
             .env("LOOP_STORE_INTROSPECT_TOKEN", INTROSPECT);
         cmd.env("RUST_LOG", "debug");
@@ -137,6 +139,12 @@ impl StoreProcess {
             .call(reqwest::Method::GET, "/metrics", None, None)
             .await;
         v.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Kill the process at once (an outage); the struct keeps its URL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then wait for a clean exit.

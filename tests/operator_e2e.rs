@@ -1,0 +1,889 @@
+//! End to end: the real API server, a real `loop-store` process and a real
+//! `loop-token-operator` process (limited to the test's namespace), driven with kubectl as a
+//! user would, and checked through the store's `POST /v1/introspect`. Each test names the
+//! promises of DESIGN.md §6 it proves.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::runtime::wait::await_condition;
+use loop_token_operator::operator::crd::ApiToken;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::operator::OperatorProcess;
+use support::store::{ADMIN, StoreProcess, sqlite_args};
+use support::{ControlPlane, eventually, with_namespace, within};
+
+struct Env {
+    cp: ControlPlane,
+    ns: String,
+    store: StoreProcess,
+    operator: OperatorProcess,
+    _data: tempfile::TempDir,
+}
+
+async fn env(cp: ControlPlane, ns: String) -> Env {
+    support::install_crd(&cp).await;
+    let data = tempfile::tempdir().unwrap();
+    let store = start_store(data.path());
+    let operator = OperatorProcess::start(&cp, &store, &ns, None);
+    Env {
+        cp,
+        ns,
+        store,
+        operator,
+        _data: data,
+    }
+}
+
+fn start_store(dir: &std::path::Path) -> StoreProcess {
+    let args = sqlite_args(dir);
+    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    argv.extend(["--usage-flush-interval", "100ms"]);
+    StoreProcess::start(&argv, &[])
+}
+
+impl Env {
+    fn apply(&self, yaml: &str) {
+        let out = self
+            .cp
+            .kubectl_stdin(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend(["-n", &self.ns]);
+        self.cp.kubectl_ok(&all)
+    }
+
+    fn wait_ready(&self, name: &str) {
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("apitoken/{name}"),
+            "--timeout=90s",
+        ]);
+    }
+
+    fn tokens(&self) -> Api<ApiToken> {
+        Api::namespaced(self.cp.client.clone(), &self.ns)
+    }
+
+    async fn get(&self, name: &str) -> ApiToken {
+        self.tokens()
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("get apitoken/{name}: {e}"))
+    }
+
+    /// Wait until the ApiToken satisfies `pred`.
+    async fn wait_until(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&ApiToken) -> bool + Send + 'static,
+    ) -> ApiToken {
+        within(
+            90,
+            what,
+            await_condition(self.tokens(), name, move |t: Option<&ApiToken>| {
+                t.is_some_and(&pred)
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("apitoken/{name} vanished"))
+    }
+
+    async fn secret_token(&self, secret: &str) -> String {
+        let api: Api<Secret> = Api::namespaced(self.cp.client.clone(), &self.ns);
+        let s = api
+            .get(secret)
+            .await
+            .unwrap_or_else(|e| panic!("get secret/{secret}: {e}"));
+        let data = s.data.unwrap_or_default();
+        let bytes = data
+            .get("token")
+            .unwrap_or_else(|| panic!("secret/{secret} has no key 'token'"));
+        String::from_utf8(bytes.0.clone()).unwrap()
+    }
+
+    async fn introspect(&self, token: &str) -> Value {
+        let (status, v) = self.store.introspect(token).await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Ids of the store's active registrations of this ApiToken.
+    async fn active_ids(&self, t: &ApiToken) -> Vec<String> {
+        let uid = t.metadata.uid.clone().unwrap_or_default();
+        let (_, v) = self
+            .store
+            .call(
+                Method::GET,
+                &format!("/v1/tokens?ownerUid={uid}&active=true"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        let mut ids: Vec<String> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn events(&self) -> String {
+        self.kubectl(&["get", "events", "-o", "json"])
+    }
+}
+
+fn token_yaml(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: loop.dev/v1alpha1\nkind: ApiToken\nmetadata:\n  name: {name}\n{extra}spec:\n  displayName: Klaviyo sync\n  scopes: [subscriptions:read, customers:read]\n"
+    )
+}
+
+fn ready(t: &ApiToken) -> bool {
+    t.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+fn reason(t: &ApiToken, type_: &str) -> Option<String> {
+    t.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.reason.clone())
+}
+
+/// Promises 1, 2, 4, 5, 6: issue, edit in place, rotate with and without grace, delete; and no
+/// token in logs, status or events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_life_of_a_token() {
+    with_namespace("e2e-life", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        e.apply(&token_yaml("klaviyo-sync", ""));
+        e.wait_ready("klaviyo-sync");
+        let t = e.get("klaviyo-sync").await;
+        let first = e.secret_token("klaviyo-sync").await;
+        let st = t.status.clone().unwrap_or_default();
+        assert_eq!(st.secret_name.as_deref(), Some("klaviyo-sync"));
+        let answer = e.introspect(&first).await;
+        // Promise 2: what is in the Secret works, with exactly the spec's scopes.
+        assert_eq!(answer["active"], true);
+        assert_eq!(answer["scope"], "customers:read subscriptions:read");
+        assert_eq!(answer["name"], "Klaviyo sync");
+        assert_eq!(answer["tokenId"].as_str(), st.token_id.as_deref());
+        assert_eq!(st.fingerprint.as_deref(), Some(loop_token_operator::token::TokenHash::of(&first).fingerprint().as_str()));
+
+        // Promise 4: edits do not rotate.
+        e.kubectl(&["patch", "apitoken", "klaviyo-sync", "--type=merge", "-p", r#"{"spec":{"scopes":["orders:write"],"displayName":"Klaviyo v2"}}"#]);
+        eventually(60, "the new scopes in the store", || async {
+            (e.introspect(&first).await["scope"] == "orders:write").then_some(())
+        })
+        .await;
+        assert_eq!(e.introspect(&first).await["name"], "Klaviyo v2");
+        assert_eq!(e.secret_token("klaviyo-sync").await, first, "an edit must not change the token");
+
+        // Promise 5: a rotation through the annotation; the old token keeps working (1h grace).
+        e.kubectl(&["annotate", "apitoken", "klaviyo-sync", "loop.dev/rotate=2026-11-29T12:00:00Z"]);
+        let t = e
+            .wait_until("klaviyo-sync", "the rotation to be handled", |t| {
+                ready(t) && t.status.as_ref().and_then(|s| s.last_rotation_request.as_deref()) == Some("2026-11-29T12:00:00Z")
+            })
+            .await;
+        let second = e.secret_token("klaviyo-sync").await;
+        assert_ne!(second, first);
+        assert_eq!(e.introspect(&second).await["scope"], "orders:write");
+        assert_eq!(e.introspect(&first).await["active"], true, "the previous token is in its grace period");
+        let prev = &t.status.as_ref().unwrap().previous_tokens;
+        assert_eq!(prev.len(), 1, "{prev:?}");
+        assert_eq!(e.active_ids(&t).await.len(), 2);
+
+        // The same annotation value again (a re-apply) does not rotate again.
+        e.kubectl(&["annotate", "--overwrite", "apitoken", "klaviyo-sync", "loop.dev/rotate=2026-11-29T12:00:00Z"]);
+        e.kubectl(&["label", "--overwrite", "apitoken", "klaviyo-sync", "touched=yes"]);
+        tokio::time::sleep(Duration::from_secs(2)).await; // nothing to wait for: proving an absence
+        assert_eq!(e.secret_token("klaviyo-sync").await, second, "one rotation per annotation value");
+
+        // Promise 5: gracePeriod 0 revokes the previous token at once ("token leaked").
+        e.kubectl(&["patch", "apitoken", "klaviyo-sync", "--type=merge", "-p", r#"{"spec":{"rotation":{"gracePeriod":"0s"}}}"#]);
+        e.kubectl(&["annotate", "--overwrite", "apitoken", "klaviyo-sync", "loop.dev/rotate=leaked"]);
+        e.wait_until("klaviyo-sync", "the leaked-token rotation", |t| {
+            ready(t) && t.status.as_ref().and_then(|s| s.last_rotation_request.as_deref()) == Some("leaked")
+        })
+        .await;
+        let third = e.secret_token("klaviyo-sync").await;
+        assert_eq!(e.introspect(&third).await["active"], true);
+        assert_eq!(e.introspect(&second).await, json!({"active": false}), "revoked at once");
+        assert_eq!(e.introspect(&first).await["active"], true, "the first token's own grace period still runs");
+
+        // Usage reaches the status (read from the store, written only when it changes): one
+        // introspection above and three here.
+        for _ in 0..3 {
+            assert_eq!(e.introspect(&third).await["active"], true);
+        }
+        let mut n = 0;
+        let env_ref = &e;
+        eventually(60, "usage in the status", || {
+            n += 1;
+            let nudge = format!("nudge={n}");
+            let e = env_ref;
+            async move {
+                e.kubectl(&["annotate", "--overwrite", "apitoken", "klaviyo-sync", &nudge]);
+                let t = e.get("klaviyo-sync").await;
+                let s = t.status.unwrap_or_default();
+                (s.use_count == Some(4) && s.last_used_at.is_some()).then_some(())
+            }
+        })
+        .await;
+
+        // Metrics with bounded labels.
+        let metrics = e.operator.metrics().await;
+        for needle in [
+            "loop_operator_token_actions_total{action=\"issue\"} 1",
+            "loop_operator_token_actions_total{action=\"rotate\"} 2",
+            "loop_operator_token_actions_total{action=\"update\"} 1",
+            "loop_operator_api_tokens{state=\"ready\"} 1",
+            "loop_operator_reconciles_total{result=\"ok\"}",
+            "loop_operator_store_request_duration_seconds_count{operation=\"register\",outcome=\"ok\"} 3",
+        ] {
+            assert!(metrics.contains(needle), "missing {needle:?} in:\n{metrics}");
+        }
+        assert!(!metrics.contains(&e.ns) && !metrics.contains("klaviyo"), "names must not be metric labels");
+
+        // Promise 6: deletion revokes every token before the finalizer is released.
+        e.kubectl(&["delete", "apitoken", "klaviyo-sync", "--wait=true", "--timeout=90s"]);
+        for tok in [&first, &second, &third] {
+            assert_eq!(e.introspect(tok).await, json!({"active": false}));
+        }
+        let secrets: Api<Secret> = Api::namespaced(e.cp.client.clone(), &e.ns);
+        eventually(90, "the Secret to be garbage-collected", || async {
+            secrets.get_opt("klaviyo-sync").await.ok().flatten().is_none().then_some(())
+        })
+        .await;
+
+        // Promise 1: no token in the operator's or the store's logs, in events or in status.
+        let events = e.events();
+        assert!(events.contains("Rotated") && events.contains("Revoked") && events.contains("Updated"), "{events}");
+        let logs = format!("{}\n{}", e.operator.log_text(), e.store.log_text());
+        assert!(logs.lines().count() > 10);
+        for tok in [&first, &second, &third] {
+            assert!(!logs.contains(tok.as_str()), "a token appears in the logs");
+            assert!(!events.contains(tok.as_str()), "a token appears in an event");
+            assert!(!format!("{:?}", t.status).contains(tok.as_str()), "a token appears in the status");
+        }
+    })
+    .await;
+}
+
+/// Promise 7: a Secret the operator does not own is never written; the ApiToken is Stalled
+/// with a clear condition and event. Two ApiTokens naming one Secret: the second one stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_clobbers_a_secret_it_does_not_own() {
+    with_namespace("e2e-clobber", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        e.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "taken",
+            "--from-literal=token=precious",
+        ]);
+        let before = e.kubectl(&[
+            "get",
+            "secret",
+            "taken",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ]);
+        e.apply(
+            &token_yaml("clash", "").replace("  scopes:", "  secret: {name: taken}\n  scopes:"),
+        );
+        let t = e
+            .wait_until("clash", "Stalled", |t| reason(t, "Stalled").is_some())
+            .await;
+        assert_eq!(reason(&t, "Stalled").as_deref(), Some("SecretConflict"));
+        let msg = &t
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap()
+            .message;
+        assert!(
+            msg.contains("Secret taken already exists and is not managed by this ApiToken"),
+            "{msg}"
+        );
+        assert!(e.events().contains("SecretConflict"));
+        let after = e.kubectl(&[
+            "get",
+            "secret",
+            "taken",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ]);
+        assert_eq!(before, after, "the foreign Secret was written");
+        assert_eq!(e.secret_token("taken").await, "precious");
+        assert!(
+            e.active_ids(&t).await.is_empty(),
+            "nothing registered for a blocked token"
+        );
+
+        // Two ApiTokens, one Secret name.
+        e.apply(
+            &token_yaml("first", "").replace("  scopes:", "  secret: {name: shared}\n  scopes:"),
+        );
+        e.wait_ready("first");
+        let owned_token = e.secret_token("shared").await;
+        e.apply(
+            &token_yaml("second", "").replace("  scopes:", "  secret: {name: shared}\n  scopes:"),
+        );
+        let second = e
+            .wait_until("second", "the second to stall", |t| {
+                reason(t, "Stalled").is_some()
+            })
+            .await;
+        assert_eq!(
+            reason(&second, "Stalled").as_deref(),
+            Some("SecretConflict")
+        );
+        assert_eq!(
+            e.secret_token("shared").await,
+            owned_token,
+            "the first one's Secret is untouched"
+        );
+        assert_eq!(e.introspect(&owned_token).await["active"], true);
+
+        // Freeing the name lets it proceed.
+        e.kubectl(&["delete", "secret", "taken"]);
+        e.kubectl(&["annotate", "apitoken", "clash", "nudge=1"]);
+        e.wait_ready("clash");
+    })
+    .await;
+}
+
+/// Promise 9: a scope the store does not know is Stalled with the store's reason, and nothing
+/// is half-registered; fixing the spec recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_scopes_stall_with_the_stores_reason() {
+    with_namespace("e2e-scope", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        e.apply(
+            &token_yaml("widgets", "")
+                .replace("[subscriptions:read, customers:read]", "[widgets:read]"),
+        );
+        let t = e
+            .wait_until("widgets", "Stalled", |t| reason(t, "Stalled").is_some())
+            .await;
+        assert_eq!(reason(&t, "Stalled").as_deref(), Some("UnknownScope"));
+        let msg = &t
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap()
+            .message;
+        assert!(
+            msg.contains("widgets:read") && msg.contains("Fix spec.scopes"),
+            "{msg}"
+        );
+        let uid = t.metadata.uid.clone().unwrap_or_default();
+        let (_, all) = e
+            .store
+            .call(
+                Method::GET,
+                &format!("/v1/tokens?ownerUid={uid}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(all["items"], json!([]), "nothing registered");
+        let secrets: Api<Secret> = Api::namespaced(e.cp.client.clone(), &e.ns);
+        assert!(
+            secrets.get_opt("widgets").await.unwrap().is_none(),
+            "no Secret written"
+        );
+
+        e.kubectl(&[
+            "patch",
+            "apitoken",
+            "widgets",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"scopes":["orders:read"]}}"#,
+        ]);
+        e.wait_ready("widgets");
+        let t = e.get("widgets").await;
+        assert!(
+            reason(&t, "Stalled").is_none(),
+            "Stalled is gone once fixed"
+        );
+        assert_eq!(
+            e.introspect(&e.secret_token("widgets").await).await["scope"],
+            "orders:read"
+        );
+    })
+    .await;
+}
+
+/// Promise 3: the operator is killed at each step of a rotation and restarted; afterwards the
+/// Secret's token is active with the right scopes, the previous token follows its grace
+/// period, and nothing else of that resource is active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_of_a_rotation_leaves_no_orphan() {
+    with_namespace("e2e-crash", |cp, ns| async move {
+        let mut e = env(cp, ns).await;
+        e.apply(&token_yaml("crashy", ""));
+        e.wait_ready("crashy");
+        for (i, step) in [
+            "after-mint",
+            "after-register",
+            "after-secret",
+            "before-status",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let before = e.secret_token("crashy").await;
+            e.operator.kill();
+            let mut crashing = OperatorProcess::start(&e.cp, &e.store, &e.ns, Some(step));
+            let value = format!("crash-{i}");
+            e.kubectl(&[
+                "annotate",
+                "--overwrite",
+                "apitoken",
+                "crashy",
+                &format!("loop.dev/rotate={value}"),
+            ]);
+            assert!(
+                crashing.wait_exit(60),
+                "the operator did not reach crash point {step}"
+            );
+            e.operator = OperatorProcess::start(&e.cp, &e.store, &e.ns, None);
+            let t = e
+                .wait_until("crashy", "recovery after the crash", move |t| {
+                    ready(t)
+                        && t.status
+                            .as_ref()
+                            .and_then(|s| s.last_rotation_request.clone())
+                            == Some(value.clone())
+                })
+                .await;
+            let now = e.secret_token("crashy").await;
+            assert_ne!(now, before, "{step}: the rotation happened");
+            let answer = e.introspect(&now).await;
+            assert_eq!(
+                (answer["active"].as_bool(), answer["scope"].as_str()),
+                (Some(true), Some("customers:read subscriptions:read")),
+                "{step}"
+            );
+            assert_eq!(
+                e.introspect(&before).await["active"],
+                true,
+                "{step}: the previous token is in its grace period"
+            );
+            // Exactly: the current token plus those in their grace period.
+            let st = t.status.clone().unwrap_or_default();
+            let mut expected: Vec<String> = st
+                .previous_tokens
+                .iter()
+                .map(|p| p.token_id.clone())
+                .collect();
+            expected.extend(st.token_id.clone());
+            expected.sort();
+            assert_eq!(
+                e.active_ids(&t).await,
+                expected,
+                "{step}: no orphan stays active"
+            );
+            assert_eq!(
+                st.previous_tokens.len(),
+                i + 1,
+                "{step}: every earlier token is in grace"
+            );
+        }
+    })
+    .await;
+}
+
+/// Promise 6 and 3 with the store down: creation waits and says why, deletion waits and says
+/// why, and everything converges once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_delays_but_loses_nothing() {
+    with_namespace("e2e-outage", |cp, ns| async move {
+        let mut e = env(cp, ns).await;
+        e.apply(&token_yaml("early", ""));
+        e.apply(&token_yaml("rotating", ""));
+        e.wait_ready("early");
+        e.wait_ready("rotating");
+        let early_token = e.secret_token("early").await;
+        let rotating_before = e.secret_token("rotating").await;
+
+        // Store down: a new ApiToken waits with a reason.
+        let listen = e.store.url.trim_start_matches("http://").to_owned();
+        e.store.kill();
+        e.apply(&token_yaml("during", ""));
+        let t = e
+            .wait_until("during", "StoreUnavailable", |t| {
+                reason(t, "Reconciling").as_deref() == Some("StoreUnavailable")
+            })
+            .await;
+        assert!(!ready(&t));
+        // Deletion with the store down waits, with a reason, and keeps the finalizer.
+        e.kubectl(&["delete", "apitoken", "early", "--wait=false"]);
+        let t = e
+            .wait_until("early", "RevocationPending", |t| {
+                reason(t, "Reconciling").as_deref() == Some("RevocationPending")
+            })
+            .await;
+        assert!(
+            t.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|x| x == "loop.dev/revoke"))
+        );
+        // A rotation asked for during the outage waits too.
+        e.kubectl(&[
+            "annotate",
+            "apitoken",
+            "rotating",
+            "loop.dev/rotate=during-outage",
+        ]);
+        e.wait_until("rotating", "the rotation to wait for the store", |t| {
+            reason(t, "Reconciling").as_deref() == Some("StoreUnavailable")
+        })
+        .await;
+        assert_eq!(
+            e.secret_token("rotating").await,
+            rotating_before,
+            "no token is written before it is registered"
+        );
+
+        // The store comes back on the same data and address.
+        let argv_owned = sqlite_args(e._data.path());
+        let mut argv: Vec<&str> = argv_owned.iter().map(String::as_str).collect();
+        argv.extend(["--listen", listen.as_str()]);
+        e.store = StoreProcess::start(&argv, &[]);
+        e.wait_ready("during");
+        let during = e.secret_token("during").await;
+        assert_eq!(e.introspect(&during).await["active"], true);
+        let tokens = e.tokens();
+        eventually(90, "apitoken/early to be deleted", || async {
+            tokens
+                .get_opt("early")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            e.introspect(&early_token).await,
+            json!({"active": false}),
+            "deleted while the store was down: revoked once it was back"
+        );
+        let t = e
+            .wait_until("rotating", "the rotation after the outage", |t| {
+                ready(t)
+                    && t.status
+                        .as_ref()
+                        .and_then(|s| s.last_rotation_request.as_deref())
+                        == Some("during-outage")
+            })
+            .await;
+        let rotated = e.secret_token("rotating").await;
+        assert_ne!(rotated, rotating_before);
+        assert_eq!(e.introspect(&rotated).await["active"], true);
+        assert_eq!(
+            e.introspect(&rotating_before).await["active"],
+            true,
+            "grace period after the outage"
+        );
+        assert_eq!(
+            e.active_ids(&t).await.len(),
+            2,
+            "current plus previous, nothing else"
+        );
+    })
+    .await;
+}
+
+/// A Secret deleted or edited by hand is repaired; the token that was in it keeps its grace
+/// period (apps may still hold it); labels edited by hand are restored without a new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_of_the_secret_are_repaired() {
+    with_namespace("e2e-repair", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        e.apply(&token_yaml("fixme", ""));
+        e.wait_ready("fixme");
+        let first = e.secret_token("fixme").await;
+
+        e.kubectl(&[
+            "label",
+            "--overwrite",
+            "secret",
+            "fixme",
+            "app.kubernetes.io/managed-by=someone",
+        ]);
+        eventually(60, "the label to be restored", || async {
+            (e.kubectl(&[
+                "get",
+                "secret",
+                "fixme",
+                "-o",
+                "jsonpath={.metadata.labels.app\\.kubernetes\\.io/managed-by}",
+            ]) == "loop-token-operator")
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            e.secret_token("fixme").await,
+            first,
+            "a label repair keeps the token"
+        );
+
+        e.kubectl(&["delete", "secret", "fixme"]);
+        let secrets: Api<Secret> = Api::namespaced(e.cp.client.clone(), &e.ns);
+        let second = eventually(60, "a new Secret", || async {
+            let s = secrets.get_opt("fixme").await.ok().flatten()?;
+            let tok = String::from_utf8(s.data?.get("token")?.0.clone()).ok()?;
+            (tok != first).then_some(tok)
+        })
+        .await;
+        assert_eq!(e.introspect(&second).await["active"], true);
+        assert_eq!(
+            e.introspect(&first).await["active"],
+            true,
+            "the lost token keeps its grace period"
+        );
+        let t = e
+            .wait_until("fixme", "previous token in status", |t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| s.previous_tokens.len() == 1)
+            })
+            .await;
+        assert!(ready(&t));
+    })
+    .await;
+}
+
+/// Promise 3: a registration of this resource that is neither in the Secret nor in a grace
+/// period (as an interrupted issue would leave) is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_registrations_are_revoked() {
+    with_namespace("e2e-orphan", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        e.apply(&token_yaml("tidy", ""));
+        e.wait_ready("tidy");
+        let t = e.get("tidy").await;
+        let uid = t.metadata.uid.clone().unwrap_or_default();
+        let stray = loop_token_operator::token::Token::mint().unwrap();
+        let body = json!({"hash": stray.hash(), "name": "stray", "scopes": ["orders:read"],
+            "owner": {"cluster": "e2e", "namespace": e.ns, "name": "tidy", "uid": uid}});
+        let (s, _) = e
+            .store
+            .call(
+                Method::PUT,
+                &format!("/v1/tokens/{uid}.stray"),
+                Some(ADMIN),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 201);
+        assert_eq!(e.introspect(stray.expose()).await["active"], true);
+        e.kubectl(&["annotate", "apitoken", "tidy", "nudge=1"]);
+        eventually(60, "the orphan to be revoked", || async {
+            (e.introspect(stray.expose()).await["active"] == false).then_some(())
+        })
+        .await;
+        assert_eq!(
+            e.introspect(&e.secret_token("tidy").await).await["active"],
+            true
+        );
+    })
+    .await;
+}
+
+/// Promise 8: once converged, a minute passes without a single write by the operator to the
+/// API server (read from the API server's own audit log) or to the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_converged_token_is_quiet() {
+    with_namespace("e2e-quiet", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        e.apply(&token_yaml("calm", ""));
+        e.wait_ready("calm");
+        let audit = e.cp.state_dir.join("logs/audit.log");
+        let writes_in_ns = || {
+            let text = std::fs::read_to_string(&audit).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| {
+                    v["objectRef"]["namespace"] == e.ns.as_str() && v["stage"] == "ResponseComplete"
+                })
+                .count()
+        };
+        let store_writes = || async {
+            let m = e.store.metrics().await;
+            m.lines()
+                .filter(|l| {
+                    l.starts_with("loop_store_http_requests_total")
+                        && (l.contains("method=\"PUT\"")
+                            || l.contains("method=\"PATCH\"")
+                            || l.contains("method=\"DELETE\""))
+                })
+                .map(|l| {
+                    l.rsplit(' ')
+                        .next()
+                        .and_then(|n| n.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                })
+                .sum::<f64>()
+        };
+        // Ready is the operator's last write; the audit log and the store's counters must show
+        // the creation's writes, or this test would measure nothing.
+        let (api_before, store_before) = (writes_in_ns(), store_writes().await);
+        assert!(
+            api_before >= 3,
+            "expected the creation's writes in {}: {api_before}",
+            audit.display()
+        );
+        assert!(
+            store_before >= 1.0,
+            "expected the registration in the store's metrics"
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let (api_after, store_after) = (writes_in_ns(), store_writes().await);
+        assert_eq!(
+            api_after, api_before,
+            "the operator wrote to the API server while nothing changed"
+        );
+        assert_eq!(
+            store_after, store_before,
+            "the operator wrote to the store while nothing changed"
+        );
+    })
+    .await;
+}
+
+/// Every file in `examples/` applies as a user would apply it, and every token becomes Ready
+/// with a working token in its Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_work() {
+    with_namespace("e2e-examples", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        let root = support::repo_root().join("examples");
+        for f in ["basic.yaml", "rotation.yaml", "two-integrations.yaml"] {
+            e.kubectl(&["apply", "-f", root.join(f).to_str().unwrap_or_default()]);
+        }
+        // The kustomization names its own namespace, as a GitOps repo would; retarget it.
+        let built = e.cp.kubectl_ok(&[
+            "kustomize",
+            root.join("gitops").to_str().unwrap_or_default(),
+        ]);
+        assert!(built.contains("namespace: integrations"), "{built}");
+        e.apply(&built.replace("namespace: integrations", &format!("namespace: {}", e.ns)));
+
+        let expected = [
+            (
+                "klaviyo-sync",
+                "klaviyo-sync",
+                "token",
+                "customers:read subscriptions:read",
+            ),
+            (
+                "recharge-migration",
+                "recharge-migration-loop-token",
+                "LOOP_API_TOKEN",
+                "customers:read orders:read subscriptions:write",
+            ),
+            (
+                "shop-orders",
+                "shop-loop-orders",
+                "token",
+                "orders:read products:read",
+            ),
+            (
+                "shop-webhooks",
+                "shop-loop-webhooks",
+                "token",
+                "webhooks:write",
+            ),
+            (
+                "helpdesk-sync",
+                "helpdesk-sync",
+                "token",
+                "customers:read subscriptions:read",
+            ),
+            (
+                "analytics-export",
+                "analytics-export",
+                "token",
+                "orders:read reports:read",
+            ),
+        ];
+        let secrets: Api<Secret> = Api::namespaced(e.cp.client.clone(), &e.ns);
+        for (name, secret, key, scopes) in expected {
+            e.wait_ready(name);
+            let s = secrets
+                .get(secret)
+                .await
+                .unwrap_or_else(|err| panic!("secret {secret}: {err}"));
+            let tok = String::from_utf8(
+                s.data
+                    .unwrap_or_default()
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{secret} lacks {key}"))
+                    .0
+                    .clone(),
+            )
+            .unwrap();
+            let answer = e.introspect(&tok).await;
+            assert_eq!(
+                (answer["active"].as_bool(), answer["scope"].as_str()),
+                (Some(true), Some(scopes)),
+                "{name}"
+            );
+        }
+        let t = e.get("recharge-migration").await;
+        assert_eq!(
+            t.status
+                .unwrap_or_default()
+                .last_rotation_request
+                .as_deref(),
+            Some("2026-11-29T12:00:00Z"),
+            "an annotation present at creation is handled without a second rotation"
+        );
+        let labels = e.kubectl(&[
+            "get",
+            "apitoken",
+            "helpdesk-sync",
+            "-o",
+            "jsonpath={.metadata.labels}",
+        ]);
+        assert!(labels.contains("integrations"), "{labels}");
+    })
+    .await;
+}

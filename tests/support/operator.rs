@@ -1,0 +1,128 @@
+//! Running `loop-token-operator` as a real process against the local control plane, limited to
+//! one test namespace, with its logs captured.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::ControlPlane;
+use super::store::{ADMIN, StoreProcess};
+
+pub struct OperatorProcess {
+    child: Child,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    /// Address of /metrics, /healthz, /readyz.
+    pub metrics_url: String,
+}
+
+impl OperatorProcess {
+    /// Start the operator for namespace `ns`; returns once it has started its controller.
+    pub fn start(
+        cp: &ControlPlane,
+        store: &StoreProcess,
+        ns: &str,
+        crash_at: Option<&str>,
+    ) -> OperatorProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loop-token-operator"));
+        cmd.args([
+            "run",
+            "--store-url",
+            &store.url,
+            "--namespace",
+            ns,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--cluster-name",
+            "e2e",
+            "--retry-after",
+            "500ms",
+            "--usage-interval",
+            "1h",
+        ])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("LOOP_STORE_TOKEN", ADMIN)
+        .env(
+            "RUST_LOG",
+            "debug,hyper=info,tower=info,h2=info,rustls=info,kube_client=info",
+        )
+        .env_remove("LOOP_OPERATOR_CRASH_AT");
+        if let Some(step) = crash_at {
+            cmd.env("LOOP_OPERATOR_CRASH_AT", step);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start loop-token-operator: {e}"));
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("loop-token-operator started")
+                    && let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("metrics="))
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!(
+                "the operator did not start; logs:\n{}",
+                logs.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+            );
+        };
+        OperatorProcess {
+            child,
+            logs,
+            metrics_url: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let resp = reqwest::get(format!("{}/metrics", self.metrics_url))
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        resp.text().await.unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// Wait for the process to exit by itself (a crash point); returns whether it did.
+    pub fn wait_exit(&mut self, secs: u64) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
