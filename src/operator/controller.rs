@@ -329,8 +329,9 @@ async fn observe_secret(
         None => (ann.get(annotations::TOKEN_KEY).and_then(|k| read(k)), false),
     };
     let fingerprint = held.as_ref().map(Token::fingerprint);
+    // Only what the operator writes is checked: keys, labels or annotations others add belong
+    // to them, and server-side apply could not remove them anyway.
     let shape_ok = at_desired_key
-        && data.len() == 1
         && labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
         && labels.get(API_TOKEN_LABEL) == Some(&tg.name)
         && ann.get(annotations::FINGERPRINT) == fingerprint.as_ref()
