@@ -83,7 +83,7 @@ pub struct Context {
     pub usage_interval: Duration,
     /// How long to wait before retrying after an error.
     pub retry_after: Duration,
-    /// Test hook: die (SIGKILL-like, no cleanup) at this step of an issue.
+    /// Test hook: die by SIGKILL (no cleanup, no flush) at this step of an issue.
     pub crash_at: Option<String>,
 }
 

@@ -103,16 +103,16 @@ impl OperatorProcess {
             .join("\n")
     }
 
-    /// Wait for the process to exit by itself (a crash point); returns whether it did.
-    pub fn wait_exit(&mut self, secs: u64) -> bool {
+    /// Wait for the process to exit by itself (a crash point); returns how it ended.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        false
+        None
     }
 
     pub fn kill(&mut self) {
