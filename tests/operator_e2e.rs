@@ -476,9 +476,13 @@ async fn a_crash_at_any_step_of_a_rotation_leaves_no_orphan() {
                 "crashy",
                 &format!("loop.dev/rotate={value}"),
             ]);
-            assert!(
-                crashing.wait_exit(60),
-                "the operator did not reach crash point {step}"
+            let died = crashing
+                .wait_exit(60)
+                .unwrap_or_else(|| panic!("the operator did not reach crash point {step}"));
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&died),
+                Some(9),
+                "{step}: killed by SIGKILL"
             );
             e.operator = OperatorProcess::start(&e.cp, &e.store, &e.ns, None);
             let t = e
