@@ -92,8 +92,19 @@ impl Context {
         if self.crash_at.as_deref() == Some(step) {
             tracing::error!(
                 step,
-                "crash point reached (LOOP_OPERATOR_CRASH_AT); aborting"
+                "crash point reached (LOOP_OPERATOR_CRASH_AT); killing this process"
             );
+            // SIGKILL reaches a multi-threaded process asynchronously: wait for it here.
+            if rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            )
+            .is_ok()
+            {
+                loop {
+                    std::thread::park();
+                }
+            }
             std::process::abort();
         }
     }
