@@ -690,6 +690,58 @@ async fn hand_edits_of_the_secret_are_repaired() {
             })
             .await;
         assert!(ready(&t));
+
+        // A key added by someone else is theirs: left alone, and the token stays.
+        e.kubectl(&[
+            "patch",
+            "secret",
+            "fixme",
+            "--type=merge",
+            "-p",
+            r#"{"stringData":{"note":"mine"}}"#,
+        ]);
+        e.kubectl(&["annotate", "apitoken", "fixme", "nudge=1"]);
+        assert_eq!(e.secret_token("fixme").await, second);
+        let note = e.kubectl(&["get", "secret", "fixme", "-o", "jsonpath={.data.note}"]);
+        assert_eq!(note, "bWluZQ==", "another party's key is left alone");
+
+        // Moving the token to another Secret: a new token there, the old one keeps its grace,
+        // the old Secret goes.
+        e.kubectl(&[
+            "patch",
+            "apitoken",
+            "fixme",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"secret":{"name":"fixme-moved"}}}"#,
+        ]);
+        let t = e
+            .wait_until("fixme", "the move", |t| {
+                ready(t)
+                    && t.status.as_ref().and_then(|s| s.secret_name.as_deref())
+                        == Some("fixme-moved")
+            })
+            .await;
+        let moved = e.secret_token("fixme-moved").await;
+        assert_ne!(moved, second);
+        assert_eq!(e.introspect(&moved).await["active"], true);
+        assert_eq!(
+            e.introspect(&second).await["active"],
+            true,
+            "the token of the old Secret keeps its grace"
+        );
+        let secrets: Api<Secret> = Api::namespaced(e.cp.client.clone(), &e.ns);
+        eventually(60, "the old Secret to be removed", || async {
+            secrets
+                .get_opt("fixme")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        assert_eq!(e.active_ids(&t).await.len(), 3, "current, and two in grace");
     })
     .await;
 }
