@@ -5,6 +5,7 @@
 //!   OS random source);
 //! - [`store`]: the `loop-store` service (HTTP API, storage backends, introspection cache).
 
+pub mod cli;
 pub mod operator;
 pub mod store;
 pub mod telemetry;

@@ -103,6 +103,35 @@ impl Env {
         .unwrap_or_else(|| panic!("apitoken/{name} vanished"))
     }
 
+    /// Wait until the ApiToken is Stalled with `why`; returns it and the condition's message.
+    async fn wait_stalled(&self, name: &str, why: &'static str) -> (ApiToken, String) {
+        let t = self
+            .wait_until(name, why, move |t| {
+                reason(t, "Stalled").as_deref() == Some(why)
+            })
+            .await;
+        let msg = t
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled"))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        (t, msg)
+    }
+
+    /// Wait until the rotation asked for with `value` is handled and the token Ready.
+    async fn wait_rotated(&self, name: &str, value: &str) -> ApiToken {
+        let value = value.to_owned();
+        self.wait_until(name, "the rotation to be handled", move |t| {
+            ready(t)
+                && t.status
+                    .as_ref()
+                    .and_then(|s| s.last_rotation_request.as_deref())
+                    == Some(value.as_str())
+        })
+        .await
+    }
+
     async fn secret_token(&self, secret: &str) -> String {
         let api: Api<Secret> = Api::namespaced(self.cp.client.clone(), &self.ns);
         let s = api
@@ -203,11 +232,7 @@ async fn the_life_of_a_token() {
 
         // Promise 5: a rotation through the annotation; the old token keeps working (1h grace).
         e.kubectl(&["annotate", "apitoken", "klaviyo-sync", "loop.dev/rotate=2026-11-29T12:00:00Z"]);
-        let t = e
-            .wait_until("klaviyo-sync", "the rotation to be handled", |t| {
-                ready(t) && t.status.as_ref().and_then(|s| s.last_rotation_request.as_deref()) == Some("2026-11-29T12:00:00Z")
-            })
-            .await;
+        let t = e.wait_rotated("klaviyo-sync", "2026-11-29T12:00:00Z").await;
         let second = e.secret_token("klaviyo-sync").await;
         assert_ne!(second, first);
         assert_eq!(e.introspect(&second).await["scope"], "orders:write");
@@ -225,10 +250,7 @@ async fn the_life_of_a_token() {
         // Promise 5: gracePeriod 0 revokes the previous token at once ("token leaked").
         e.kubectl(&["patch", "apitoken", "klaviyo-sync", "--type=merge", "-p", r#"{"spec":{"rotation":{"gracePeriod":"0s"}}}"#]);
         e.kubectl(&["annotate", "--overwrite", "apitoken", "klaviyo-sync", "loop.dev/rotate=leaked"]);
-        e.wait_until("klaviyo-sync", "the leaked-token rotation", |t| {
-            ready(t) && t.status.as_ref().and_then(|s| s.last_rotation_request.as_deref()) == Some("leaked")
-        })
-        .await;
+        e.wait_rotated("klaviyo-sync", "leaked").await;
         let third = e.secret_token("klaviyo-sync").await;
         assert_eq!(e.introspect(&third).await["active"], true);
         assert_eq!(e.introspect(&second).await, json!({"active": false}), "revoked at once");
@@ -316,19 +338,7 @@ async fn never_clobbers_a_secret_it_does_not_own() {
         e.apply(
             &token_yaml("clash", "").replace("  scopes:", "  secret: {name: taken}\n  scopes:"),
         );
-        let t = e
-            .wait_until("clash", "Stalled", |t| reason(t, "Stalled").is_some())
-            .await;
-        assert_eq!(reason(&t, "Stalled").as_deref(), Some("SecretConflict"));
-        let msg = &t
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Stalled")
-            .unwrap()
-            .message;
+        let (t, msg) = e.wait_stalled("clash", "SecretConflict").await;
         assert!(
             msg.contains("Secret taken already exists and is not managed by this ApiToken"),
             "{msg}"
@@ -391,19 +401,7 @@ async fn unknown_scopes_stall_with_the_stores_reason() {
             &token_yaml("widgets", "")
                 .replace("[subscriptions:read, customers:read]", "[widgets:read]"),
         );
-        let t = e
-            .wait_until("widgets", "Stalled", |t| reason(t, "Stalled").is_some())
-            .await;
-        assert_eq!(reason(&t, "Stalled").as_deref(), Some("UnknownScope"));
-        let msg = &t
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Stalled")
-            .unwrap()
-            .message;
+        let (t, msg) = e.wait_stalled("widgets", "UnknownScope").await;
         assert!(
             msg.contains("widgets:read") && msg.contains("Fix spec.scopes"),
             "{msg}"
@@ -485,15 +483,7 @@ async fn a_crash_at_any_step_of_a_rotation_leaves_no_orphan() {
                 "{step}: killed by SIGKILL"
             );
             e.operator = OperatorProcess::start(&e.cp, &e.store, &e.ns, None);
-            let t = e
-                .wait_until("crashy", "recovery after the crash", move |t| {
-                    ready(t)
-                        && t.status
-                            .as_ref()
-                            .and_then(|s| s.last_rotation_request.clone())
-                            == Some(value.clone())
-                })
-                .await;
+            let t = e.wait_rotated("crashy", &value).await;
             let now = e.secret_token("crashy").await;
             assert_ne!(now, before, "{step}: the rotation happened");
             let answer = e.introspect(&now).await;
@@ -608,15 +598,7 @@ async fn a_store_outage_delays_but_loses_nothing() {
             json!({"active": false}),
             "deleted while the store was down: revoked once it was back"
         );
-        let t = e
-            .wait_until("rotating", "the rotation after the outage", |t| {
-                ready(t)
-                    && t.status
-                        .as_ref()
-                        .and_then(|s| s.last_rotation_request.as_deref())
-                        == Some("during-outage")
-            })
-            .await;
+        let t = e.wait_rotated("rotating", "during-outage").await;
         let rotated = e.secret_token("rotating").await;
         assert_ne!(rotated, rotating_before);
         assert_eq!(e.introspect(&rotated).await["active"], true);

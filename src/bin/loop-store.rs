@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use loop_token_operator::cli::parse_duration;
 use loop_token_operator::store::http::ApiDoc;
 use loop_token_operator::store::repo::PoolSettings;
 use loop_token_operator::store::server::{self, ServeConfig};
@@ -80,13 +81,6 @@ struct ServeArgs {
         default_value = "text"
     )]
     log_format: LogFormat,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("{e} (use forms like 500ms, 5s, 1m)"))?;
-    Duration::try_from(d).map_err(|_| "duration must not be negative".to_owned())
 }
 
 fn non_empty_env(name: &str) -> Option<String> {

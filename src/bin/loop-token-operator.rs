@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use loop_token_operator::cli::parse_duration;
 use loop_token_operator::operator::run::{RunConfig, run};
 use loop_token_operator::telemetry::{LogFormat, init_logging};
 
@@ -63,13 +64,6 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOOP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("{e} (use forms like 500ms, 5s, 5m)"))?;
-    Duration::try_from(d).map_err(|_| "duration must not be negative".to_owned())
 }
 
 #[tokio::main]

@@ -290,3 +290,53 @@ pub async fn install_crd(cp: &ControlPlane) {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A child process whose stderr (its log) is captured line by line.
+pub struct Logged {
+    pub child: std::process::Child,
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Spawn `cmd` with stderr captured; wait until a log line containing `marker` shows
+/// `key=VALUE`, and return the process and VALUE (an address).
+pub fn spawn_logged(
+    mut cmd: Command,
+    what: &str,
+    marker: &'static str,
+    key: &'static str,
+) -> (Logged, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let stderr = child
+        .stderr
+        .take()
+        .unwrap_or_else(|| panic!("{what} has no stderr"));
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = Arc::clone(&logs);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(marker)
+                && let Some(v) = line.split_whitespace().find_map(|w| w.strip_prefix(key))
+            {
+                let _ = tx.send(v.to_owned());
+            }
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    let Ok(value) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        panic!(
+            "{what} did not start; logs:\n{}",
+            logs.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+        );
+    };
+    (Logged { child, logs }, value)
+}

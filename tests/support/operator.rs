@@ -2,8 +2,7 @@
 //! one test namespace, with its logs captured.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,35 +52,12 @@ impl OperatorProcess {
         if let Some(step) = crash_at {
             cmd.env("LOOP_OPERATOR_CRASH_AT", step);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start loop-token-operator: {e}"));
-        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("loop-token-operator started")
-                    && let Some(addr) = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("metrics="))
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            panic!(
-                "the operator did not start; logs:\n{}",
-                logs.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
-            );
-        };
+        let (super::Logged { child, logs }, addr) = super::spawn_logged(
+            cmd,
+            "loop-token-operator",
+            "loop-token-operator started",
+            "metrics=",
+        );
         OperatorProcess {
             child,
             logs,

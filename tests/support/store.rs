@@ -1,13 +1,11 @@
 //! Running `loop-store` as a real process, and a TCP proxy that can cut its database off.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -37,38 +35,8 @@ impl StoreProcess {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start loop-store: {e}"));
-        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" listening ")
-                    && let Some(addr) = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "loop-store did not start listening; logs:\n{}",
-                    logs.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
-                );
-            }
-        };
+        let (super::Logged { child, logs }, addr) =
+            super::spawn_logged(cmd, "loop-store", " listening ", "addr=");
         StoreProcess {
             child,
             url: format!("http://{addr}"),
