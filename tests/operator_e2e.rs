@@ -925,3 +925,100 @@ async fn the_examples_work() {
     })
     .await;
 }
+
+/// Leader election: of two operators only the leader reconciles; when it is killed the standby
+/// takes over within the lease duration, and no token is minted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_a_standby_takes_over() {
+    with_namespace("e2e-leader", |cp, ns| async move {
+        let mut e = env(cp, ns).await;
+        e.operator.kill();
+        let le = [
+            "--leader-election-namespace",
+            e.ns.as_str(),
+            "--lease-duration",
+            "4s",
+            "--lease-renew-before",
+            "2s",
+        ];
+        let mut a = OperatorProcess::start_with(&e.cp, &e.store, &e.ns, None, &le);
+        eventually(30, "operator A to lead", || async {
+            a.logged("became leader").then_some(())
+        })
+        .await;
+        let b = OperatorProcess::start_with(&e.cp, &e.store, &e.ns, None, &le);
+        eventually(30, "operator B to wait", || async {
+            b.logged("waiting for leadership").then_some(())
+        })
+        .await;
+
+        e.apply(&token_yaml("one", ""));
+        e.wait_ready("one");
+        assert!(
+            !b.logged("became leader"),
+            "the standby must not lead while the leader lives"
+        );
+        let b_metrics = b.metrics().await;
+        assert!(
+            !b_metrics.contains("loop_operator_reconciles_total{"),
+            "the standby reconciled:\n{b_metrics}"
+        );
+        let first = e.secret_token("one").await;
+
+        // The leader dies without releasing the lease; the standby takes over once it expires.
+        a.kill();
+        let killed_at = std::time::Instant::now();
+        eventually(30, "operator B to lead", || async {
+            b.logged("became leader").then_some(())
+        })
+        .await;
+        let takeover = killed_at.elapsed();
+        eprintln!("standby took over {takeover:?} after the leader was killed (lease duration 4s)");
+        assert!(takeover < Duration::from_secs(4 + 4), "took {takeover:?}");
+        e.apply(&token_yaml("two", ""));
+        e.wait_ready("two");
+
+        // The new leader adopted "one" without minting it again.
+        assert_eq!(e.secret_token("one").await, first);
+        let t = e.get("one").await;
+        let uid = t.metadata.uid.clone().unwrap_or_default();
+        let (_, all) = e
+            .store
+            .call(
+                Method::GET,
+                &format!("/v1/tokens?ownerUid={uid}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(
+            all["items"].as_array().map(Vec::len),
+            Some(1),
+            "one token ever registered for 'one': {all}"
+        );
+        let b_metrics = b.metrics().await;
+        assert!(
+            b_metrics.contains("loop_operator_token_actions_total{action=\"issue\"} 1"),
+            "{b_metrics}"
+        );
+
+        // A clean shutdown (SIGTERM) drains, releases the lease and exits 0; a new candidate
+        // then leads without waiting for the lease to expire.
+        let mut b = b;
+        let c = OperatorProcess::start_with(&e.cp, &e.store, &e.ns, None, &le);
+        eventually(30, "operator C to wait", || async {
+            c.logged("waiting for leadership").then_some(())
+        })
+        .await;
+        let status = b
+            .terminate()
+            .unwrap_or_else(|| panic!("B did not stop on SIGTERM"));
+        assert!(status.success(), "B exited with {status}");
+        assert!(b.logged("released the lease"), "{}", b.log_text());
+        eventually(30, "operator C to lead", || async {
+            c.logged("became leader").then_some(())
+        })
+        .await;
+    })
+    .await;
+}

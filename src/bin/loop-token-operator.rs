@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use loop_token_operator::cli::parse_duration;
-use loop_token_operator::operator::run::{RunConfig, run};
+use loop_token_operator::operator::run::{LeaderElection, RunConfig, run};
 use loop_token_operator::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
@@ -64,12 +64,54 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOOP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Elect one active operator through a coordination Lease (others wait as standbys).
+    #[arg(long, env = "LOOP_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease. Default: POD_NAMESPACE, else "default".
+    #[arg(long, env = "LOOP_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the Lease. Default: loop-token-operator (loop-token-operator-<namespace> with --namespace).
+    #[arg(long, env = "LOOP_LEASE_NAME")]
+    lease_name: Option<String>,
+    /// How long the lease stays valid without renewal: the longest a standby waits after the
+    /// leader dies.
+    #[arg(long, env = "LOOP_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// Renew the lease this long before it would expire.
+    #[arg(long, env = "LOOP_LEASE_RENEW_BEFORE", default_value = "5s", value_parser = parse_duration)]
+    lease_renew_before: Duration,
+}
+
+/// This process's name in the Lease: the pod name (or host name) and a random suffix, so two
+/// processes on one host are two candidates.
+fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "operator".to_owned());
+    let suffix = loop_token_operator::token::Token::mint()
+        .map(|t| t.expose()[loop_token_operator::token::PREFIX.len()..][..8].to_owned())
+        .unwrap_or_default();
+    format!("{host}-{suffix}")
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Command::Run(a) = Cli::parse().command;
     init_logging(a.log_format);
+    let leader_election = a.leader_election.then(|| LeaderElection {
+        namespace: a
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_owned()),
+        lease_name: a.lease_name.clone().unwrap_or_else(|| match &a.namespace {
+            Some(ns) => format!("loop-token-operator-{ns}"),
+            None => "loop-token-operator".to_owned(),
+        }),
+        identity: identity(),
+        duration: a.lease_duration,
+        grace: a.lease_renew_before,
+    });
     let cfg = RunConfig {
         store_url: a.store_url,
         store_token_file: a.store_token_file,
@@ -85,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         retry_after: a.retry_after,
         // Test hook for the crash tests; undocumented in --help on purpose.
         crash_at: std::env::var("LOOP_OPERATOR_CRASH_AT").ok(),
+        leader_election,
     };
     run(cfg).await.context("loop-token-operator failed")
 }

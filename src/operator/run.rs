@@ -36,6 +36,20 @@ pub struct RunConfig {
     pub store_timeout: Duration,
     pub retry_after: Duration,
     pub crash_at: Option<String>,
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Leader election settings: one active operator per Lease.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    /// How long a lease stays valid without renewal; a standby takes over at most this long
+    /// after the leader dies.
+    pub duration: Duration,
+    /// Renew this long before the lease would expire.
+    pub grace: Duration,
 }
 
 /// Why the operator cannot start.
@@ -57,12 +71,82 @@ pub enum StartError {
     StoreClient(String),
     #[error("cannot connect to Kubernetes (is KUBECONFIG set, or is this running in a cluster?)")]
     Kube(#[source] kube::Error),
+    #[error("leader election on Lease {namespace}/{name} failed")]
+    LeaderElection {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("lost the leadership of Lease {0}; exiting so that only the new leader acts")]
+    LostLeadership(String),
     #[error("cannot listen on {addr} for metrics")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+}
+
+type Lease = (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+    LeaderElection,
+);
+
+/// Wait until this process holds the Lease. `None` when a shutdown signal came first.
+async fn acquire_leadership(
+    client: Client,
+    le: &LeaderElection,
+) -> Result<Option<Lease>, StartError> {
+    let err = |source| StartError::LeaderElection {
+        namespace: le.namespace.clone(),
+        name: le.lease_name.clone(),
+        source,
+    };
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &le.lease_name)
+        .with_namespace(&le.namespace)
+        .with_identity(&le.identity)
+        .with_duration(le.duration.as_secs().max(2))
+        .with_grace(le.grace.as_secs().max(1))
+        .build()
+        .await
+        .map_err(err)?;
+    let (mut leader, task) = manager.watch().await;
+    tracing::info!(lease = %format!("{}/{}", le.namespace, le.lease_name), identity = %le.identity, "waiting for leadership");
+    let signal = tokio::signal::ctrl_c();
+    tokio::pin!(signal);
+    while !*leader.borrow_and_update() {
+        tokio::select! {
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    let e = match task.await {
+                        Ok(Err(e)) => e,
+                        _ => kube_lease_manager::LeaseManagerError::InconsistentState("the lease manager stopped".into()),
+                    };
+                    return Err(err(e));
+                }
+            }
+            _ = terminate() => return Ok(None),
+            _ = &mut signal => return Ok(None),
+        }
+    }
+    tracing::info!(lease = %format!("{}/{}", le.namespace, le.lease_name), identity = %le.identity, "became leader");
+    Ok(Some((leader, task, le.clone())))
+}
+
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 fn credential(cfg: &RunConfig) -> Result<String, StartError> {
@@ -164,10 +248,18 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         "loop-token-operator started"
     );
 
+    let lease = match &cfg.leader_election {
+        Some(le) => match acquire_leadership(client.clone(), le).await? {
+            Some(lease) => Some(lease),
+            None => return Ok(()), // asked to stop while waiting
+        },
+        None => None,
+    };
+
     // Only the Secrets the operator manages are watched, and only their changes wake their owner.
     let owned =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    Controller::new(tokens, watcher::Config::default())
+    let controller = Controller::new(tokens, watcher::Config::default())
         .owns(secrets, owned)
         .with_config(controller::Config::default().concurrency(cfg.concurrency))
         .shutdown_on_signal()
@@ -176,8 +268,37 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    match lease {
+        None => controller.await,
+        Some((mut leader, lease_task, le)) => {
+            // Losing the lease drops the controller at once (no further writes); a shutdown
+            // signal drains it and then releases the lease so a standby takes over now.
+            let mut watch_loss = leader.clone();
+            let lost = async move {
+                while watch_loss.changed().await.is_ok() {
+                    if !*watch_loss.borrow() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = controller => {}
+                () = lost => {
+                    tracing::error!(lease = %le.lease_name, "lost leadership; stopping at once");
+                    return Err(StartError::LostLeadership(format!("{}/{}", le.namespace, le.lease_name)));
+                }
+            }
+            leader.mark_unchanged();
+            drop(leader);
+            match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+                Ok(Ok(Ok(_))) => tracing::info!(lease = %le.lease_name, "released the lease"),
+                _ => {
+                    tracing::warn!(lease = %le.lease_name, "could not release the lease; it expires by itself")
+                }
+            }
+        }
+    }
     tracing::info!("loop-token-operator stopped");
     Ok(())
 }

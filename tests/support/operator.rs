@@ -17,12 +17,24 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Start the operator for namespace `ns`; returns once it has started its controller.
+    /// Start the operator for namespace `ns` without leader election; returns once it has
+    /// started.
     pub fn start(
         cp: &ControlPlane,
         store: &StoreProcess,
         ns: &str,
         crash_at: Option<&str>,
+    ) -> OperatorProcess {
+        Self::start_with(cp, store, ns, crash_at, &["--leader-election=false"])
+    }
+
+    /// Start the operator with extra arguments.
+    pub fn start_with(
+        cp: &ControlPlane,
+        store: &StoreProcess,
+        ns: &str,
+        crash_at: Option<&str>,
+        extra: &[&str],
     ) -> OperatorProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loop-token-operator"));
         cmd.args([
@@ -48,7 +60,8 @@ impl OperatorProcess {
             "RUST_LOG",
             "debug,hyper=info,tower=info,h2=info,rustls=info,kube_client=info",
         )
-        .env_remove("LOOP_OPERATOR_CRASH_AT");
+        .env_remove("LOOP_OPERATOR_CRASH_AT")
+        .args(extra);
         if let Some(step) = crash_at {
             cmd.env("LOOP_OPERATOR_CRASH_AT", step);
         }
@@ -72,6 +85,15 @@ impl OperatorProcess {
         resp.text().await.unwrap_or_default()
     }
 
+    /// Whether a log line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
     pub fn log_text(&self) -> String {
         self.logs
             .lock()
@@ -89,6 +111,14 @@ impl OperatorProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit(60)
     }
 
     pub fn kill(&mut self) {
