@@ -1,8 +1,14 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: test build cluster-up cluster-down postgres-up postgres-down store
+.PHONY: test demo demo-down build cluster-up cluster-down postgres-up postgres-down store
 
 test: ## Run every test (starts and stops the local control plane and PostgreSQL as needed)
 	scripts/test
+
+demo: ## Bring up the control plane, the store and the operator, and walk through a token's life
+	scripts/demo
+
+demo-down: ## Stop everything the demo started
+	scripts/demo down
 
 build: ## Build the binaries
 	cargo build --release --locked
