@@ -283,6 +283,15 @@ mod tests {
     }
 
     #[test]
+    fn the_charts_crd_is_the_same() {
+        assert!(
+            include_str!("../../charts/loop-token-operator/crds/apitoken.yaml")
+                == include_str!("../../crds/apitoken.yaml"),
+            "charts/loop-token-operator/crds/apitoken.yaml differs; copy it: cp crds/apitoken.yaml charts/loop-token-operator/crds/"
+        );
+    }
+
+    #[test]
     fn the_schema_says_what_the_api_server_must_enforce() {
         let yaml = crd_yaml().unwrap();
         for needle in [

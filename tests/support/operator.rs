@@ -36,6 +36,17 @@ impl OperatorProcess {
         crash_at: Option<&str>,
         extra: &[&str],
     ) -> OperatorProcess {
+        Self::start_as(&cp.kubeconfig, store, ns, crash_at, extra)
+    }
+
+    /// Start the operator with another identity (kubeconfig).
+    pub fn start_as(
+        kubeconfig: &std::path::Path,
+        store: &StoreProcess,
+        ns: &str,
+        crash_at: Option<&str>,
+        extra: &[&str],
+    ) -> OperatorProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loop-token-operator"));
         cmd.args([
             "run",
@@ -54,7 +65,7 @@ impl OperatorProcess {
             "--usage-interval",
             "1h",
         ])
-        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .env("LOOP_STORE_TOKEN", ADMIN)
         .env(
             "RUST_LOG",
