@@ -41,6 +41,9 @@ pub mod annotations {
     pub const TOKEN_KEY: &str = "loop.dev/token-key";
 }
 
+/// How often a Secret name clash is checked again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+
 /// Passes of observe-plan-act within one reconcile before reporting `Progressing`.
 const MAX_PASSES: usize = 4;
 
@@ -208,7 +211,8 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
                 publish(ctx, t, EventType::Warning, "SecretConflict", format!("Secret {secret} exists and is not managed by this ApiToken; it was left untouched")).await;
             }
             write_status(&tg, ctx, &Outcome::Blocked(blocked), Some(&d), None).await?;
-            return Ok(Requeue::requeue(ctx.usage_interval));
+            // Other Secrets are not watched: look again soon for the name to become free.
+            return Ok(Requeue::requeue(ctx.usage_interval.min(CONFLICT_RECHECK)));
         }
         if p.actions.is_empty() {
             converged = Some(p);
