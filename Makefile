@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: test demo demo-down build cluster-up cluster-down postgres-up postgres-down store
+.PHONY: test bench bench-quick demo demo-down build cluster-up cluster-down postgres-up postgres-down store
 
 test: ## Run every test (starts and stops the local control plane and PostgreSQL as needed)
 	scripts/test
@@ -9,6 +9,12 @@ demo: ## Bring up the control plane, the store and the operator, and walk throug
 
 demo-down: ## Stop everything the demo started
 	scripts/demo down
+
+bench: ## Store benchmarks (see docs/benchmarks.md); results in bench-results/
+	scripts/bench
+
+bench-quick: ## A quick variant of the store benchmarks
+	scripts/bench --quick
 
 build: ## Build the binaries
 	cargo build --release --locked
