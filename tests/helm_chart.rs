@@ -110,52 +110,36 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
         }
 
         // What the chart refuses, with a message that says why.
-        let out = helm(
-            &cp,
-            &[
-                "template",
-                "r",
-                c,
-                "--kube-version",
-                KUBE_VERSION,
-                "--set",
+        for (set, why) in [
+            (
                 "store.replicas=2",
-            ],
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stderr)
-                .contains("one SQLite file serves one store process")
-        );
-        let out = helm(
-            &cp,
-            &[
-                "template",
-                "r",
-                c,
-                "--kube-version",
-                KUBE_VERSION,
-                "--set",
+                "one SQLite file serves one store process",
+            ),
+            (
                 "operator.logFormat=xml",
-            ],
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("value must be one of 'text', 'json'")
-        );
-        let out = helm(
-            &cp,
-            &[
-                "template",
-                "r",
-                c,
-                "--kube-version",
-                KUBE_VERSION,
-                "--set",
+                "value must be one of 'text', 'json'",
+            ),
+            (
                 "store.database=postgres",
-            ],
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("needs store.postgres.existingSecret")
-        );
+                "needs store.postgres.existingSecret",
+            ),
+        ] {
+            let out = helm(
+                &cp,
+                &[
+                    "template",
+                    "r",
+                    c,
+                    "--kube-version",
+                    KUBE_VERSION,
+                    "--set",
+                    set,
+                ],
+            );
+            assert!(!out.status.success(), "accepted {set}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(why), "for {set}: expected {why:?} in {err}");
+        }
     })
     .await;
 }
