@@ -634,17 +634,29 @@ async fn write_status(
     d: Option<&Desired>,
     p: Option<&Plan>,
 ) -> Result<(), Error> {
-    let old = tg.t.status.clone().unwrap_or_default();
-    let new = status::compute(
-        &old,
+    let now = Timestamp::now();
+    let generation = tg.t.meta().generation;
+    let cached = tg.t.status.clone().unwrap_or_default();
+    let mut new = status::compute(&cached, outcome, d, p, generation, now);
+    if tg.t.status.as_ref() == Some(&new) {
+        ctx.metrics.set_state(&tg.uid, status::ready_state(&new));
+        return Ok(());
+    }
+    // The watch cache can lag the operator's own last status write (a reconcile woken by its
+    // own Secret write): decide against the live status, so that nothing is written twice and
+    // no lastTransitionTime is reset.
+    let live = tg.tokens.get_status(&tg.name).await.map_err(Error::Kube)?;
+    let current = live.status.clone().unwrap_or_default();
+    new = status::compute(
+        &current,
         outcome,
         d,
         p,
-        tg.t.meta().generation,
-        Timestamp::now(),
+        live.meta().generation.or(generation),
+        now,
     );
     ctx.metrics.set_state(&tg.uid, status::ready_state(&new));
-    if tg.t.status.as_ref() == Some(&new) {
+    if live.status.as_ref() == Some(&new) {
         return Ok(());
     }
     // Server-side apply: fields the operator set before and leaves out now are removed.
