@@ -818,6 +818,20 @@ async fn a_converged_token_is_quiet() {
             api_after, api_before,
             "the operator wrote to the API server while nothing changed"
         );
+        // From creation to here the status was written exactly once: a reconcile woken by the
+        // operator's own writes must not write it again (its watch cache may lag).
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let status_writes = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["objectRef"]["namespace"] == e.ns.as_str()
+                    && v["objectRef"]["resource"] == "apitokens"
+                    && v["objectRef"]["subresource"] == "status"
+                    && v["stage"] == "ResponseComplete"
+            })
+            .count();
+        assert_eq!(status_writes, 1, "status writes for one creation");
         assert_eq!(
             store_after, store_before,
             "the operator wrote to the store while nothing changed"
