@@ -645,7 +645,8 @@ async fn write_status(
     // The watch cache can lag the operator's own last status write (a reconcile woken by its
     // own Secret write): decide against the live status, so that nothing is written twice and
     // no lastTransitionTime is reset.
-    let live = tg.tokens.get_status(&tg.name).await.map_err(Error::Kube)?;
+    // The object itself (RBAC grants get on apitokens, not on apitokens/status).
+    let live = tg.tokens.get(&tg.name).await.map_err(Error::Kube)?;
     let current = live.status.clone().unwrap_or_default();
     new = status::compute(
         &current,
