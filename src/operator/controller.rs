@@ -229,7 +229,16 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
         write_status(&tg, ctx, &Outcome::Pending, Some(&d), None).await?;
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     };
-    remove_stale_secrets(&tg, &d).await.map_err(Error::Kube)?;
+    // Only after spec.secret.name changed (status still names the old Secret) can an owned
+    // Secret under another name exist: no listing on ordinary reconciles.
+    let moved = t
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref())
+        .is_some_and(|n| n != d.secret_name);
+    if moved {
+        remove_stale_secrets(&tg, &d).await.map_err(Error::Kube)?;
+    }
     if issued {
         ctx.crash_point("before-status");
     }

@@ -1,7 +1,5 @@
 //! Names every part agrees on (DESIGN.md §3) and the operator's own constants, in one place.
 
-/// API group of the custom resource.
-pub const GROUP: &str = "loop.dev";
 /// Annotation whose every new value asks for one rotation.
 pub const ROTATE_ANNOTATION: &str = "loop.dev/rotate";
 /// Finalizer that holds deletion until every token of the resource is revoked.
@@ -17,5 +15,3 @@ pub const FIELD_MANAGER: &str = "loop-token-operator";
 pub const DEFAULT_SECRET_KEY: &str = "token";
 /// Default grace period of the previous token after a rotation.
 pub const DEFAULT_GRACE_PERIOD: &str = "1h";
-/// Longest grace period accepted (the CRD's CEL rule says the same).
-pub const MAX_GRACE_PERIOD: &str = "168h";

@@ -136,12 +136,6 @@ impl Cache {
     pub fn is_trusted(&self) -> bool {
         self.trusted.load(Ordering::Acquire)
     }
-
-    /// Number of cached registrations (known, unknown).
-    pub fn len(&self) -> (usize, usize) {
-        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        (inner.known.len(), inner.unknown.len())
-    }
 }
 
 /// Answers `POST /v1/introspect`.
