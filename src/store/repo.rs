@@ -162,13 +162,44 @@ const SQL_REVOKE: &str = concat!(
     "UPDATE tokens SET revoked_at = $2, updated_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING ",
     columns!()
 );
-const SQL_LIST: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM tokens WHERE ($1 IS NULL OR owner_uid = $1) AND ($2 IS NULL OR owner_namespace = $2) \
-     AND ($3 IS NULL OR $3 = (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $4))) \
-     AND ($5 IS NULL OR id > $5) ORDER BY id LIMIT $6"
-);
+/// The list query with only the filters that are set, so that each one is a plain comparison the
+/// planner can serve from an index. (`($1 IS NULL OR owner_uid = $1)` made SQLite scan the whole
+/// table on every list by owner, which the operator does on every reconcile.) Placeholders are
+/// numbered in the order [`list`](Repository::list) binds them: owner, namespace, active and now,
+/// after, limit.
+fn list_sql(f: &ListFilter) -> String {
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    let mut clauses = Vec::new();
+    if f.owner_uid.is_some() {
+        clauses.push(format!("owner_uid = {}", next()));
+    }
+    if f.namespace.is_some() {
+        clauses.push(format!("owner_namespace = {}", next()));
+    }
+    if f.active.is_some() {
+        let (active, now) = (next(), next());
+        clauses.push(format!(
+            "{active} = (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now}))"
+        ));
+    }
+    if f.after.is_some() {
+        clauses.push(format!("id > {}", next()));
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    format!(
+        "SELECT {} FROM tokens{filter} ORDER BY id LIMIT {}",
+        columns!(),
+        next()
+    )
+}
 const SQL_USAGE: &str = "UPDATE tokens SET use_count = use_count + $2, \
      last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 THEN $3 ELSE last_used_at END \
      WHERE id = $1";
@@ -354,15 +385,21 @@ macro_rules! sql_repository {
                 f: &ListFilter,
                 now_ms: i64,
             ) -> Result<Vec<TokenRecord>, RepoError> {
-                let rows = sqlx::query(SQL_LIST)
-                    .bind(f.owner_uid.as_deref())
-                    .bind(f.namespace.as_deref())
-                    .bind(f.active)
-                    .bind(now_ms)
-                    .bind(f.after.as_deref())
-                    .bind(i64::from(f.limit))
-                    .fetch_all(&self.pool)
-                    .await?;
+                // Assembled from constant fragments only; every value is bound.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(list_sql(f)));
+                if let Some(uid) = f.owner_uid.as_deref() {
+                    q = q.bind(uid);
+                }
+                if let Some(ns) = f.namespace.as_deref() {
+                    q = q.bind(ns);
+                }
+                if let Some(active) = f.active {
+                    q = q.bind(active).bind(now_ms);
+                }
+                if let Some(after) = f.after.as_deref() {
+                    q = q.bind(after);
+                }
+                let rows = q.bind(i64::from(f.limit)).fetch_all(&self.pool).await?;
                 rows.iter().map(Self::to_record).collect()
             }
 
@@ -549,5 +586,72 @@ pub async fn open(url: &str, settings: &PoolSettings) -> Result<Opened, OpenErro
         })
     } else {
         Err(OpenError::Scheme)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_owner() -> ListFilter {
+        ListFilter {
+            owner_uid: Some("uid-1".into()),
+            limit: 10,
+            ..ListFilter::default()
+        }
+    }
+
+    #[test]
+    fn the_list_query_has_only_the_filters_that_are_set() {
+        let sql = list_sql(&by_owner());
+        assert!(
+            sql.ends_with("WHERE owner_uid = $1 ORDER BY id LIMIT $2"),
+            "{sql}"
+        );
+        let all = list_sql(&ListFilter {
+            owner_uid: Some("u".into()),
+            namespace: Some("n".into()),
+            active: Some(true),
+            after: Some("a".into()),
+            limit: 5,
+        });
+        assert!(
+            all.ends_with(
+                "WHERE owner_uid = $1 AND owner_namespace = $2 AND $3 = (revoked_at IS NULL AND \
+                 (expires_at IS NULL OR expires_at > $4)) AND id > $5 ORDER BY id LIMIT $6"
+            ),
+            "{all}"
+        );
+        let none = list_sql(&ListFilter {
+            limit: 5,
+            ..ListFilter::default()
+        });
+        assert!(none.ends_with("FROM tokens ORDER BY id LIMIT $1"), "{none}");
+    }
+
+    /// The operator lists by owner on every reconcile: that must not scan the table.
+    #[tokio::test]
+    async fn a_list_by_owner_uses_the_owner_index_on_sqlite() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/plan.db", dir.path().display());
+        let repo = SqliteRepo::open(&url, &PoolSettings::default()).await?;
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            list_sql(&by_owner())
+        )))
+        .bind("uid-1")
+        .bind(10_i64)
+        .fetch_all(&repo.pool)
+        .await?;
+        let details: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+        assert!(
+            details.iter().any(|d| d.contains("INDEX tokens_owner_uid")),
+            "{details:?}"
+        );
+        assert!(
+            !details.iter().any(|d| d.starts_with("SCAN")),
+            "{details:?}"
+        );
+        Ok(())
     }
 }
