@@ -17,6 +17,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::crd::ApiToken;
@@ -44,8 +45,24 @@ pub mod annotations {
 /// How often a Secret name clash is checked again.
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 
-/// Passes of observe-plan-act within one reconcile before reporting `Progressing`.
-const MAX_PASSES: usize = 4;
+/// Passes of observe-plan-act within one reconcile before reporting `Progressing` (the first
+/// pass looks at the cache only).
+const MAX_PASSES: usize = 5;
+
+/// The changes to an ApiToken that wake the controller: its spec (generation), its annotations
+/// (`loop.dev/rotate`, and any other, so that annotating an ApiToken asks for a reconcile, as
+/// GitOps tools do), its finalizers and its deletion. Status-only changes, most of them the
+/// operator's own status writes, do not: a status edited by someone else is put right at the
+/// next periodic reconcile (`--usage-interval`).
+pub fn triggers(t: &ApiToken) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.metadata.generation.hash(&mut h);
+    t.annotations().hash(&mut h);
+    t.finalizers().hash(&mut h);
+    t.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
 
 /// A reconcile failure. Never carries a token.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +95,8 @@ impl Error {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
+    /// The owned Secrets (label-selected), as last seen by the controller's watch.
+    pub secrets: Store<Secret>,
     pub store: StoreClient,
     pub cluster: String,
     pub recorder: Recorder,
@@ -184,8 +203,11 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     };
     let mut converged: Option<Plan> = None;
     let mut issued = false;
-    for _ in 0..MAX_PASSES {
-        let (secret, sobs, held) = match observe_secret(&tg, &d).await {
+    for pass in 0..MAX_PASSES {
+        // The first pass plans from the watch cache: a converged token costs no API request.
+        // Anything to do is planned again from a live read before it is done.
+        let cached = (pass == 0).then_some(&ctx.secrets);
+        let (secret, sobs, held) = match observe_secret(&tg, &d, cached).await {
             Ok(o) => o,
             Err(e) => return fail(&tg, ctx, &d, e).await,
         };
@@ -202,6 +224,9 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             status_token_id,
             now,
         });
+        if cached.is_some() && (p.blocked.is_some() || !p.actions.is_empty()) {
+            continue;
+        }
         if let Some(blocked) = &p.blocked {
             let was_blocked = t
                 .status
@@ -286,30 +311,36 @@ async fn fail(tg: &Target<'_>, ctx: &Context, d: &Desired, e: Error) -> Result<R
 
 async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     let tg = target(t, &ctx.client)?;
+    let mut revoked = Vec::new();
     let result = async {
         let regs = ctx.store.list_owned(&tg.uid).await?;
         for action in plan::plan_cleanup(&regs) {
             if let Action::Revoke { id, .. } = &action {
                 ctx.store.revoke(id).await?;
                 ctx.metrics.action("revoke");
-                let fp = regs
-                    .iter()
-                    .find(|r| &r.id == id)
-                    .map(|r| r.fingerprint.clone())
-                    .unwrap_or_default();
-                publish(
-                    ctx,
-                    t,
-                    EventType::Normal,
-                    "Revoked",
-                    format!("token {fp} revoked: the ApiToken is being deleted"),
-                )
-                .await;
+                if let Some(r) = regs.iter().find(|r| &r.id == id) {
+                    revoked.push(r.fingerprint.clone());
+                }
             }
         }
         Ok::<(), StoreError>(())
     }
     .await;
+    // One Event for all the tokens revoked (the current one and any still in grace).
+    if !revoked.is_empty() {
+        let which = match revoked.as_slice() {
+            [one] => format!("token {one}"),
+            many => format!("tokens {}", many.join(", ")),
+        };
+        publish(
+            ctx,
+            t,
+            EventType::Normal,
+            "Revoked",
+            format!("{which} revoked: the ApiToken is being deleted"),
+        )
+        .await;
+    }
     match result {
         Ok(()) => {
             ctx.metrics.forget(&tg.uid);
@@ -327,12 +358,18 @@ async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
 async fn observe_secret(
     tg: &Target<'_>,
     d: &Desired,
+    cache: Option<&Store<Secret>>,
 ) -> Result<(Option<Secret>, Option<SecretObs>, Option<Token>), Error> {
-    let secret = tg
-        .secrets
-        .get_opt(&d.secret_name)
-        .await
-        .map_err(Error::Kube)?;
+    let secret = match cache {
+        Some(store) => store
+            .get(&ObjectRef::new(&d.secret_name).within(&tg.ns))
+            .map(|s| Secret::clone(&s)),
+        None => tg
+            .secrets
+            .get_opt(&d.secret_name)
+            .await
+            .map_err(Error::Kube)?,
+    };
     let Some(s) = secret else {
         return Ok((None, None, None));
     };
@@ -409,16 +446,35 @@ async fn execute(
             };
             write_secret(tg, d, secret, &token, &record).await?;
             ctx.crash_point("after-secret");
+            let fp = token.fingerprint();
             let (reason_str, what) = match reason {
-                IssueReason::First => ("Issued", "issued"),
-                IssueReason::Rotation => ("Rotated", "issued by rotation"),
+                // The first issue is recorded by the status (Ready, reason Issued, with the
+                // fingerprint) without an Event: one API write less per token, which counts
+                // when thousands are applied at once. Events mark changes to an existing token.
+                IssueReason::First => {
+                    tracing::info!(apitoken = %tg.name, namespace = %tg.ns, fingerprint = %fp, secret = %d.secret_name, "token issued");
+                    ctx.metrics.action("issue");
+                    return Ok(());
+                }
+                IssueReason::Rotation if d.grace.is_zero() => (
+                    "Rotated",
+                    "issued by rotation (no grace period: the previous token is revoked now)"
+                        .to_owned(),
+                ),
+                IssueReason::Rotation => (
+                    "Rotated",
+                    format!(
+                        "issued by rotation (the previous token stays active for its grace period, {:#})",
+                        d.grace
+                    ),
+                ),
                 IssueReason::SecretLost => (
                     "Reissued",
-                    "issued because the Secret was deleted or edited",
+                    "issued because the Secret was deleted or edited".to_owned(),
                 ),
                 IssueReason::RevokedElsewhere => (
                     "Reissued",
-                    "issued because the previous token was revoked outside the operator",
+                    "issued because the previous token was revoked outside the operator".to_owned(),
                 ),
             };
             ctx.metrics.action(if *reason == IssueReason::Rotation {
@@ -426,11 +482,7 @@ async fn execute(
             } else {
                 "issue"
             });
-            let note = format!(
-                "token {} {what}; written to Secret {}",
-                token.fingerprint(),
-                d.secret_name
-            );
+            let note = format!("token {fp} {what}; written to Secret {}", d.secret_name);
             publish(ctx, tg.t, EventType::Normal, reason_str, note).await;
         }
         Action::Reregister { id } => {
@@ -503,14 +555,8 @@ async fn execute(
         Action::Expire { id, at } => {
             ctx.store.update(id, None, None, Some(Some(*at))).await?;
             ctx.metrics.action("expire");
-            publish(
-                ctx,
-                tg.t,
-                EventType::Normal,
-                "GracePeriodStarted",
-                format!("previous token {id} stays active until {at}"),
-            )
-            .await;
+            // The Rotated event already says so, and status.previousTokens shows the time.
+            tracing::info!(apitoken = %tg.name, namespace = %tg.ns, token_id = %id, until = %at, "previous token stays active until the end of its grace period");
         }
         Action::Revoke { id, reason } => {
             ctx.store.revoke(id).await?;
@@ -693,5 +739,69 @@ async fn publish(ctx: &Context, t: &ApiToken, type_: EventType, reason: &str, no
     };
     if let Err(e) = ctx.recorder.publish(&ev, &t.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::{ApiTokenStatus, Condition};
+
+    fn token() -> ApiToken {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "generation": 1},
+            "spec": {"scopes": ["orders:read"]}
+        }))
+        .expect("a valid ApiToken")
+    }
+
+    #[test]
+    fn status_only_changes_do_not_wake_the_controller() {
+        let t = token();
+        let mut with_status = t.clone();
+        with_status.status = Some(ApiTokenStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Issued".into(),
+                message: "issued".into(),
+                last_transition_time: "2026-11-29T12:00:00Z".into(),
+                observed_generation: Some(1),
+            }],
+            ..ApiTokenStatus::default()
+        });
+        with_status.metadata.resource_version = Some("42".into());
+        with_status
+            .labels_mut()
+            .insert("team".into(), "payments".into());
+        assert_eq!(triggers(&t), triggers(&with_status));
+    }
+
+    #[test]
+    fn spec_rotation_finalizer_and_deletion_changes_wake_the_controller() {
+        let t = token();
+        let mut spec = t.clone();
+        spec.metadata.generation = Some(2);
+        let mut rotate = t.clone();
+        rotate
+            .annotations_mut()
+            .insert(ROTATE_ANNOTATION.into(), "2026-11-29T12:00:00Z".into());
+        let mut finalized = t.clone();
+        finalized.finalizers_mut().push(FINALIZER.into());
+        let mut deleting = finalized.clone();
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        );
+        let mut nudged = t.clone();
+        nudged
+            .annotations_mut()
+            .insert("reconcile.fluxcd.io/requestedAt".into(), "now".into());
+        let all = [&t, &spec, &rotate, &finalized, &deleting, &nudged].map(triggers);
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 }
