@@ -197,17 +197,23 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
         Ok(d) => d,
         Err(problem) => {
             let blocked = Blocked::Spec(problem);
-            write_status(&tg, ctx, &Outcome::Blocked(&blocked), None, None).await?;
+            write_status(&tg, ctx, &Outcome::Blocked(&blocked), None, None, false).await?;
             return Ok(Requeue::await_change());
         }
     };
     let mut converged: Option<Plan> = None;
-    let mut issued = false;
+    let (mut issued, mut acted) = (false, false);
+    // The Secret as the previous pass left it (as written, or as read live), if known.
+    let mut known: Option<Option<Box<Secret>>> = None;
     for pass in 0..MAX_PASSES {
         // The first pass plans from the watch cache: a converged token costs no API request.
-        // Anything to do is planned again from a live read before it is done.
-        let cached = (pass == 0).then_some(&ctx.secrets);
-        let (secret, sobs, held) = match observe_secret(&tg, &d, cached).await {
+        let source = match known.take() {
+            Some(s) => Source::Known(s),
+            None if pass == 0 => Source::Cache(&ctx.secrets),
+            None => Source::Live,
+        };
+        let from_cache = matches!(source, Source::Cache(_));
+        let (secret, sobs, held) = match observe_secret(&tg, &d, source).await {
             Ok(o) => o,
             Err(e) => return fail(&tg, ctx, &d, e).await,
         };
@@ -224,7 +230,11 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             status_token_id,
             now,
         });
-        if cached.is_some() && (p.blocked.is_some() || !p.actions.is_empty()) {
+        // From the cache, only a first issue (no Secret cached, nothing registered) is acted
+        // upon: the Secret's create fails if one exists after all, and the registration it
+        // leaves is then revoked as an orphan. Anything else is planned again from a live read.
+        let first_issue = secret.is_none() && regs.is_empty();
+        if from_cache && (p.blocked.is_some() || (!p.actions.is_empty() && !first_issue)) {
             continue;
         }
         if let Some(blocked) = &p.blocked {
@@ -235,7 +245,7 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             if !was_blocked && let Blocked::SecretConflict { secret } = blocked {
                 publish(ctx, t, EventType::Warning, "SecretConflict", format!("Secret {secret} exists and is not managed by this ApiToken; it was left untouched")).await;
             }
-            write_status(&tg, ctx, &Outcome::Blocked(blocked), Some(&d), None).await?;
+            write_status(&tg, ctx, &Outcome::Blocked(blocked), Some(&d), None, false).await?;
             // Other Secrets are not watched: look again soon for the name to become free.
             return Ok(Requeue::requeue(ctx.usage_interval.min(CONFLICT_RECHECK)));
         }
@@ -243,15 +253,26 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             converged = Some(p);
             break;
         }
+        let mut written = None;
         for action in &p.actions {
-            if let Err(e) = execute(action, &tg, ctx, &d, secret.as_ref(), held.as_ref()).await {
-                return fail(&tg, ctx, &d, e).await;
+            match execute(action, &tg, ctx, &d, secret.as_ref(), held.as_ref()).await {
+                Ok(Some(s)) => written = Some(s),
+                Ok(None) => {}
+                Err(e) => return fail(&tg, ctx, &d, e).await,
             }
             issued |= matches!(action, Action::Issue { .. });
+            acted = true;
         }
+        // The next pass sees the Secret as the API server returned it after the write, or as
+        // read live in this pass: no read after the operator's own write.
+        known = match written {
+            Some(s) => Some(Some(Box::new(s))),
+            None if !from_cache => Some(secret.map(Box::new)),
+            None => None,
+        };
     }
     let Some(p) = converged else {
-        write_status(&tg, ctx, &Outcome::Pending, Some(&d), None).await?;
+        write_status(&tg, ctx, &Outcome::Pending, Some(&d), None, false).await?;
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     };
     // Only after spec.secret.name changed (status still names the old Secret) can an owned
@@ -267,7 +288,7 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     if issued {
         ctx.crash_point("before-status");
     }
-    write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&p)).await?;
+    write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&p), acted).await?;
     let now = Timestamp::now();
     let next = p.wake_at.map_or(ctx.usage_interval, |at| {
         plan::until(now, at).min(ctx.usage_interval)
@@ -298,7 +319,7 @@ async fn fail(tg: &Target<'_>, ctx: &Context, d: &Desired, e: Error) -> Result<R
             .await;
         }
     }
-    write_status(tg, ctx, &outcome, Some(d), None).await?;
+    write_status(tg, ctx, &outcome, Some(d), None, false).await?;
     // Problems a human must fix are not retried in a tight loop.
     if matches!(
         e,
@@ -347,7 +368,7 @@ async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             Ok(Requeue::await_change())
         }
         Err(e) => {
-            write_status(&tg, ctx, &Outcome::Deleting(&e), None, None).await?;
+            write_status(&tg, ctx, &Outcome::Deleting(&e), None, None, false).await?;
             Err(Error::Store(e))
         }
     }
@@ -355,16 +376,27 @@ async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
 
 /// The Secret, what the plan may see of it, and the token it holds (for re-registering or
 /// rewriting it; never logged).
+/// Where a pass reads the Secret from.
+enum Source<'a> {
+    /// The controller's watch cache (may lag the API server).
+    Cache(&'a Store<Secret>),
+    /// A GET.
+    Live,
+    /// What the previous pass wrote or read.
+    Known(Option<Box<Secret>>),
+}
+
 async fn observe_secret(
     tg: &Target<'_>,
     d: &Desired,
-    cache: Option<&Store<Secret>>,
+    source: Source<'_>,
 ) -> Result<(Option<Secret>, Option<SecretObs>, Option<Token>), Error> {
-    let secret = match cache {
-        Some(store) => store
+    let secret = match source {
+        Source::Cache(store) => store
             .get(&ObjectRef::new(&d.secret_name).within(&tg.ns))
             .map(|s| Secret::clone(&s)),
-        None => tg
+        Source::Known(s) => s.map(|b| *b),
+        Source::Live => tg
             .secrets
             .get_opt(&d.secret_name)
             .await
@@ -416,7 +448,7 @@ async fn execute(
     d: &Desired,
     secret: Option<&Secret>,
     held: Option<&Token>,
-) -> Result<(), Error> {
+) -> Result<Option<Secret>, Error> {
     let ann = |k: &str| {
         secret
             .and_then(|s| s.metadata.annotations.as_ref())
@@ -444,7 +476,17 @@ async fn execute(
                 issued_at: Timestamp::now(),
                 rotation: d.rotation_request.as_deref(),
             };
-            write_secret(tg, d, secret, &token, &record).await?;
+            let written = match write_secret(tg, d, secret, &token, &record).await {
+                Ok(w) => w,
+                Err(e) => {
+                    // Nobody holds the token: withdraw it now (if this fails too, the next
+                    // reconcile revokes it as an orphan).
+                    if let Err(revoke) = ctx.store.revoke(&id).await {
+                        tracing::warn!(apitoken = %tg.name, namespace = %tg.ns, error = %revoke, "could not revoke a token that did not reach its Secret; it is revoked as an orphan later");
+                    }
+                    return Err(e);
+                }
+            };
             ctx.crash_point("after-secret");
             let fp = token.fingerprint();
             let (reason_str, what) = match reason {
@@ -454,7 +496,7 @@ async fn execute(
                 IssueReason::First => {
                     tracing::info!(apitoken = %tg.name, namespace = %tg.ns, fingerprint = %fp, secret = %d.secret_name, "token issued");
                     ctx.metrics.action("issue");
-                    return Ok(());
+                    return Ok(Some(written));
                 }
                 IssueReason::Rotation if d.grace.is_zero() => (
                     "Rotated",
@@ -484,9 +526,10 @@ async fn execute(
             });
             let note = format!("token {fp} {what}; written to Secret {}", d.secret_name);
             publish(ctx, tg.t, EventType::Normal, reason_str, note).await;
+            return Ok(Some(written));
         }
         Action::Reregister { id } => {
-            let Some(token) = held else { return Ok(()) };
+            let Some(token) = held else { return Ok(None) };
             ctx.store
                 .register(
                     id,
@@ -504,10 +547,10 @@ async fn execute(
             publish(ctx, tg.t, EventType::Warning, "Reregistered", note).await;
         }
         Action::RewriteSecret => {
-            let Some(token) = held else { return Ok(()) };
+            let Some(token) = held else { return Ok(None) };
             let (Some(id), issued) = (ann(annotations::TOKEN_ID), ann(annotations::ISSUED_AT))
             else {
-                return Ok(());
+                return Ok(None);
             };
             let previous = ann(annotations::PREVIOUS_TOKEN_ID);
             let rotation = ann(annotations::ROTATION_REQUEST);
@@ -519,7 +562,7 @@ async fn execute(
                     .unwrap_or_else(Timestamp::now),
                 rotation: rotation.as_deref(),
             };
-            write_secret(tg, d, secret, token, &record).await?;
+            let written = write_secret(tg, d, secret, token, &record).await?;
             ctx.metrics.action("repair_secret");
             publish(
                 ctx,
@@ -529,6 +572,7 @@ async fn execute(
                 format!("Secret {} was edited; restored", d.secret_name),
             )
             .await;
+            return Ok(Some(written));
         }
         Action::Update {
             id,
@@ -578,7 +622,7 @@ async fn execute(
             .await;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A fresh store id: `<owner uid>.<10 random base62 characters>`.
@@ -633,7 +677,7 @@ async fn write_secret(
     existing: Option<&Secret>,
     token: &Token,
     r: &Record<'_>,
-) -> Result<(), Error> {
+) -> Result<Secret, Error> {
     let mut s = desired_secret(tg, d, token, r);
     match existing {
         // Create, never apply, a Secret that does not exist yet: if another party created one of
@@ -643,7 +687,7 @@ async fn write_secret(
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..PostParams::default()
             };
-            tg.secrets.create(&pp, &s).await.map_err(Error::Kube)?;
+            tg.secrets.create(&pp, &s).await.map_err(Error::Kube)
         }
         Some(_) => {
             s.metadata.managed_fields = None;
@@ -659,10 +703,9 @@ async fn write_secret(
                     &Patch::Apply(patch),
                 )
                 .await
-                .map_err(Error::Kube)?;
+                .map_err(Error::Kube)
         }
     }
-    Ok(())
 }
 
 /// Secrets this ApiToken owns under another name (after `spec.secret.name` changed).
@@ -688,6 +731,7 @@ async fn write_status(
     outcome: &Outcome<'_>,
     d: Option<&Desired>,
     p: Option<&Plan>,
+    acted: bool,
 ) -> Result<(), Error> {
     let now = Timestamp::now();
     let generation = tg.t.meta().generation;
@@ -697,9 +741,14 @@ async fn write_status(
         ctx.metrics.set_state(&tg.uid, status::ready_state(&new));
         return Ok(());
     }
-    // The watch cache can lag the operator's own last status write (a reconcile woken by its
-    // own Secret write): decide against the live status, so that nothing is written twice and
-    // no lastTransitionTime is reset.
+    // After this reconcile changed the token, the status must change too: write it.
+    if acted {
+        ctx.metrics.set_state(&tg.uid, status::ready_state(&new));
+        return apply_status(tg, &new).await;
+    }
+    // Otherwise the watch cache can lag the operator's own last status write (a reconcile woken
+    // by its own Secret write): decide against the live status, so that nothing is written
+    // twice and no lastTransitionTime is reset.
     // The object itself (RBAC grants get on apitokens, not on apitokens/status).
     let live = tg.tokens.get(&tg.name).await.map_err(Error::Kube)?;
     let current = live.status.clone().unwrap_or_default();
@@ -715,6 +764,13 @@ async fn write_status(
     if live.status.as_ref() == Some(&new) {
         return Ok(());
     }
+    apply_status(tg, &new).await
+}
+
+async fn apply_status(
+    tg: &Target<'_>,
+    new: &crate::operator::crd::ApiTokenStatus,
+) -> Result<(), Error> {
     // Server-side apply: fields the operator set before and leaves out now are removed.
     let patch =
         serde_json::json!({ "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken", "status": new });
