@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: test bench bench-quick demo demo-down build cluster-up cluster-down postgres-up postgres-down store
+.PHONY: test bench bench-quick bench-store bench-operator demo demo-down build cluster-up cluster-down postgres-up postgres-down store
 
 test: ## Run every test (starts and stops the local control plane and PostgreSQL as needed)
 	scripts/test
@@ -10,11 +10,17 @@ demo: ## Bring up the control plane, the store and the operator, and walk throug
 demo-down: ## Stop everything the demo started
 	scripts/demo down
 
-bench: ## Store benchmarks (see docs/benchmarks.md); results in bench-results/
+bench: ## Store and operator benchmarks (see docs/benchmarks.md); results in bench-results/
 	scripts/bench
 
-bench-quick: ## A quick variant of the store benchmarks
+bench-quick: ## A quick variant of both
 	scripts/bench --quick
+
+bench-store: ## Only the store benchmarks
+	scripts/bench store
+
+bench-operator: ## Only the operator benchmarks (against the local control plane)
+	scripts/bench operator
 
 build: ## Build the binaries
 	cargo build --release --locked
