@@ -266,7 +266,7 @@ async fn operator_profile(metrics: &str) -> anyhow::Result<Value> {
     for line in text.lines() {
         for (metric, label) in [
             ("loop_operator_reconcile_duration_seconds", "result"),
-            ("loop_operator_store_request_duration_seconds", "op"),
+            ("loop_operator_store_request_duration_seconds", "operation"),
         ] {
             let Some(rest) = line.strip_prefix(metric) else {
                 continue;
@@ -376,6 +376,8 @@ fn is_ready(t: &ApiToken) -> bool {
 enum Seen {
     Ready(String, Option<String>, Instant),
     Gone(String),
+    /// The ApiToken watch restarted: deletions during the gap are not reported.
+    Restarted,
     SecretFingerprint(String, String),
 }
 
@@ -398,6 +400,7 @@ fn watch(client: &Client, ns: &str) -> mpsc::UnboundedReceiver<Seen> {
                     Seen::Ready(t.name_any(), rotation, now)
                 }
                 Ok(watcher::Event::Delete(t)) => Seen::Gone(t.name_any()),
+                Ok(watcher::Event::Init) => Seen::Restarted,
                 _ => continue,
             };
             if tx2.send(msg).is_err() {
@@ -426,6 +429,17 @@ async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> anyhow::Result<See
         Ok(Some(s)) => Ok(s),
         Ok(None) => bail!("the watch stopped"),
         Err(_) => bail!("nothing happened for 10 minutes"),
+    }
+}
+
+/// The next thing seen, or `None` after 5 s of nothing (time to check with a LIST).
+async fn next_seen_or_quiet(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+) -> anyhow::Result<Option<Seen>> {
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        Ok(Some(s)) => Ok(Some(s)),
+        Ok(None) => bail!("the watch stopped"),
+        Err(_) => Ok(None),
     }
 }
 
@@ -674,9 +688,25 @@ async fn bulk(
     let mut ready = HashSet::with_capacity(n);
     let mut peak_during = 0;
     let mut last_sample = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(3600);
     while ready.len() < n {
-        if let Seen::Ready(name, _, _) = next_seen(&mut rx).await? {
-            ready.insert(name);
+        ensure!(Instant::now() < deadline, "not all Ready after an hour");
+        match next_seen_or_quiet(&mut rx).await? {
+            Some(Seen::Ready(name, _, _)) => {
+                ready.insert(name);
+            }
+            // A watch gap: count again from a LIST.
+            Some(Seen::Restarted) | None => {
+                ready = tokens
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|t| is_ready(t))
+                    .map(|t| t.name_any())
+                    .collect();
+            }
+            Some(_) => {}
         }
         if last_sample.elapsed() > Duration::from_millis(500) {
             op.alive()?;
@@ -690,6 +720,38 @@ async fn bulk(
     op.alive()?;
     let (peak, rss_converged) = op.memory_kib()?;
     let profile = operator_profile(&op_metrics).await?;
+
+    // A restart (an upgrade, a new leader): a fresh process that finds N converged ApiTokens
+    // and reconciles each once. Its memory is the steady state without creation's churn.
+    eprintln!("bulk {n}: restarting the operator with {n} converged ApiTokens");
+    op.stop();
+    let before_restart = request_counts(client).await?;
+    let (mut op, op_metrics) = start_operator(args, store, &format!("bulk-{n}-restart")).await?;
+    let t2 = Instant::now();
+    loop {
+        let p = operator_profile(&op_metrics).await?;
+        let done = p["reconcile:ok"]["count"].as_f64().unwrap_or(0.0);
+        if done >= n as f64 {
+            break;
+        }
+        ensure!(
+            t2.elapsed() < Duration::from_secs(1800),
+            "the restarted operator did not reconcile every ApiToken"
+        );
+        op.alive()?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let restart_s = t2.elapsed().as_secs_f64();
+    let after_restart = settled_counts(client).await?;
+    let (restart_peak, restart_rss) = op.memory_kib()?;
+    let w_restart = writes_between(&before_restart, &after_restart);
+    let restart = json!({
+        "reconciled_all_s": restart_s,
+        "operator_writes": operator_writes(&w_restart, &[]),
+        "reads": reads_between(&before_restart, &after_restart),
+        "operator_peak_rss_kib": restart_peak,
+        "operator_rss_kib": restart_rss,
+    });
 
     let idle_report = match idle {
         None => json!(null),
@@ -724,10 +786,29 @@ async fn bulk(
         .buffer_unordered(c)
         .try_collect::<Vec<_>>()
         .await?;
-    let mut gone = 0;
-    while gone < n {
-        if let Seen::Gone(..) = next_seen(&mut rx).await? {
-            gone += 1;
+    let mut gone = HashSet::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while gone.len() < n {
+        ensure!(Instant::now() < deadline, "not all gone after an hour");
+        match next_seen_or_quiet(&mut rx).await? {
+            Some(Seen::Gone(name)) => {
+                gone.insert(name);
+            }
+            // A watch gap: the deletions in it are not reported; ask a LIST what is left.
+            Some(Seen::Restarted) | None => {
+                let left: HashSet<String> = tokens
+                    .list_metadata(&Default::default())
+                    .await?
+                    .items
+                    .iter()
+                    .map(|t| t.name_any())
+                    .collect();
+                gone = (0..n)
+                    .map(|i| format!("bulk-{i}"))
+                    .filter(|name| !left.contains(name))
+                    .collect();
+            }
+            Some(_) => {}
         }
     }
     let deleted = t1.elapsed();
@@ -757,6 +838,7 @@ async fn bulk(
         "operator_rss_converged_kib": rss_converged,
         "operator_profile_create": profile,
         "idle": idle_report,
+        "restart": restart,
         "deletion_s": secs(deleted),
         "deletions_per_s": n as f64 / secs(deleted),
         "operator_writes_per_deletion": operator_writes(&w_del, &[("DELETE", "apitokens")]) as f64 / n as f64,
@@ -775,11 +857,15 @@ async fn main() -> anyhow::Result<()> {
     let (store, store_url) = start_store(&args).await?;
     let result = async {
         let latency = latency(&args, &client, &store_url).await?;
+        // Each phase's figures as soon as they exist (the whole document comes at the end).
+        eprintln!("{latency}");
         let largest = args.bulk.iter().copied().max();
         let mut bulks = Vec::new();
         for &n in &args.bulk {
             let idle = (Some(n) == largest).then_some(args.idle_secs);
-            bulks.push(bulk(&args, &client, &store_url, n, idle).await?);
+            let b = bulk(&args, &client, &store_url, n, idle).await?;
+            eprintln!("{b}");
+            bulks.push(b);
         }
         anyhow::Ok(json!({
             "client_concurrency": args.client_concurrency,

@@ -49,6 +49,35 @@ const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 /// pass looks at the cache only).
 const MAX_PASSES: usize = 5;
 
+/// What the Secret cache keeps in place of a token: this prefix and the token's fingerprint.
+const CACHED_FINGERPRINT: &str = "loop.dev/fingerprint:";
+
+/// Prepare an owned Secret for the watch cache: no managedFields (never read), and no token.
+/// Each value that is a token becomes its fingerprint, which is all a plan made from the cache
+/// needs: anything that uses the token itself is planned again from a live read. So the
+/// operator's memory does not hold thousands of tokens for as long as it runs.
+pub fn for_cache(s: &mut Secret) {
+    s.managed_fields_mut().clear();
+    for v in s.data.iter_mut().flat_map(|d| d.values_mut()) {
+        let fingerprint = std::str::from_utf8(&v.0)
+            .ok()
+            .and_then(|t| Token::parse(t).ok())
+            .map(|t| t.fingerprint());
+        if let Some(fp) = fingerprint {
+            v.0 = format!("{CACHED_FINGERPRINT}{fp}").into_bytes();
+        }
+    }
+}
+
+/// Prepare an ApiToken for the watch cache: no managedFields, no client-side-apply copy of the
+/// object (`kubectl.kubernetes.io/last-applied-configuration`, which changes only with the
+/// spec), neither of which the operator reads.
+pub fn token_for_cache(t: &mut ApiToken) {
+    t.managed_fields_mut().clear();
+    t.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
 /// The changes to an ApiToken that wake the controller: its spec (generation), its annotations
 /// (`loop.dev/rotate`, and any other, so that annotating an ApiToken asks for a reconcile, as
 /// GitOps tools do), its finalizers and its deletion. Status-only changes, most of them the
@@ -412,16 +441,25 @@ async fn observe_secret(
     let ann = s.metadata.annotations.clone().unwrap_or_default();
     let labels = s.metadata.labels.clone().unwrap_or_default();
     let data = s.data.clone().unwrap_or_default();
+    // A token (live read), or only its fingerprint (from the cache, see `for_cache`).
     let read = |key: &str| {
-        data.get(key)
-            .and_then(|b| std::str::from_utf8(&b.0).ok())
-            .and_then(|v| Token::parse(v).ok())
+        let v = data.get(key).and_then(|b| std::str::from_utf8(&b.0).ok())?;
+        match v.strip_prefix(CACHED_FINGERPRINT) {
+            Some(fp) => Some((None, fp.to_owned())),
+            None => Token::parse(v).ok().map(|t| {
+                let fp = t.fingerprint();
+                (Some(t), fp)
+            }),
+        }
     };
-    let (held, at_desired_key) = match read(&d.secret_key) {
-        Some(t) => (Some(t), true),
+    let (found, at_desired_key) = match read(&d.secret_key) {
+        Some(f) => (Some(f), true),
         None => (ann.get(annotations::TOKEN_KEY).and_then(|k| read(k)), false),
     };
-    let fingerprint = held.as_ref().map(Token::fingerprint);
+    let (held, fingerprint) = match found {
+        Some((token, fp)) => (token, Some(fp)),
+        None => (None, None),
+    };
     // Only what the operator writes is checked: keys, labels or annotations others add belong
     // to them, and server-side apply could not remove them anyway.
     let shape_ok = at_desired_key
@@ -810,6 +848,32 @@ mod tests {
             "spec": {"scopes": ["orders:read"]}
         }))
         .expect("a valid ApiToken")
+    }
+
+    #[test]
+    fn the_secret_cache_keeps_fingerprints_not_tokens() {
+        let token = Token::mint().expect("a token");
+        let mut s = Secret {
+            data: Some(BTreeMap::from([
+                (
+                    "token".to_owned(),
+                    ByteString(token.expose().as_bytes().to_vec()),
+                ),
+                ("other".to_owned(), ByteString(b"not a token".to_vec())),
+            ])),
+            ..Secret::default()
+        };
+        s.metadata.managed_fields = Some(vec![Default::default()]);
+        for_cache(&mut s);
+        let data = s.data.clone().unwrap_or_default();
+        let cached = String::from_utf8(data["token"].0.clone()).expect("utf-8");
+        assert_eq!(
+            cached,
+            format!("{CACHED_FINGERPRINT}{}", token.fingerprint())
+        );
+        assert!(!format!("{s:?}").contains(token.expose()));
+        assert_eq!(data["other"].0, b"not a token");
+        assert_eq!(s.metadata.managed_fields, Some(vec![]));
     }
 
     #[test]

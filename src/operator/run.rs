@@ -15,9 +15,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 
-use super::controller::{Context, error_policy, reconcile, triggers};
+use super::controller::{Context, error_policy, for_cache, reconcile, token_for_cache, triggers};
 use super::crd::ApiToken;
 use super::metrics::Metrics;
 use super::names::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -259,11 +259,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         None => None,
     };
 
-    // Both caches drop managedFields, which the operator never reads: less memory per object.
+    // Both caches drop what the operator never reads (less memory per object), and the Secret
+    // cache keeps fingerprints, not tokens.
     let (token_cache, token_writer) = reflector::store::<ApiToken>();
     let token_changes = watcher(tokens, watcher::Config::default())
         .default_backoff()
-        .modify(|t| t.managed_fields_mut().clear())
+        .modify(token_for_cache)
         .reflect(token_writer)
         .applied_objects()
         .predicate_filter(triggers, PredicateConfig::default());
@@ -273,7 +274,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let secret_changes = watcher(secrets, owned)
         .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
+        .modify(for_cache)
         .reflect(secret_writer)
         .touched_objects();
     let controller = Controller::for_stream(token_changes, token_cache)
