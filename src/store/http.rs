@@ -270,21 +270,21 @@ fn authorise(creds: &Credentials, headers: &HeaderMap, needed: Role) -> Result<(
     }
 }
 
-async fn require_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn require_admin(State(s): State<Shared>, req: Request, next: Next) -> Response {
     match authorise(&s.credentials, req.headers(), Role::Admin) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn require_introspect(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn require_introspect(State(s): State<Shared>, req: Request, next: Next) -> Response {
     match authorise(&s.credentials, req.headers(), Role::Introspect) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn track(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = req
         .extensions()
@@ -301,8 +301,23 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
     resp
 }
 
+/// The state every request gets: one `Arc`, so that the clones axum makes per request (one per
+/// middleware and one for the handler) cost one atomic increment each, not one per service.
+/// (A profile under load showed cloning and dropping the six-`Arc` [`AppState`] at 14 % of the
+/// store's CPU time.)
+#[derive(Clone)]
+pub struct Shared(Arc<AppState>);
+
+impl std::ops::Deref for Shared {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
 /// The whole API.
 pub fn app(state: AppState) -> Router {
+    let state = Shared(Arc::new(state));
     let management = Router::new()
         .route("/v1/tokens", get(list_tokens))
         .route(
@@ -340,7 +355,7 @@ pub fn app(state: AppState) -> Router {
         (status = 503, description = "Database unreachable", body = ErrorBody)),
     security(("admin" = [])))]
 async fn register(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
@@ -378,7 +393,7 @@ fn conflict(c: Conflict) -> ApiError {
         (status = 503, body = ErrorBody)),
     security(("admin" = [])))]
 async fn update(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchRequest>,
 ) -> Result<Json<TokenView>, ApiError> {
@@ -410,7 +425,7 @@ async fn update(
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("admin" = [])))]
 async fn revoke(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>, ApiError> {
     let id = parse_id(&id)?;
@@ -426,7 +441,7 @@ async fn revoke(
     responses((status = 200, body = TokenView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("admin" = [])))]
 async fn get_token(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>, ApiError> {
     let id = parse_id(&id)?;
@@ -455,7 +470,7 @@ pub struct ListQuery {
     responses((status = 200, body = TokenList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("admin" = [])))]
 async fn list_tokens(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<TokenList>, ApiError> {
     let Query(q) = q?;
@@ -495,7 +510,7 @@ async fn list_tokens(
         (status = 503, description = "The answer cannot be known right now (fail closed)", body = ErrorBody)),
     security(("introspect" = [])))]
 async fn introspect(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     ApiJson(body): ApiJson<IntrospectRequest>,
 ) -> Result<Json<IntrospectResponse>, ApiError> {
     let now = (s.clock)();
@@ -506,7 +521,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(s): State<AppState>) -> Response {
+async fn readyz(State(s): State<Shared>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), s.repo.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
         Ok(Err(e)) => {
@@ -521,7 +536,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<Shared>) -> Response {
     s.metrics
         .set_cache_trusted(s.introspector.cache().is_trusted());
     match s.metrics.encode() {
