@@ -460,11 +460,28 @@ async fn introspect_active(
     Ok(v["active"] == true)
 }
 
-async fn secret_token(secrets: &Api<Secret>, name: &str) -> anyhow::Result<String> {
+/// The token in an ApiToken's Secret, and its fingerprint annotation (one GET).
+async fn secret_token(secrets: &Api<Secret>, name: &str) -> anyhow::Result<(String, String)> {
     let s = secrets.get(name).await?;
+    let fp = s
+        .annotations()
+        .get("loop.dev/fingerprint")
+        .cloned()
+        .unwrap_or_default();
     let data = s.data.unwrap_or_default();
     let ByteString(bytes) = data.get("token").context("the Secret has no token key")?;
-    Ok(String::from_utf8(bytes.clone())?)
+    Ok((String::from_utf8(bytes.clone())?, fp))
+}
+
+/// End a phase: wait for its writes to settle, check the operator is still alive and read its
+/// peak memory, stop it, and delete the phase's namespace.
+async fn wind_down(mut op: Proc, client: &Client, ns: &str) -> anyhow::Result<(Counts, u64)> {
+    let settled = settled_counts(client).await?;
+    op.alive()?;
+    let (peak, _) = op.memory_kib()?;
+    op.stop();
+    drop_namespace(client, ns).await?;
+    Ok((settled, peak))
 }
 
 fn summary(mut ms: Vec<f64>) -> Value {
@@ -489,7 +506,7 @@ async fn latency(args: &Args, client: &Client, store: &str) -> anyhow::Result<Va
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let http = reqwest::Client::new();
     let mut rx = watch(client, &ns);
-    let (mut op, _) = start_operator(args, store, "latency").await?;
+    let (op, _) = start_operator(args, store, "latency").await?;
 
     // One unrecorded round first: the operator's watches are still starting.
     tokens
@@ -535,14 +552,7 @@ async fn latency(args: &Args, client: &Client, store: &str) -> anyhow::Result<Va
     let mut old_tokens = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("lat-{i}");
-        let old = secret_token(&secrets, &name).await?;
-        let old_fp = secrets
-            .get(&name)
-            .await?
-            .annotations()
-            .get("loop.dev/fingerprint")
-            .cloned()
-            .unwrap_or_default();
+        let (old, old_fp) = secret_token(&secrets, &name).await?;
         let value = format!("rotation-{i}");
         let patch = json!({"metadata": {"annotations": {"loop.dev/rotate": value}}});
         let t0 = Instant::now();
@@ -554,7 +564,7 @@ async fn latency(args: &Args, client: &Client, store: &str) -> anyhow::Result<Va
                 && s == name
                 && fp != old_fp
             {
-                let new = secret_token(&secrets, &name).await?;
+                let (new, _) = secret_token(&secrets, &name).await?;
                 ensure!(new != old, "the fingerprint changed but the token did not");
                 ensure!(
                     introspect_active(&http, store, &new).await?,
@@ -597,11 +607,7 @@ async fn latency(args: &Args, client: &Client, store: &str) -> anyhow::Result<Va
         );
         delete.push(ms(t0.elapsed()));
     }
-    let after_delete = settled_counts(client).await?;
-    op.alive()?;
-    let (peak, _) = op.memory_kib()?;
-    op.stop();
-    drop_namespace(client, &ns).await?;
+    let (after_delete, peak) = wind_down(op, client, &ns).await?;
 
     let w_create = writes_between(&before, &after_create);
     let w_rotate = writes_between(&after_create, &after_rotate);
@@ -812,11 +818,7 @@ async fn bulk(
         }
     }
     let deleted = t1.elapsed();
-    let after_delete = settled_counts(client).await?;
-    op.alive()?;
-    let (peak_final, _) = op.memory_kib()?;
-    op.stop();
-    drop_namespace(client, &ns).await?;
+    let (after_delete, peak_final) = wind_down(op, client, &ns).await?;
 
     let w_base = writes_between(&before_base, &after_base);
     let w = writes_between(&before, &after);

@@ -56,7 +56,7 @@ const CACHED_FINGERPRINT: &str = "loop.dev/fingerprint:";
 /// Each value that is a token becomes its fingerprint, which is all a plan made from the cache
 /// needs: anything that uses the token itself is planned again from a live read. So the
 /// operator's memory does not hold thousands of tokens for as long as it runs.
-pub fn for_cache(s: &mut Secret) {
+pub fn secret_for_cache(s: &mut Secret) {
     s.managed_fields_mut().clear();
     for v in s.data.iter_mut().flat_map(|d| d.values_mut()) {
         let fingerprint = std::str::from_utf8(&v.0)
@@ -403,8 +403,6 @@ async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     }
 }
 
-/// The Secret, what the plan may see of it, and the token it holds (for re-registering or
-/// rewriting it; never logged).
 /// Where a pass reads the Secret from.
 enum Source<'a> {
     /// The controller's watch cache (may lag the API server).
@@ -415,6 +413,8 @@ enum Source<'a> {
     Known(Option<Box<Secret>>),
 }
 
+/// The Secret, what the plan may see of it, and the token it holds (for re-registering or
+/// rewriting it; never logged; `None` when read from the cache, which keeps only fingerprints).
 async fn observe_secret(
     tg: &Target<'_>,
     d: &Desired,
@@ -441,7 +441,7 @@ async fn observe_secret(
     let ann = s.metadata.annotations.clone().unwrap_or_default();
     let labels = s.metadata.labels.clone().unwrap_or_default();
     let data = s.data.clone().unwrap_or_default();
-    // A token (live read), or only its fingerprint (from the cache, see `for_cache`).
+    // A token (live read), or only its fingerprint (from the cache, see `secret_for_cache`).
     let read = |key: &str| {
         let v = data.get(key).and_then(|b| std::str::from_utf8(&b.0).ok())?;
         match v.strip_prefix(CACHED_FINGERPRINT) {
@@ -527,13 +527,17 @@ async fn execute(
             };
             ctx.crash_point("after-secret");
             let fp = token.fingerprint();
+            ctx.metrics.action(if *reason == IssueReason::Rotation {
+                "rotate"
+            } else {
+                "issue"
+            });
             let (reason_str, what) = match reason {
                 // The first issue is recorded by the status (Ready, reason Issued, with the
                 // fingerprint) without an Event: one API write less per token, which counts
                 // when thousands are applied at once. Events mark changes to an existing token.
                 IssueReason::First => {
                     tracing::info!(apitoken = %tg.name, namespace = %tg.ns, fingerprint = %fp, secret = %d.secret_name, "token issued");
-                    ctx.metrics.action("issue");
                     return Ok(Some(written));
                 }
                 IssueReason::Rotation if d.grace.is_zero() => (
@@ -557,11 +561,6 @@ async fn execute(
                     "issued because the previous token was revoked outside the operator".to_owned(),
                 ),
             };
-            ctx.metrics.action(if *reason == IssueReason::Rotation {
-                "rotate"
-            } else {
-                "issue"
-            });
             let note = format!("token {fp} {what}; written to Secret {}", d.secret_name);
             publish(ctx, tg.t, EventType::Normal, reason_str, note).await;
             return Ok(Some(written));
@@ -864,7 +863,7 @@ mod tests {
             ..Secret::default()
         };
         s.metadata.managed_fields = Some(vec![Default::default()]);
-        for_cache(&mut s);
+        secret_for_cache(&mut s);
         let data = s.data.clone().unwrap_or_default();
         let cached = String::from_utf8(data["token"].0.clone()).expect("utf-8");
         assert_eq!(

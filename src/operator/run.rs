@@ -17,7 +17,9 @@ use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 
-use super::controller::{Context, error_policy, for_cache, reconcile, token_for_cache, triggers};
+use super::controller::{
+    Context, error_policy, reconcile, secret_for_cache, token_for_cache, triggers,
+};
 use super::crd::ApiToken;
 use super::metrics::Metrics;
 use super::names::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -274,7 +276,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let secret_changes = watcher(secrets, owned)
         .default_backoff()
-        .modify(for_cache)
+        .modify(secret_for_cache)
         .reflect(secret_writer)
         .touched_objects();
     let controller = Controller::for_stream(token_changes, token_cache)
