@@ -14,6 +14,7 @@ use loop_token_operator::store::metrics::Metrics;
 use loop_token_operator::store::repo::{PoolSettings, Repository, SqliteRepo};
 use loop_token_operator::store::scopes::Catalogue;
 use loop_token_operator::store::usage::Usage;
+use loop_token_operator::store::writes::Writer;
 use loop_token_operator::token::Token;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -40,6 +41,7 @@ async fn store() -> Store {
     let metrics = Metrics::new();
     let usage = Arc::new(Usage::default());
     let cache = Arc::new(Cache::new(true));
+    let writer = Writer::new(repo.clone(), cache.clone());
     let introspector = Arc::new(Introspector::new(
         repo.clone(),
         cache,
@@ -51,6 +53,7 @@ async fn store() -> Store {
     let clock_now = now.clone();
     let state = AppState {
         repo: repo.clone(),
+        writer,
         introspector,
         catalogue: Arc::new(Catalogue::default()),
         credentials: Arc::new(Credentials {

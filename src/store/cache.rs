@@ -4,7 +4,8 @@
 //! that makes that safe: **a revoked or expired token is never answered as active**.
 //!
 //! - Expiry is checked on every answer against the clock, never cached as a verdict.
-//! - Every write through this process invalidates the entry before the HTTP response is sent.
+//! - Every write through this process invalidates the entry before the HTTP response is sent,
+//!   and also when the request is dropped mid-write (see [`super::writes`]).
 //! - With PostgreSQL, writes through other processes arrive as notifications (see
 //!   [`super::repo::NOTIFY_CHANNEL`]) and invalidate the entry the moment they commit.
 //! - A read-through fill races with invalidations; every invalidation bumps a generation, and a
@@ -121,6 +122,15 @@ impl Cache {
         inner.generation = inner.generation.wrapping_add(1);
         inner.known.remove(hash);
         inner.unknown.remove(hash);
+    }
+
+    /// Forget everything, keeping whether the cache may answer (a write whose outcome is
+    /// unknown).
+    pub fn clear(&self) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.known.clear();
+        inner.unknown.clear();
     }
 
     /// Forget everything and set whether the cache may answer (false while changes may be

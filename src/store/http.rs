@@ -26,6 +26,7 @@ use super::model::{
 };
 use super::repo::{Conflict, Registered, RepoError, Repository, Updated};
 use super::scopes::{Catalogue, ScopeRejection};
+use super::writes::{WriteError, Writer};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -83,7 +84,9 @@ enum Role {
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct AppState {
+    /// Reads. Every write goes through `writer`.
     pub repo: Arc<dyn Repository>,
+    pub writer: Writer,
     pub introspector: Arc<Introspector>,
     pub catalogue: Arc<Catalogue>,
     pub credentials: Arc<Credentials>,
@@ -176,6 +179,19 @@ impl From<RepoError> for ApiError {
             }
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other).map(ToString::to_string), "token database error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Repo(e) => e.into(),
+            WriteError::Closed => ApiError::Unavailable,
+            WriteError::Task(source) => {
+                tracing::error!(error = %source, "a write task failed; the introspection cache was emptied");
                 ApiError::Internal
             }
         }
@@ -365,9 +381,7 @@ async fn register(
         .check(&new.scopes)
         .map_err(ApiError::UnknownScope)?;
     let now = (s.clock)();
-    let outcome = s.repo.register(&new, now).await?;
-    s.introspector.cache().invalidate(&new.hash);
-    match outcome {
+    match s.writer.register(new, now).await? {
         Registered::Created(r) => {
             tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), owner_namespace = %r.owner.namespace, owner_name = %r.owner.name, "token registered");
             Ok((StatusCode::CREATED, Json(TokenView::from_record(&r, now))).into_response())
@@ -407,9 +421,8 @@ async fn update(
         let r = s.repo.get(&id).await?.ok_or(ApiError::NotFound)?;
         return Ok(Json(TokenView::from_record(&r, now)));
     }
-    match s.repo.update(&id, &patch, now).await? {
+    match s.writer.update(id, patch, now).await? {
         Updated::Updated(r) => {
-            s.introspector.cache().invalidate(&r.hash);
             tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), "token updated");
             Ok(Json(TokenView::from_record(&r, now)))
         }
@@ -430,8 +443,7 @@ async fn revoke(
 ) -> Result<Json<TokenView>, ApiError> {
     let id = parse_id(&id)?;
     let now = (s.clock)();
-    let r = s.repo.revoke(&id, now).await?.ok_or(ApiError::NotFound)?;
-    s.introspector.cache().invalidate(&r.hash);
+    let r = s.writer.revoke(id, now).await?.ok_or(ApiError::NotFound)?;
     tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), "token revoked");
     Ok(Json(TokenView::from_record(&r, now)))
 }

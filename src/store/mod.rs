@@ -6,6 +6,7 @@
 //! - [`model`], [`scopes`]: pure types and validation;
 //! - [`repo`]: storage (SQLite, PostgreSQL);
 //! - [`cache`]: the in-memory introspection cache and its invalidation rules;
+//! - [`writes`]: every change to a registration, with its cache invalidation, as one unit;
 //! - [`usage`]: coalesced usage counters;
 //! - [`http`]: the HTTP API (`app(state) -> Router`);
 //! - [`metrics`]: Prometheus metrics;
@@ -19,3 +20,4 @@ pub mod repo;
 pub mod scopes;
 pub mod server;
 pub mod usage;
+pub mod writes;

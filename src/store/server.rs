@@ -17,6 +17,7 @@ use super::metrics::Metrics;
 use super::repo::{self, NOTIFY_CHANNEL, PoolSettings, Repository};
 use super::scopes::{Catalogue, CatalogueError};
 use super::usage::Usage;
+use super::writes::Writer;
 use crate::token::TokenHash;
 
 /// Shortest credential accepted.
@@ -220,8 +221,10 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
         Arc::clone(&metrics),
         cfg.introspection_cache,
     ));
+    let writer = Writer::new(Arc::clone(&repo), Arc::clone(&cache));
     let state = AppState {
         repo: Arc::clone(&repo),
+        writer: writer.clone(),
         introspector,
         catalogue: Arc::new(catalogue),
         credentials: Arc::new(credentials),
@@ -255,6 +258,8 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
             })
             .await
             .map_err(StartError::Serve);
+        // Writes whose request was dropped may still be running: let them end.
+        writer.drain().await;
         let _ = flusher.await;
         served
     });
