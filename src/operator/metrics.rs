@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::status::Readiness;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
@@ -46,7 +48,7 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     store_seconds: Histograms<StoreLabels>,
     tokens: Family<StateLabels, Gauge>,
-    states: Mutex<HashMap<String, &'static str>>,
+    states: Mutex<HashMap<String, Readiness>>,
 }
 
 impl Metrics {
@@ -119,7 +121,7 @@ impl Metrics {
     }
 
     /// Record the state of one ApiToken (by uid) and refresh the per-state gauge.
-    pub fn set_state(&self, uid: &str, state: &'static str) {
+    pub fn set_state(&self, uid: &str, state: Readiness) {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         if states.get(uid) == Some(&state) {
             return;
@@ -135,12 +137,12 @@ impl Metrics {
         }
     }
 
-    fn refresh(&self, states: &HashMap<String, &'static str>) {
-        for s in ["ready", "reconciling", "stalled"] {
+    fn refresh(&self, states: &HashMap<String, Readiness>) {
+        for s in Readiness::ALL {
             let n = states.values().filter(|v| **v == s).count();
             self.tokens
                 .get_or_create(&StateLabels {
-                    state: s.to_owned(),
+                    state: s.as_str().to_owned(),
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }

@@ -1,14 +1,40 @@
-//! The operator: the `ApiToken` custom resource and (to come) its reconcile loop.
+//! The operator: the `ApiToken` custom resource and its reconcile loop.
 //!
-//! - [`crd`]: the resource's types, schema and CEL rules (pure);
-//! - [`names`]: every name other parts agree on (DESIGN.md §3), in one place;
-//! - [`plan`]: the pure decision core (what to issue, update, expire, revoke).
+//! Pure (no I/O; unit-tested without a cluster):
+//! - [`crd`]: the resource's types, schema and CEL rules;
+//! - [`names`]: every name other parts agree on (DESIGN.md §3), condition and Event reasons;
+//! - [`plan`]: the decision core (what to issue, update, expire, revoke);
+//! - [`status`]: conditions and status from a plan and an outcome;
+//! - [`decide`]: the shell's own decisions (trusting the cache, announcing, writing status);
+//! - [`secret`]: the Secret record (the Secret to write, reading one back, the cache form);
+//! - [`events`]: the wording of every Event;
+//! - [`watch`]: what the watch caches keep and which changes wake the controller;
+//! - [`error`]: the reconcile error, one variant per failed operation.
+//!
+//! I/O shell:
+//! - [`reconcile`]: observe → plan → act passes, status writes, deletion;
+//! - [`act`]: carrying out one planned action;
+//! - [`kube_io`]: the Kubernetes calls for one ApiToken;
+//! - [`store_client`]: the client of `loop-store`;
+//! - [`metrics`]: Prometheus metrics;
+//! - [`crash`]: the crash-test hook;
+//! - [`leader`]: leader election on a Lease;
+//! - [`run`]: wiring (configuration, watches, controller, metrics server).
 
-pub mod controller;
+pub mod act;
+pub mod crash;
 pub mod crd;
+pub mod decide;
+pub mod error;
+pub mod events;
+pub mod kube_io;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod plan;
+pub mod reconcile;
 pub mod run;
+pub mod secret;
 pub mod status;
 pub mod store_client;
+pub mod watch;

@@ -1,4 +1,9 @@
-//! Names every part agrees on (DESIGN.md §3) and the operator's own constants, in one place.
+//! Every name the operator shares with users, other tools and its own future versions, in one
+//! place: the names of DESIGN.md §3, the Secret record's annotations, condition types and
+//! reasons, and Event reasons. Pure constants, no I/O.
+//!
+//! Changing one of these is a breaking change for someone: a user's `kubectl wait`, an alert on
+//! a reason, a Secret written by an older operator.
 
 /// Annotation whose every new value asks for one rotation.
 pub const ROTATE_ANNOTATION: &str = "loop.dev/rotate";
@@ -9,9 +14,55 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "loop-token-operator";
 /// Label naming the ApiToken a Secret belongs to.
 pub const API_TOKEN_LABEL: &str = "loop.dev/api-token";
-/// Server-side apply field manager of the operator.
+/// Server-side apply field manager of the operator, and the controller name in Events.
 pub const FIELD_MANAGER: &str = "loop-token-operator";
 /// Default key of the token in its Secret.
 pub const DEFAULT_SECRET_KEY: &str = "token";
 /// Default grace period of the previous token after a rotation.
 pub const DEFAULT_GRACE_PERIOD: &str = "1h";
+/// The client-side-apply copy of an object, which the operator never reads.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Secret annotations: the durable record of the token chain (see `plan` and `secret`).
+pub mod secret_annotations {
+    pub const TOKEN_ID: &str = "loop.dev/token-id";
+    pub const PREVIOUS_TOKEN_ID: &str = "loop.dev/previous-token-id";
+    pub const ISSUED_AT: &str = "loop.dev/issued-at";
+    pub const ROTATION_REQUEST: &str = "loop.dev/rotation-request";
+    pub const FINGERPRINT: &str = "loop.dev/fingerprint";
+    pub const TOKEN_KEY: &str = "loop.dev/token-key";
+}
+
+/// Condition types (kstatus conventions).
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+}
+
+/// Condition reasons: stable, CamelCase, for automation and `kubectl get -o wide`.
+pub mod reason {
+    pub const ISSUED: &str = "Issued";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const UNKNOWN_SCOPE: &str = "UnknownScope";
+    pub const STORE_REJECTED: &str = "StoreRejected";
+    pub const STORE_CREDENTIAL_REJECTED: &str = "StoreCredentialRejected";
+    pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
+    pub const KUBERNETES_ERROR: &str = "KubernetesError";
+    pub const REVOCATION_PENDING: &str = "RevocationPending";
+}
+
+/// Event reasons (the `reason` and `action` of each Event the operator publishes).
+pub mod event {
+    pub const ROTATED: &str = "Rotated";
+    pub const REISSUED: &str = "Reissued";
+    pub const REREGISTERED: &str = "Reregistered";
+    pub const SECRET_REPAIRED: &str = "SecretRepaired";
+    pub const UPDATED: &str = "Updated";
+    pub const REVOKED: &str = "Revoked";
+    /// The same words as the condition reasons, on purpose: the Event marks the transition.
+    pub const SECRET_CONFLICT: &str = super::reason::SECRET_CONFLICT;
+    pub const STORE_REJECTED: &str = super::reason::STORE_REJECTED;
+}

@@ -220,7 +220,6 @@ pub struct Observed<'a> {
 
 /// Decide what to do.
 pub fn plan(o: &Observed<'_>) -> Plan {
-    let d = o.desired;
     let mut p = Plan {
         actions: Vec::new(),
         blocked: None,
@@ -230,91 +229,123 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         issued_at: None,
         wake_at: None,
     };
-    let find = |id: &str| o.registrations.iter().find(|r| r.id == id);
-
     if let Some(s) = o.secret
         && !s.owned
     {
         // Never clobber. Registrations are left alone: apps may still use them.
         p.blocked = Some(Blocked::SecretConflict {
-            secret: d.secret_name.clone(),
+            secret: o.desired.secret_name.clone(),
         });
         return p;
     }
+    let issuing_previous = match plan_current(o, &mut p) {
+        Some(Issuing(previous)) => previous,
+        // The Secret's token must be registered again first; the rest waits for that.
+        None => return p,
+    };
+    plan_others(o, &mut p, issuing_previous.as_deref());
+    p
+}
 
-    // The current token: in our Secret, registered with the same fingerprint, still active.
+impl Observed<'_> {
+    fn find(&self, id: &str) -> Option<&RegObs> {
+        self.registrations.iter().find(|r| r.id == id)
+    }
+}
+
+/// An issue is planned (with the id of the token that keeps its grace period), or not (`None`
+/// inside).
+struct Issuing(Option<String>);
+
+/// The current token: in our Secret, registered with the same fingerprint, still active.
+/// Keep it (repairing the Secret and the registration as needed), rotate it, or issue a new one.
+/// `None` when the Secret's token must be registered again.
+fn plan_current(o: &Observed<'_>, p: &mut Plan) -> Option<Issuing> {
+    let d = o.desired;
     let secret = o.secret;
     let named = secret.and_then(|s| s.token_id.as_deref().zip(s.fingerprint.as_deref()));
-    let current =
-        named.and_then(|(id, fp)| find(id).filter(|r| r.fingerprint == fp && r.active(o.now)));
-
-    let mut issuing_previous: Option<String> = None;
+    let current = named.and_then(|(id, fp)| {
+        o.find(id)
+            .filter(|r| r.fingerprint == fp && r.active(o.now))
+    });
     match (current, named) {
         (Some(cur), _) => {
             let s = secret.map(|s| (s.rotation_request.clone(), s.issued_at, s.shape_ok));
             let (handled, issued_at, shape_ok) = s.unwrap_or((None, None, false));
             let rotation_pending = d.rotation_request.is_some() && d.rotation_request != handled;
             if rotation_pending {
-                issuing_previous = Some(cur.id.clone());
                 p.actions.push(Action::Issue {
                     previous: Some(cur.id.clone()),
                     reason: IssueReason::Rotation,
                 });
-            } else {
-                p.current = Some(cur.clone());
-                p.handled_rotation = handled;
-                p.issued_at = issued_at;
-                if !shape_ok {
-                    p.actions.push(Action::RewriteSecret);
-                }
-                if cur.name != d.display_name || cur.scopes != d.scopes || cur.expires_at.is_some()
-                {
-                    p.actions.push(Action::Update {
-                        id: cur.id.clone(),
-                        name: d.display_name.clone(),
-                        scopes: d.scopes.clone(),
-                        clear_expiry: cur.expires_at.is_some(),
-                    });
-                }
+                return Some(Issuing(Some(cur.id.clone())));
             }
+            p.current = Some(cur.clone());
+            p.handled_rotation = handled;
+            p.issued_at = issued_at;
+            if !shape_ok {
+                p.actions.push(Action::RewriteSecret);
+            }
+            if cur.name != d.display_name || cur.scopes != d.scopes || cur.expires_at.is_some() {
+                p.actions.push(Action::Update {
+                    id: cur.id.clone(),
+                    name: d.display_name.clone(),
+                    scopes: d.scopes.clone(),
+                    clear_expiry: cur.expires_at.is_some(),
+                });
+            }
+            Some(Issuing(None))
         }
-        (None, Some((id, _))) if find(id).is_none() => {
+        (None, Some((id, _))) if o.find(id).is_none() => {
             // Our Secret holds a well-formed token the store does not know (its data was lost):
             // register it again rather than break every app that uses it.
             p.actions.push(Action::Reregister { id: id.to_owned() });
-            return p;
+            None
         }
         (None, _) => {
-            let reason = match (secret, o.status_token_id) {
-                (None, None) => IssueReason::First,
-                (Some(s), _)
-                    if s.token_id
-                        .as_deref()
-                        .and_then(find)
-                        .is_some_and(|r| !r.active(o.now)) =>
-                {
-                    IssueReason::RevokedElsewhere
-                }
-                (Some(s), None) if s.token_id.is_none() => IssueReason::First,
-                _ => IssueReason::SecretLost,
-            };
-            // The token the lost Secret held (by its annotation, else by status) keeps its
-            // grace period: apps may still have it.
-            let previous = secret
-                .and_then(|s| s.token_id.as_deref())
-                .or(o.status_token_id)
-                .and_then(find)
-                .filter(|r| r.active(o.now) && r.expires_at.is_none())
-                .map(|r| r.id.clone());
-            issuing_previous.clone_from(&previous);
-            p.actions.push(Action::Issue { previous, reason });
+            let previous = surviving_previous(o);
+            p.actions.push(Action::Issue {
+                previous: previous.clone(),
+                reason: issue_reason(o),
+            });
+            Some(Issuing(previous))
         }
     }
+}
 
-    // Every other registration: in grace, grace over, the replaced one, or an orphan.
-    let current_id = p.current.as_ref().map(|c| c.id.as_str());
-    let replaced = secret.and_then(|s| s.previous_token_id.as_deref());
-    let mut wake: Option<Timestamp> = None;
+/// Why a token must be issued when there is no usable current one.
+fn issue_reason(o: &Observed<'_>) -> IssueReason {
+    match (o.secret, o.status_token_id) {
+        (None, None) => IssueReason::First,
+        (Some(s), _)
+            if s.token_id
+                .as_deref()
+                .and_then(|id| o.find(id))
+                .is_some_and(|r| !r.active(o.now)) =>
+        {
+            IssueReason::RevokedElsewhere
+        }
+        (Some(s), None) if s.token_id.is_none() => IssueReason::First,
+        _ => IssueReason::SecretLost,
+    }
+}
+
+/// The token a lost or unusable Secret held (by its annotation, else by status), which keeps
+/// its grace period through the new issue: apps may still have it.
+fn surviving_previous(o: &Observed<'_>) -> Option<String> {
+    o.secret
+        .and_then(|s| s.token_id.as_deref())
+        .or(o.status_token_id)
+        .and_then(|id| o.find(id))
+        .filter(|r| r.active(o.now) && r.expires_at.is_none())
+        .map(|r| r.id.clone())
+}
+
+/// Every other registration: in grace, grace over, the replaced one, or an orphan.
+fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
+    let current_id = p.current.as_ref().map(|c| c.id.clone());
+    let current_id = current_id.as_deref();
+    let replaced = o.secret.and_then(|s| s.previous_token_id.as_deref());
     for r in o
         .registrations
         .iter()
@@ -327,16 +358,18 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             }),
             Some(at) => {
                 p.in_grace.push((r.id.clone(), r.fingerprint.clone(), at));
-                wake = Some(wake.map_or(at, |w| w.min(at)));
+                p.wake_at = Some(p.wake_at.map_or(at, |w| w.min(at)));
             }
-            None if issuing_previous.as_deref() == Some(r.id.as_str()) => {
-                p.actions.push(grace_action(r, o.now, d.grace, o.now));
+            None if issuing_previous == Some(r.id.as_str()) => {
+                p.actions
+                    .push(grace_action(r, o.now, o.desired.grace, o.now));
             }
             None if current_id.is_some() && replaced == Some(r.id.as_str()) => {
                 // Replaced by the current token, but its grace period was never started (a
                 // crash right after the Secret was written): start it from the issue time.
-                let since = secret.and_then(|s| s.issued_at).unwrap_or(o.now);
-                p.actions.push(grace_action(r, since, d.grace, o.now));
+                let since = o.secret.and_then(|s| s.issued_at).unwrap_or(o.now);
+                p.actions
+                    .push(grace_action(r, since, o.desired.grace, o.now));
             }
             None => p.actions.push(Action::Revoke {
                 id: r.id.clone(),
@@ -345,8 +378,6 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         }
     }
     p.in_grace.sort_by_key(|g| g.2);
-    p.wake_at = wake;
-    p
 }
 
 /// Start the grace period of `r` from `since`, or revoke it when that period is zero or over.

@@ -17,13 +17,14 @@ use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 
-use super::controller::{
-    Context, error_policy, reconcile, secret_for_cache, token_for_cache, triggers,
-};
 use super::crd::ApiToken;
+use super::leader;
 use super::metrics::Metrics;
-use super::names::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use super::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use super::reconcile::{Context, error_policy, reconcile};
+use super::secret;
 use super::store_client::StoreClient;
+use super::watch::{token_for_cache, triggers};
 
 /// Everything `run` needs, already parsed.
 #[derive(Debug, Clone)]
@@ -91,67 +92,6 @@ pub enum StartError {
     },
 }
 
-type Lease = (
-    tokio::sync::watch::Receiver<bool>,
-    tokio::task::JoinHandle<
-        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
-    >,
-    LeaderElection,
-);
-
-/// Wait until this process holds the Lease. `None` when a shutdown signal came first.
-async fn acquire_leadership(
-    client: Client,
-    le: &LeaderElection,
-) -> Result<Option<Lease>, StartError> {
-    let err = |source| StartError::LeaderElection {
-        namespace: le.namespace.clone(),
-        name: le.lease_name.clone(),
-        source,
-    };
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &le.lease_name)
-        .with_namespace(&le.namespace)
-        .with_identity(&le.identity)
-        .with_duration(le.duration.as_secs().max(2))
-        .with_grace(le.grace.as_secs().max(1))
-        .build()
-        .await
-        .map_err(err)?;
-    let (mut leader, task) = manager.watch().await;
-    tracing::info!(lease = %format!("{}/{}", le.namespace, le.lease_name), identity = %le.identity, "waiting for leadership");
-    let signal = tokio::signal::ctrl_c();
-    tokio::pin!(signal);
-    while !*leader.borrow_and_update() {
-        tokio::select! {
-            changed = leader.changed() => {
-                if changed.is_err() {
-                    let e = match task.await {
-                        Ok(Err(e)) => e,
-                        _ => kube_lease_manager::LeaseManagerError::InconsistentState("the lease manager stopped".into()),
-                    };
-                    return Err(err(e));
-                }
-            }
-            _ = terminate() => return Ok(None),
-            _ = &mut signal => return Ok(None),
-        }
-    }
-    tracing::info!(lease = %format!("{}/{}", le.namespace, le.lease_name), identity = %le.identity, "became leader");
-    Ok(Some((leader, task, le.clone())))
-}
-
-async fn terminate() {
-    #[cfg(unix)]
-    {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-            return;
-        }
-    }
-    std::future::pending::<()>().await;
-}
-
 fn credential(cfg: &RunConfig) -> Result<String, StartError> {
     let raw = match (&cfg.store_token_file, &cfg.store_token_env) {
         (Some(p), _) => {
@@ -177,46 +117,72 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         return Err(StartError::StoreUrl);
     }
     let metrics = Metrics::new();
-    let observer_metrics = Arc::clone(&metrics);
-    let store = StoreClient::new(&cfg.store_url, &credential(&cfg)?, cfg.store_timeout)
-        .map_err(|e| StartError::StoreClient(e.to_string()))?
-        .with_observer(Arc::new(move |op, secs, outcome| {
-            observer_metrics.store_call(op, secs, outcome)
-        }));
+    let store = store_client(&cfg, Arc::clone(&metrics))?;
     let client = Client::try_default().await.map_err(StartError::Kube)?;
-    let reporter = Reporter {
-        controller: "loop-token-operator".into(),
-        instance: std::env::var("POD_NAME")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok()),
-    };
     let (secret_cache, secret_writer) = reflector::store::<Secret>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         secrets: secret_cache,
         store,
         cluster: cfg.cluster_name.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter()),
         metrics: Arc::clone(&metrics),
         usage_interval: cfg.usage_interval,
         retry_after: cfg.retry_after,
         crash_at: cfg.crash_at.clone(),
     });
-    let (tokens, secrets): (Api<ApiToken>, Api<Secret>) = match &cfg.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let metrics_addr = serve_metrics(cfg.metrics_addr, metrics).await?;
+    tracing::info!(
+        store = %cfg.store_url,
+        cluster = %cfg.cluster_name,
+        namespace = cfg.namespace.as_deref().unwrap_or("(all)"),
+        metrics = %metrics_addr,
+        concurrency = cfg.concurrency,
+        "loop-token-operator started"
+    );
+    let lease = match &cfg.leader_election {
+        Some(le) => match leader::acquire(client.clone(), le).await? {
+            Some(lease) => Some(lease),
+            None => return Ok(()), // asked to stop while waiting
+        },
+        None => None,
     };
+    let controller = controller(&client, &cfg, ctx, secret_writer);
+    match lease {
+        None => controller.await,
+        Some(lease) => leader::run_while_leading(controller, lease).await?,
+    }
+    tracing::info!("loop-token-operator stopped");
+    Ok(())
+}
 
-    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
+/// The store client, reporting each call to the metrics.
+fn store_client(cfg: &RunConfig, metrics: Arc<Metrics>) -> Result<StoreClient, StartError> {
+    Ok(
+        StoreClient::new(&cfg.store_url, &credential(cfg)?, cfg.store_timeout)
+            .map_err(|e| StartError::StoreClient(e.to_string()))?
+            .with_observer(Arc::new(move |op, secs, outcome| {
+                metrics.store_call(op, secs, outcome)
+            })),
+    )
+}
+
+/// Who publishes the Events: this controller, in this pod.
+fn reporter() -> Reporter {
+    Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok()),
+    }
+}
+
+/// Serve /healthz, /readyz and /metrics in the background; returns the bound address.
+async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.metrics_addr,
-            source,
-        })?;
-    let metrics_app = Router::new()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .route(
@@ -238,31 +204,34 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
                 }
             }),
         );
-    let metrics_addr = listener.local_addr().unwrap_or(cfg.metrics_addr);
+    let bound = listener.local_addr().unwrap_or(addr);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, metrics_app).await {
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics server failed");
         }
     });
-    tracing::info!(
-        store = %cfg.store_url,
-        cluster = %cfg.cluster_name,
-        namespace = cfg.namespace.as_deref().unwrap_or("(all)"),
-        metrics = %metrics_addr,
-        concurrency = cfg.concurrency,
-        "loop-token-operator started"
-    );
+    Ok(bound)
+}
 
-    let lease = match &cfg.leader_election {
-        Some(le) => match acquire_leadership(client.clone(), le).await? {
-            Some(lease) => Some(lease),
-            None => return Ok(()), // asked to stop while waiting
-        },
-        None => None,
+/// The controller over narrow watches, until a shutdown signal drains it.
+///
+/// Both caches drop what the operator never reads (less memory per object), and the Secret
+/// cache keeps fingerprints, not tokens. Only the Secrets the operator manages are watched (and
+/// cached), and any change to one, its deletion included, wakes its owner; ApiTokens wake it
+/// only on the changes [`triggers`] names.
+fn controller(
+    client: &Client,
+    cfg: &RunConfig,
+    ctx: Arc<Context>,
+    secret_writer: reflector::store::Writer<Secret>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let (tokens, secrets): (Api<ApiToken>, Api<Secret>) = match &cfg.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-
-    // Both caches drop what the operator never reads (less memory per object), and the Secret
-    // cache keeps fingerprints, not tokens.
     let (token_cache, token_writer) = reflector::store::<ApiToken>();
     let token_changes = watcher(tokens, watcher::Config::default())
         .default_backoff()
@@ -270,16 +239,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         .reflect(token_writer)
         .applied_objects()
         .predicate_filter(triggers, PredicateConfig::default());
-    // Only the Secrets the operator manages are watched (and cached), and any change to one,
-    // its deletion included, wakes its owner.
     let owned =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let secret_changes = watcher(secrets, owned)
         .default_backoff()
-        .modify(secret_for_cache)
+        .modify(secret::for_cache)
         .reflect(secret_writer)
         .touched_objects();
-    let controller = Controller::for_stream(token_changes, token_cache)
+    Controller::for_stream(token_changes, token_cache)
         .owns_stream(secret_changes)
         .with_config(controller::Config::default().concurrency(cfg.concurrency))
         .shutdown_on_signal()
@@ -288,37 +255,5 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
-        });
-    match lease {
-        None => controller.await,
-        Some((mut leader, lease_task, le)) => {
-            // Losing the lease drops the controller at once (no further writes); a shutdown
-            // signal drains it and then releases the lease so a standby takes over now.
-            let mut watch_loss = leader.clone();
-            let lost = async move {
-                while watch_loss.changed().await.is_ok() {
-                    if !*watch_loss.borrow() {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                () = controller => {}
-                () = lost => {
-                    tracing::error!(lease = %le.lease_name, "lost leadership; stopping at once");
-                    return Err(StartError::LostLeadership(format!("{}/{}", le.namespace, le.lease_name)));
-                }
-            }
-            leader.mark_unchanged();
-            drop(leader);
-            match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
-                Ok(Ok(Ok(_))) => tracing::info!(lease = %le.lease_name, "released the lease"),
-                _ => {
-                    tracing::warn!(lease = %le.lease_name, "could not release the lease; it expires by itself")
-                }
-            }
-        }
-    }
-    tracing::info!("loop-token-operator stopped");
-    Ok(())
+        })
 }

@@ -7,26 +7,10 @@
 use jiff::Timestamp;
 
 use super::crd::{ApiTokenStatus, Condition, PreviousToken};
+use super::names::condition::{READY, RECONCILING, STALLED};
+use super::names::reason;
 use super::plan::{Blocked, Desired, Plan};
 use super::store_client::StoreError;
-
-pub const READY: &str = "Ready";
-pub const RECONCILING: &str = "Reconciling";
-pub const STALLED: &str = "Stalled";
-
-/// Condition reasons: stable, CamelCase, for automation and `kubectl get -o wide`.
-pub mod reason {
-    pub const ISSUED: &str = "Issued";
-    pub const PROGRESSING: &str = "Progressing";
-    pub const SECRET_CONFLICT: &str = "SecretConflict";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const UNKNOWN_SCOPE: &str = "UnknownScope";
-    pub const STORE_REJECTED: &str = "StoreRejected";
-    pub const STORE_CREDENTIAL_REJECTED: &str = "StoreCredentialRejected";
-    pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
-    pub const KUBERNETES_ERROR: &str = "KubernetesError";
-    pub const REVOCATION_PENDING: &str = "RevocationPending";
-}
 
 /// How a reconcile ended.
 #[derive(Debug)]
@@ -52,113 +36,91 @@ fn ts(t: Timestamp) -> String {
 /// A condition (type, status, reason, message).
 type Cond = (&'static str, &'static str, &'static str, String);
 
+/// `Ready=False` and `Stalled=True`, both with this reason and message: a human must act.
+fn stalled(reason: &'static str, msg: String) -> Vec<Cond> {
+    vec![
+        (READY, "False", reason, msg.clone()),
+        (STALLED, "True", reason, msg),
+    ]
+}
+
+/// `Ready=False` and `Reconciling=True`: the operator is on it.
+fn reconciling(reason: &'static str, msg: String) -> Vec<Cond> {
+    vec![
+        (READY, "False", reason, msg.clone()),
+        (RECONCILING, "True", reason, msg),
+    ]
+}
+
 fn conditions_for(outcome: &Outcome<'_>, d: Option<&Desired>, plan: Option<&Plan>) -> Vec<Cond> {
-    let secret = d.map_or("its Secret", |d| d.secret_name.as_str());
     match outcome {
-        Outcome::Converged => {
-            let mut msg = match plan.and_then(|p| p.current.as_ref()) {
-                Some(c) => format!(
-                    "token {} is in Secret {secret} and active in the Loop token store with scopes {}",
-                    c.fingerprint,
-                    c.scopes.join(" ")
-                ),
-                None => format!("token is in Secret {secret}"),
-            };
-            if let Some(p) = plan.filter(|p| !p.in_grace.is_empty()) {
-                let list: Vec<String> = p
-                    .in_grace
-                    .iter()
-                    .map(|(_, fp, at)| format!("{fp} until {at}"))
-                    .collect();
-                msg.push_str(&format!(
-                    "; previous token still active: {}",
-                    list.join(", ")
-                ));
-            }
-            vec![(READY, "True", reason::ISSUED, msg)]
-        }
-        Outcome::Pending => vec![
-            (
-                READY,
-                "False",
-                reason::PROGRESSING,
-                "issuing or updating the token".to_owned(),
-            ),
-            (
-                RECONCILING,
-                "True",
-                reason::PROGRESSING,
-                "issuing or updating the token".to_owned(),
-            ),
-        ],
-        Outcome::Blocked(Blocked::SecretConflict { secret }) => {
-            let msg = format!(
+        Outcome::Converged => vec![(READY, "True", reason::ISSUED, converged_message(d, plan))],
+        Outcome::Pending => reconciling(
+            reason::PROGRESSING,
+            "issuing or updating the token".to_owned(),
+        ),
+        Outcome::Blocked(Blocked::SecretConflict { secret }) => stalled(
+            reason::SECRET_CONFLICT,
+            format!(
                 "Secret {secret} already exists and is not managed by this ApiToken; the operator will not overwrite it. \
                  Delete or rename that Secret, or set spec.secret.name to an unused name."
-            );
-            vec![
-                (READY, "False", reason::SECRET_CONFLICT, msg.clone()),
-                (STALLED, "True", reason::SECRET_CONFLICT, msg),
-            ]
-        }
+            ),
+        ),
         Outcome::Blocked(Blocked::Spec(problem)) => {
-            let msg = format!("{problem}; fix the spec");
-            vec![
-                (READY, "False", reason::INVALID_SPEC, msg.clone()),
-                (STALLED, "True", reason::INVALID_SPEC, msg),
-            ]
+            stalled(reason::INVALID_SPEC, format!("{problem}; fix the spec"))
         }
         Outcome::Store(StoreError::Rejected { code, message, .. }) if code == "unknown_scope" => {
-            let msg =
-                format!("the Loop token store refused the scopes: {message}. Fix spec.scopes.");
-            vec![
-                (READY, "False", reason::UNKNOWN_SCOPE, msg.clone()),
-                (STALLED, "True", reason::UNKNOWN_SCOPE, msg),
-            ]
+            stalled(
+                reason::UNKNOWN_SCOPE,
+                format!("the Loop token store refused the scopes: {message}. Fix spec.scopes."),
+            )
         }
         Outcome::Store(e @ StoreError::Rejected { .. }) => {
-            let msg = e.to_string();
-            vec![
-                (READY, "False", reason::STORE_REJECTED, msg.clone()),
-                (STALLED, "True", reason::STORE_REJECTED, msg),
-            ]
+            stalled(reason::STORE_REJECTED, e.to_string())
         }
         Outcome::Store(e @ StoreError::Unauthorized { .. }) => {
-            let msg = e.to_string();
-            vec![
-                (
-                    READY,
-                    "False",
-                    reason::STORE_CREDENTIAL_REJECTED,
-                    msg.clone(),
-                ),
-                (STALLED, "True", reason::STORE_CREDENTIAL_REJECTED, msg),
-            ]
+            stalled(reason::STORE_CREDENTIAL_REJECTED, e.to_string())
         }
         Outcome::Store(e @ StoreError::Unavailable(_)) => {
-            let msg = format!("{e}; retrying");
-            vec![
-                (READY, "False", reason::STORE_UNAVAILABLE, msg.clone()),
-                (RECONCILING, "True", reason::STORE_UNAVAILABLE, msg),
-            ]
+            reconciling(reason::STORE_UNAVAILABLE, format!("{e}; retrying"))
         }
-        Outcome::Kubernetes(e) => {
-            let msg = format!("Kubernetes API error: {e}; retrying");
-            vec![
-                (READY, "False", reason::KUBERNETES_ERROR, msg.clone()),
-                (RECONCILING, "True", reason::KUBERNETES_ERROR, msg),
-            ]
-        }
-        Outcome::Deleting(e) => {
-            let msg = format!(
+        Outcome::Kubernetes(e) => reconciling(
+            reason::KUBERNETES_ERROR,
+            format!("Kubernetes API error: {e}; retrying"),
+        ),
+        Outcome::Deleting(e) => reconciling(
+            reason::REVOCATION_PENDING,
+            format!(
                 "deletion waits until every token of this ApiToken is revoked in the Loop token store: {e}; retrying"
-            );
-            vec![
-                (READY, "False", reason::REVOCATION_PENDING, msg.clone()),
-                (RECONCILING, "True", reason::REVOCATION_PENDING, msg),
-            ]
-        }
+            ),
+        ),
     }
+}
+
+/// `Ready`'s message when issued: the token, where it is, its scopes, and any previous token
+/// still in its grace period.
+fn converged_message(d: Option<&Desired>, plan: Option<&Plan>) -> String {
+    let secret = d.map_or("its Secret", |d| d.secret_name.as_str());
+    let mut msg = match plan.and_then(|p| p.current.as_ref()) {
+        Some(c) => format!(
+            "token {} is in Secret {secret} and active in the Loop token store with scopes {}",
+            c.fingerprint,
+            c.scopes.join(" ")
+        ),
+        None => format!("token is in Secret {secret}"),
+    };
+    if let Some(p) = plan.filter(|p| !p.in_grace.is_empty()) {
+        let list: Vec<String> = p
+            .in_grace
+            .iter()
+            .map(|(_, fp, at)| format!("{fp} until {at}"))
+            .collect();
+        msg.push_str(&format!(
+            "; previous token still active: {}",
+            list.join(", ")
+        ));
+    }
+    msg
 }
 
 /// The status to write. Token fields come from the plan when it knows the current token, and
@@ -217,19 +179,40 @@ pub fn compute(
     s
 }
 
-/// The `Ready` condition's status and reason, for metrics.
-pub fn ready_state(s: &ApiTokenStatus) -> &'static str {
+/// Where an ApiToken stands, as its conditions say (kstatus: `Stalled` wins over the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Readiness {
+    Ready,
+    Reconciling,
+    Stalled,
+}
+
+impl Readiness {
+    pub const ALL: [Readiness; 3] = [Readiness::Ready, Readiness::Reconciling, Readiness::Stalled];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Ready => "ready",
+            Readiness::Reconciling => "reconciling",
+            Readiness::Stalled => "stalled",
+        }
+    }
+}
+
+/// The readiness a status states.
+pub fn readiness(s: &ApiTokenStatus) -> Readiness {
     let has = |t: &str| {
         s.conditions
             .iter()
             .any(|c| c.type_ == t && c.status == "True")
     };
     if has(STALLED) {
-        "stalled"
+        Readiness::Stalled
     } else if has(READY) {
-        "ready"
+        Readiness::Ready
     } else {
-        "reconciling"
+        Readiness::Reconciling
     }
 }
 
@@ -273,7 +256,7 @@ mod tests {
             Some(3),
             now(),
         );
-        assert_eq!(ready_state(&s), "ready");
+        assert_eq!(readiness(&s), Readiness::Ready);
         assert_eq!(s.conditions.len(), 1);
         assert_eq!(
             (s.token_id.as_deref(), s.fingerprint.as_deref()),
@@ -323,7 +306,7 @@ mod tests {
             Some(1),
             now(),
         );
-        assert_eq!(ready_state(&s), "stalled");
+        assert_eq!(readiness(&s), Readiness::Stalled);
         let stalled = s.conditions.iter().find(|c| c.type_ == STALLED).unwrap();
         assert_eq!(stalled.reason, reason::UNKNOWN_SCOPE);
         assert!(
@@ -332,7 +315,7 @@ mod tests {
 
         let down = StoreError::Unavailable("connection failed".into());
         let s2 = compute(&s, &Outcome::Store(&down), None, None, Some(1), now());
-        assert_eq!(ready_state(&s2), "reconciling");
+        assert_eq!(readiness(&s2), Readiness::Reconciling);
         assert!(
             s2.conditions.iter().all(|c| c.type_ != STALLED),
             "Stalled disappears once not true"

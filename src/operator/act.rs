@@ -1,0 +1,181 @@
+//! Carrying out one [`Action`] of a plan: calls to the store and the Kubernetes API, a metric,
+//! and the Event [`super::events`] words for it. I/O module.
+//!
+//! An issue runs in the crash-safe order of [`super::plan`]: mint → register the hash → write
+//! the Secret. If the Secret cannot be written, nobody holds the new token, so it is withdrawn
+//! at once (and, should that fail too, revoked as an orphan by the next reconcile).
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+
+use super::crash;
+use super::error::Error;
+use super::events;
+use super::kube_io::Target;
+use super::plan::{Action, Desired, IssueReason, RevokeReason};
+use super::reconcile::Context;
+use super::secret::{self, Record};
+use crate::token::Token;
+
+/// What an action works on: the Secret as observed in this pass and the token it holds (only
+/// when read live and owned).
+pub struct Scene<'s> {
+    pub d: &'s Desired,
+    pub secret: Option<&'s Secret>,
+    pub held: Option<&'s Token>,
+}
+
+/// Carry out one action. Returns the Secret as the API server returned it, when it was written.
+pub async fn execute(
+    action: &Action,
+    tg: &Target<'_>,
+    ctx: &Context,
+    scene: &Scene<'_>,
+) -> Result<Option<Secret>, Error> {
+    match action {
+        Action::Issue { previous, reason } => issue(tg, ctx, scene, previous.as_deref(), *reason)
+            .await
+            .map(Some),
+        Action::Reregister { id } => reregister(tg, ctx, scene, id).await.map(|()| None),
+        Action::RewriteSecret => rewrite_secret(tg, ctx, scene).await,
+        Action::Update {
+            id,
+            name,
+            scopes,
+            clear_expiry,
+        } => {
+            ctx.store
+                .update(id, Some(name), Some(scopes), clear_expiry.then_some(None))
+                .await?;
+            ctx.metrics.action("update");
+            tg.publish(&ctx.recorder, events::updated(name, scopes))
+                .await;
+            Ok(None)
+        }
+        Action::Expire { id, at } => {
+            ctx.store.update(id, None, None, Some(Some(*at))).await?;
+            ctx.metrics.action("expire");
+            // The Rotated event already says so, and status.previousTokens shows the time.
+            tracing::info!(apitoken = %tg.name, namespace = %tg.ns, token_id = %id, until = %at, "previous token stays active until the end of its grace period");
+            Ok(None)
+        }
+        Action::Revoke { id, reason } => {
+            revoke(tg, ctx, id, *reason).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Mint, register, write the Secret; the Event names the new token by fingerprint.
+async fn issue(
+    tg: &Target<'_>,
+    ctx: &Context,
+    scene: &Scene<'_>,
+    previous: Option<&str>,
+    reason: IssueReason,
+) -> Result<Secret, Error> {
+    let d = scene.d;
+    let token = Token::mint()?;
+    let id = new_token_id(&tg.uid)?;
+    crash::point(ctx.crash_at.as_deref(), "after-mint");
+    let owner = tg.owner(&ctx.cluster);
+    ctx.store
+        .register(&id, &token.hash(), &d.display_name, &d.scopes, &owner)
+        .await?;
+    crash::point(ctx.crash_at.as_deref(), "after-register");
+    let record = Record {
+        token_id: id.clone(),
+        previous: previous.map(str::to_owned),
+        issued_at: Timestamp::now(),
+        rotation: d.rotation_request.clone(),
+    };
+    let desired = secret::desired(tg.t, d, &token, &record);
+    let written = match tg.write_secret(&desired, scene.secret.is_some()).await {
+        Ok(w) => w,
+        Err(e) => {
+            if let Err(revoke) = ctx.store.revoke(&id).await {
+                tracing::warn!(apitoken = %tg.name, namespace = %tg.ns, error = %revoke, "could not revoke a token that did not reach its Secret; it is revoked as an orphan later");
+            }
+            return Err(e);
+        }
+    };
+    crash::point(ctx.crash_at.as_deref(), "after-secret");
+    let fp = token.fingerprint();
+    ctx.metrics.action(if reason == IssueReason::Rotation {
+        "rotate"
+    } else {
+        "issue"
+    });
+    match events::issued(reason, &fp, d.grace, &d.secret_name) {
+        Some(note) => tg.publish(&ctx.recorder, note).await,
+        None => {
+            tracing::info!(apitoken = %tg.name, namespace = %tg.ns, fingerprint = %fp, secret = %d.secret_name, "token issued");
+        }
+    }
+    Ok(written)
+}
+
+/// The store lost the Secret's token: register the same token under the same id.
+async fn reregister(
+    tg: &Target<'_>,
+    ctx: &Context,
+    scene: &Scene<'_>,
+    id: &str,
+) -> Result<(), Error> {
+    let Some(token) = scene.held else {
+        return Ok(());
+    };
+    let d = scene.d;
+    ctx.store
+        .register(
+            id,
+            &token.hash(),
+            &d.display_name,
+            &d.scopes,
+            &tg.owner(&ctx.cluster),
+        )
+        .await?;
+    ctx.metrics.action("reregister");
+    tg.publish(&ctx.recorder, events::reregistered(&token.fingerprint()))
+        .await;
+    Ok(())
+}
+
+/// Write the Secret again with the token and record it holds (it was edited by hand).
+async fn rewrite_secret(
+    tg: &Target<'_>,
+    ctx: &Context,
+    scene: &Scene<'_>,
+) -> Result<Option<Secret>, Error> {
+    let (Some(token), Some(existing)) = (scene.held, scene.secret) else {
+        return Ok(None);
+    };
+    let Some(record) = Record::of(existing, Timestamp::now()) else {
+        return Ok(None);
+    };
+    let desired = secret::desired(tg.t, scene.d, token, &record);
+    let written = tg.write_secret(&desired, true).await?;
+    ctx.metrics.action("repair_secret");
+    tg.publish(&ctx.recorder, events::secret_repaired(&scene.d.secret_name))
+        .await;
+    Ok(Some(written))
+}
+
+async fn revoke(
+    tg: &Target<'_>,
+    ctx: &Context,
+    id: &str,
+    reason: RevokeReason,
+) -> Result<(), Error> {
+    ctx.store.revoke(id).await?;
+    ctx.metrics.action("revoke");
+    tg.publish(&ctx.recorder, events::revoked(id, reason)).await;
+    Ok(())
+}
+
+/// A fresh store id: `<owner uid>.<10 random base62 characters>`.
+fn new_token_id(uid: &str) -> Result<String, crate::token::MintError> {
+    let random = Token::mint()?;
+    let suffix = &random.expose()[crate::token::PREFIX.len()..crate::token::PREFIX.len() + 10];
+    Ok(format!("{uid}.{suffix}"))
+}

@@ -1,0 +1,244 @@
+//! The reconcile shell's own decisions, as small pure functions: when a plan made from the
+//! watch cache may be acted on, when a problem deserves an Event, how a status is written, what
+//! follows a failure, and when to come back. No I/O; [`super::reconcile`] calls them.
+//!
+//! [`super::plan`] decides what to do with the token; these decide how the shell observes and
+//! reports, which is where requests to the API server are saved or spent.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::crd::ApiTokenStatus;
+use super::error::Error;
+use super::plan::{self, Desired, Plan, RegObs};
+use super::status::{Readiness, readiness};
+use super::store_client::StoreError;
+
+/// Whether a plan made from the watch cache may be acted on. The cache can lag the API server,
+/// so only two plans are trusted: "nothing to do" (a converged token costs no API request), and
+/// a first issue (no Secret cached, nothing registered), because the Secret's create fails if
+/// one exists after all, and the registration it leaves is then revoked as an orphan. Anything
+/// else is planned again from a live read.
+pub fn trust_cached_plan(p: &Plan, secret_cached: bool, registrations: &[RegObs]) -> bool {
+    let first_issue = !secret_cached && registrations.is_empty();
+    p.blocked.is_none() && (p.actions.is_empty() || first_issue)
+}
+
+/// Whether a problem that needs a human gets an Event: on the way into `Stalled`, not again on
+/// every reconcile while it lasts (the condition says it meanwhile).
+pub fn announce_stall(previous: Option<&ApiTokenStatus>) -> bool {
+    previous.is_none_or(|s| readiness(s) != Readiness::Stalled)
+}
+
+/// How a newly computed status is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// It equals the status the reconcile started from.
+    Unchanged,
+    /// This reconcile changed the token, so the status must change: write it as computed.
+    Write,
+    /// It differs from the cached status, but the watch cache can lag the operator's own last
+    /// status write (a reconcile woken by its own Secret write): compute again from the live
+    /// object and write only if that differs, so nothing is written twice and no
+    /// `lastTransitionTime` is reset.
+    CompareLive,
+}
+
+pub fn status_write(
+    cached: Option<&ApiTokenStatus>,
+    new: &ApiTokenStatus,
+    acted: bool,
+) -> StatusWrite {
+    if cached == Some(new) {
+        StatusWrite::Unchanged
+    } else if acted {
+        StatusWrite::Write
+    } else {
+        StatusWrite::CompareLive
+    }
+}
+
+/// What follows a failed reconcile (after its status was written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// A human must act (the store refused the request or the credential): look again at the
+    /// next periodic reconcile, not in a tight loop.
+    WaitForHuman,
+    /// Hand the error to the controller's error policy, which retries soon.
+    Retry,
+}
+
+pub fn after_failure(e: &Error) -> AfterFailure {
+    match e {
+        Error::Store(StoreError::Rejected { .. } | StoreError::Unauthorized { .. }) => {
+            AfterFailure::WaitForHuman
+        }
+        _ => AfterFailure::Retry,
+    }
+}
+
+/// Whether this ApiToken may own a Secret under another name: only after `spec.secret.name`
+/// changed (the status still names the former Secret). Only then are its Secrets listed.
+pub fn secret_may_have_moved(status: Option<&ApiTokenStatus>, d: &Desired) -> bool {
+    status
+        .and_then(|s| s.secret_name.as_deref())
+        .is_some_and(|n| n != d.secret_name)
+}
+
+/// When to reconcile a converged ApiToken again: at the plan's next deadline (a grace period
+/// ending), and at least every `usage_interval` to refresh usage figures.
+pub fn next_reconcile(
+    now: Timestamp,
+    wake_at: Option<Timestamp>,
+    usage_interval: Duration,
+) -> Duration {
+    let next = wake_at.map_or(usage_interval, |at| {
+        plan::until(now, at).min(usage_interval)
+    });
+    next.max(Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::Condition;
+    use crate::operator::plan::{Action, Blocked, IssueReason};
+
+    fn plan_with(actions: Vec<Action>, blocked: Option<Blocked>) -> Plan {
+        Plan {
+            actions,
+            blocked,
+            current: None,
+            in_grace: vec![],
+            handled_rotation: None,
+            issued_at: None,
+            wake_at: None,
+        }
+    }
+
+    fn reg() -> RegObs {
+        RegObs {
+            id: "u.1".into(),
+            fingerprint: "f".into(),
+            name: "n".into(),
+            scopes: vec!["orders:read".into()],
+            expires_at: None,
+            revoked: false,
+            last_used_at: None,
+            use_count: 0,
+        }
+    }
+
+    fn status(cond: &str) -> ApiTokenStatus {
+        ApiTokenStatus {
+            conditions: vec![Condition {
+                type_: cond.into(),
+                status: "True".into(),
+                reason: "R".into(),
+                message: "m".into(),
+                last_transition_time: "2026-11-29T12:00:00Z".into(),
+                observed_generation: Some(1),
+            }],
+            ..ApiTokenStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_cached_plan_is_trusted_only_when_converged_or_a_first_issue() {
+        let issue = || {
+            vec![Action::Issue {
+                previous: None,
+                reason: IssueReason::First,
+            }]
+        };
+        assert!(trust_cached_plan(&plan_with(vec![], None), true, &[reg()]));
+        assert!(trust_cached_plan(&plan_with(issue(), None), false, &[]));
+        // A Secret in the cache or a registration in the store: read live first.
+        assert!(!trust_cached_plan(&plan_with(issue(), None), true, &[]));
+        assert!(!trust_cached_plan(
+            &plan_with(issue(), None),
+            false,
+            &[reg()]
+        ));
+        assert!(!trust_cached_plan(
+            &plan_with(vec![Action::RewriteSecret], None),
+            true,
+            &[reg()]
+        ));
+        // A conflict seen in the cache may be gone: read live before saying so.
+        let conflict = Blocked::SecretConflict { secret: "s".into() };
+        assert!(!trust_cached_plan(
+            &plan_with(vec![], Some(conflict)),
+            true,
+            &[]
+        ));
+    }
+
+    #[test]
+    fn a_stall_is_announced_once() {
+        assert!(announce_stall(None));
+        assert!(announce_stall(Some(&status("Ready"))));
+        assert!(!announce_stall(Some(&status("Stalled"))));
+    }
+
+    #[test]
+    fn status_writes_compare_live_unless_the_token_changed() {
+        let a = status("Ready");
+        let b = status("Stalled");
+        assert_eq!(status_write(Some(&a), &a, true), StatusWrite::Unchanged);
+        assert_eq!(status_write(Some(&a), &b, true), StatusWrite::Write);
+        assert_eq!(status_write(Some(&a), &b, false), StatusWrite::CompareLive);
+        assert_eq!(status_write(None, &b, false), StatusWrite::CompareLive);
+    }
+
+    #[test]
+    fn refusals_wait_for_a_human_and_outages_retry() {
+        let rejected = Error::Store(StoreError::Rejected {
+            status: 422,
+            code: "unknown_scope".into(),
+            message: "m".into(),
+        });
+        let refused = Error::Store(StoreError::Unauthorized { status: 401 });
+        let down = Error::Store(StoreError::Unavailable("x".into()));
+        assert_eq!(after_failure(&rejected), AfterFailure::WaitForHuman);
+        assert_eq!(after_failure(&refused), AfterFailure::WaitForHuman);
+        assert_eq!(after_failure(&down), AfterFailure::Retry);
+        assert_eq!(after_failure(&Error::Unnamed), AfterFailure::Retry);
+    }
+
+    #[test]
+    fn secrets_are_listed_only_after_a_rename() {
+        let t: crate::operator::crd::ApiToken = serde_json::from_value(serde_json::json!({
+            "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken",
+            "metadata": {"name": "a", "namespace": "n"},
+            "spec": {"scopes": ["orders:read"], "secret": {"name": "new"}}
+        }))
+        .expect("a valid ApiToken");
+        let d = plan::desired(&t, "a", None).expect("a valid spec");
+        let named = |n: &str| ApiTokenStatus {
+            secret_name: Some(n.into()),
+            ..ApiTokenStatus::default()
+        };
+        assert!(!secret_may_have_moved(None, &d));
+        assert!(!secret_may_have_moved(Some(&named("new")), &d));
+        assert!(secret_may_have_moved(Some(&named("old")), &d));
+    }
+
+    #[test]
+    fn the_next_reconcile_is_the_earlier_of_a_deadline_and_the_usage_interval() {
+        let now = Timestamp::from_second(1_800_000_000).expect("a time");
+        let five_min = Duration::from_secs(300);
+        assert_eq!(next_reconcile(now, None, five_min), five_min);
+        let soon = now + jiff::SignedDuration::from_secs(30);
+        assert_eq!(
+            next_reconcile(now, Some(soon), five_min),
+            Duration::from_secs(30)
+        );
+        let past = now - jiff::SignedDuration::from_secs(30);
+        assert_eq!(
+            next_reconcile(now, Some(past), five_min),
+            Duration::from_millis(100)
+        );
+    }
+}

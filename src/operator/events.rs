@@ -1,0 +1,197 @@
+//! The wording of every Event the operator publishes, from what was done. Pure, no I/O: the
+//! shell publishes what these functions return.
+//!
+//! Events mark changes to an existing token, and the moments a human must act. A first issue
+//! has none (the status says `Ready`, reason `Issued`, with the fingerprint): one API write less
+//! per token when thousands are applied at once. Tokens are named by fingerprint or store id,
+//! never by value.
+
+use jiff::SignedDuration;
+use kube::runtime::events::EventType;
+
+use super::names::event;
+use super::plan::{IssueReason, RevokeReason};
+
+/// One Event: its type, reason (also its action) and note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+fn normal(reason: &'static str, note: String) -> Note {
+    Note {
+        type_: EventType::Normal,
+        reason,
+        note,
+    }
+}
+
+fn warning(reason: &'static str, note: String) -> Note {
+    Note {
+        type_: EventType::Warning,
+        reason,
+        note,
+    }
+}
+
+/// A token was issued and written to its Secret. `None` for a first issue.
+pub fn issued(
+    reason: IssueReason,
+    fingerprint: &str,
+    grace: SignedDuration,
+    secret: &str,
+) -> Option<Note> {
+    let (r, what) = match reason {
+        IssueReason::First => return None,
+        IssueReason::Rotation if grace.is_zero() => (
+            event::ROTATED,
+            "issued by rotation (no grace period: the previous token is revoked now)".to_owned(),
+        ),
+        IssueReason::Rotation => (
+            event::ROTATED,
+            format!(
+                "issued by rotation (the previous token stays active for its grace period, {grace:#})"
+            ),
+        ),
+        IssueReason::SecretLost => (
+            event::REISSUED,
+            "issued because the Secret was deleted or edited".to_owned(),
+        ),
+        IssueReason::RevokedElsewhere => (
+            event::REISSUED,
+            "issued because the previous token was revoked outside the operator".to_owned(),
+        ),
+    };
+    Some(normal(
+        r,
+        format!("token {fingerprint} {what}; written to Secret {secret}"),
+    ))
+}
+
+/// The store had lost the Secret's token, and it was registered again.
+pub fn reregistered(fingerprint: &str) -> Note {
+    warning(
+        event::REREGISTERED,
+        format!("token {fingerprint} was unknown to the Loop token store and was registered again"),
+    )
+}
+
+/// The Secret was edited by hand and written back.
+pub fn secret_repaired(secret: &str) -> Note {
+    normal(
+        event::SECRET_REPAIRED,
+        format!("Secret {secret} was edited; restored"),
+    )
+}
+
+/// Name and scopes were changed in place.
+pub fn updated(name: &str, scopes: &[String]) -> Note {
+    normal(
+        event::UPDATED,
+        format!(
+            "name {name:?} and scopes {} applied in place; the token is unchanged",
+            scopes.join(" ")
+        ),
+    )
+}
+
+/// One token was revoked while the ApiToken lives on.
+pub fn revoked(id: &str, reason: RevokeReason) -> Note {
+    let why = match reason {
+        RevokeReason::GraceOver => "its grace period is over",
+        RevokeReason::Orphan => {
+            "it was registered but never reached the Secret (an interrupted issue)"
+        }
+        RevokeReason::Deleted => "the ApiToken is being deleted",
+    };
+    normal(event::REVOKED, format!("token {id} revoked: {why}"))
+}
+
+/// The tokens revoked because the ApiToken is being deleted, in one Event. `None` when there
+/// were none.
+pub fn revoked_on_deletion(fingerprints: &[String]) -> Option<Note> {
+    let which = match fingerprints {
+        [] => return None,
+        [one] => format!("token {one}"),
+        many => format!("tokens {}", many.join(", ")),
+    };
+    Some(normal(
+        event::REVOKED,
+        format!("{which} revoked: the ApiToken is being deleted"),
+    ))
+}
+
+/// A Secret of the desired name belongs to someone else.
+pub fn secret_conflict(secret: &str) -> Note {
+    warning(
+        event::SECRET_CONFLICT,
+        format!(
+            "Secret {secret} exists and is not managed by this ApiToken; it was left untouched"
+        ),
+    )
+}
+
+/// The store refused a request (its code and message).
+pub fn store_rejected(code: &str, message: &str) -> Note {
+    warning(event::STORE_REJECTED, format!("{code}: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_issue_has_no_event_and_a_rotation_says_how_long_the_old_token_lives() {
+        assert_eq!(
+            issued(IssueReason::First, "abc", SignedDuration::ZERO, "s"),
+            None
+        );
+        let n = issued(
+            IssueReason::Rotation,
+            "abcdef012345",
+            SignedDuration::from_hours(1),
+            "app-token",
+        )
+        .expect("a rotation has an event");
+        assert_eq!((n.type_, n.reason), (EventType::Normal, "Rotated"));
+        assert_eq!(
+            n.note,
+            "token abcdef012345 issued by rotation (the previous token stays active for its grace period, 1h); written to Secret app-token"
+        );
+        let leaked =
+            issued(IssueReason::Rotation, "f", SignedDuration::ZERO, "s").expect("an event");
+        assert!(leaked.note.contains("revoked now"), "{}", leaked.note);
+        let lost =
+            issued(IssueReason::SecretLost, "f", SignedDuration::ZERO, "s").expect("an event");
+        assert_eq!(lost.reason, "Reissued");
+    }
+
+    #[test]
+    fn deletion_revokes_are_one_event() {
+        assert_eq!(revoked_on_deletion(&[]), None);
+        let one = revoked_on_deletion(&["a1".into()]).expect("an event");
+        assert_eq!(one.note, "token a1 revoked: the ApiToken is being deleted");
+        let two = revoked_on_deletion(&["a1".into(), "b2".into()]).expect("an event");
+        assert_eq!(
+            two.note,
+            "tokens a1, b2 revoked: the ApiToken is being deleted"
+        );
+    }
+
+    #[test]
+    fn warnings_are_warnings() {
+        for n in [
+            reregistered("f"),
+            secret_conflict("s"),
+            store_rejected("unknown_scope", "m"),
+        ] {
+            assert_eq!(n.type_, EventType::Warning, "{n:?}");
+        }
+        assert_eq!(
+            revoked("id-1", RevokeReason::GraceOver).note,
+            "token id-1 revoked: its grace period is over"
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Leader election on a coordination Lease (kube-lease-manager): one active operator, standbys
+//! waiting. I/O module.
+//!
+//! Losing the lease drops the controller at once (no further writes); a shutdown signal drains
+//! it and then releases the lease, so a standby takes over without waiting for it to expire.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::run::{LeaderElection, StartError};
+
+/// A lease this process holds.
+pub struct Lease {
+    leader: watch::Receiver<bool>,
+    task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
+    settings: LeaderElection,
+}
+
+/// Wait until this process holds the Lease. `None` when a shutdown signal came first.
+pub async fn acquire(client: Client, le: &LeaderElection) -> Result<Option<Lease>, StartError> {
+    let err = |source| StartError::LeaderElection {
+        namespace: le.namespace.clone(),
+        name: le.lease_name.clone(),
+        source,
+    };
+    let manager = LeaseManagerBuilder::new(client, &le.lease_name)
+        .with_namespace(&le.namespace)
+        .with_identity(&le.identity)
+        .with_duration(le.duration.as_secs().max(2))
+        .with_grace(le.grace.as_secs().max(1))
+        .build()
+        .await
+        .map_err(err)?;
+    let (mut leader, task) = manager.watch().await;
+    let lease = format!("{}/{}", le.namespace, le.lease_name);
+    tracing::info!(%lease, identity = %le.identity, "waiting for leadership");
+    let stop = stop_requested();
+    tokio::pin!(stop);
+    while !*leader.borrow_and_update() {
+        tokio::select! {
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    let e = match task.await {
+                        Ok(Err(e)) => e,
+                        _ => LeaseManagerError::InconsistentState("the lease manager stopped".into()),
+                    };
+                    return Err(err(e));
+                }
+            }
+            () = &mut stop => return Ok(None),
+        }
+    }
+    tracing::info!(%lease, identity = %le.identity, "became leader");
+    Ok(Some(Lease {
+        leader,
+        task,
+        settings: le.clone(),
+    }))
+}
+
+/// Run `controller` while this process leads; release the lease when it ends.
+pub async fn run_while_leading(
+    controller: impl Future<Output = ()>,
+    lease: Lease,
+) -> Result<(), StartError> {
+    let Lease {
+        mut leader,
+        task,
+        settings,
+    } = lease;
+    let name = format!("{}/{}", settings.namespace, settings.lease_name);
+    let mut watch_loss = leader.clone();
+    let lost = async move {
+        while watch_loss.changed().await.is_ok() {
+            if !*watch_loss.borrow() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = lost => {
+            tracing::error!(lease = %name, "lost leadership; stopping at once");
+            return Err(StartError::LostLeadership(name));
+        }
+    }
+    leader.mark_unchanged();
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(Ok(Ok(_))) => tracing::info!(lease = %name, "released the lease"),
+        _ => tracing::warn!(lease = %name, "could not release the lease; it expires by itself"),
+    }
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C. (To be replaced by the plumbing shared with the store.)
+async fn stop_requested() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,345 @@
+//! The reconcile shell. I/O module: observes an ApiToken's Secret and its store registrations,
+//! asks [`plan`] what to do and [`decide`] how to observe and report, has [`act`] do it, and
+//! writes the status once, only when it changed.
+//!
+//! One reconcile runs up to [`MAX_PASSES`] passes of observe → plan → act. The first pass
+//! plans from the watch cache, so a converged ApiToken costs no request to the API server; a
+//! plan from the cache is acted on only when [`decide::trust_cached_plan`] allows it, and is
+//! otherwise made again from a live read. After acting, the next pass sees the Secret as the API
+//! server returned it: no read after the operator's own write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::Recorder;
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::act::{self, Scene};
+use super::crash;
+use super::crd::ApiToken;
+use super::decide::{self, AfterFailure, StatusWrite};
+use super::error::Error;
+use super::events;
+use super::kube_io::Target;
+use super::metrics::Metrics;
+use super::names::{FINALIZER, ROTATE_ANNOTATION};
+use super::plan::{self, Action, Blocked, Desired, Observed, Plan, RegObs};
+use super::secret;
+use super::status::{self, Outcome};
+use super::store_client::{StoreClient, StoreError};
+
+/// How often a Secret name clash is checked again (other Secrets are not watched).
+const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+
+/// Passes of observe-plan-act within one reconcile before reporting `Progressing`.
+pub const MAX_PASSES: usize = 5;
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// The owned Secrets (label-selected), as last seen by the controller's watch.
+    pub secrets: Store<Secret>,
+    pub store: StoreClient,
+    pub cluster: String,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// How often usage figures are refreshed from the store.
+    pub usage_interval: Duration,
+    /// How long to wait before retrying after an error.
+    pub retry_after: Duration,
+    /// Test hook (see [`crash`]).
+    pub crash_at: Option<String>,
+}
+
+/// Entry point for the controller.
+pub async fn reconcile(obj: Arc<ApiToken>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let start = Instant::now();
+    let result = match obj.namespace() {
+        None => Err(Error::Unnamed),
+        Some(ns) => {
+            let api: Api<ApiToken> = Api::namespaced(ctx.client.clone(), &ns);
+            finalizer::finalizer(&api, FINALIZER, obj, |event| async {
+                match event {
+                    Finalizer::Apply(t) => apply(&t, &ctx).await,
+                    Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
+                }
+            })
+            .await
+            .map_err(Error::from)
+        }
+    };
+    ctx.metrics.reconciled(
+        result.as_ref().err().map(Error::kind),
+        start.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+/// Requeue after an error. Statuses were already written by the failing step.
+pub fn error_policy(obj: Arc<ApiToken>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(apitoken = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, kind = err.kind(), "reconcile failed; retrying");
+    Requeue::requeue(ctx.retry_after)
+}
+
+/// How the passes of one reconcile ended.
+enum Passes {
+    Converged {
+        plan: Box<Plan>,
+        issued: bool,
+        acted: bool,
+    },
+    Blocked(Blocked),
+    /// Still acting after [`MAX_PASSES`].
+    Unfinished,
+}
+
+async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
+    let tg = Target::new(t, &ctx.client)?;
+    let rotation = t.annotations().get(ROTATE_ANNOTATION).map(String::as_str);
+    let d = match plan::desired(t, &tg.name, rotation) {
+        Ok(d) => d,
+        Err(problem) => {
+            let blocked = Blocked::Spec(problem);
+            write_status(&tg, ctx, &Outcome::Blocked(&blocked), None, None, false).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let passes = match run_passes(&tg, ctx, &d).await {
+        Ok(p) => p,
+        Err(e) => return fail(&tg, ctx, &d, e).await,
+    };
+    match passes {
+        Passes::Blocked(blocked) => {
+            if let Blocked::SecretConflict { secret } = &blocked
+                && decide::announce_stall(tg.status())
+            {
+                tg.publish(&ctx.recorder, events::secret_conflict(secret))
+                    .await;
+            }
+            write_status(&tg, ctx, &Outcome::Blocked(&blocked), Some(&d), None, false).await?;
+            Ok(Requeue::requeue(ctx.usage_interval.min(CONFLICT_RECHECK)))
+        }
+        Passes::Unfinished => {
+            write_status(&tg, ctx, &Outcome::Pending, Some(&d), None, false).await?;
+            Ok(Requeue::requeue(Duration::from_secs(1)))
+        }
+        Passes::Converged {
+            plan,
+            issued,
+            acted,
+        } => {
+            if decide::secret_may_have_moved(tg.status(), &d) {
+                tg.remove_secrets_except(&d.secret_name).await?;
+            }
+            if issued {
+                crash::point(ctx.crash_at.as_deref(), "before-status");
+            }
+            write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&plan), acted).await?;
+            let next = decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
+            Ok(Requeue::requeue(next))
+        }
+    }
+}
+
+/// Where a pass reads the Secret from.
+enum Source {
+    /// The controller's watch cache (may lag the API server).
+    Cache,
+    /// A GET.
+    Live,
+    /// What the previous pass wrote or read.
+    Known(Option<Box<Secret>>),
+}
+
+/// One pass's observations.
+struct Seen {
+    secret: Option<Secret>,
+    read: Option<secret::Read>,
+    registrations: Vec<RegObs>,
+}
+
+async fn observe(
+    tg: &Target<'_>,
+    ctx: &Context,
+    d: &Desired,
+    source: Source,
+) -> Result<Seen, Error> {
+    let secret = match source {
+        Source::Cache => ctx
+            .secrets
+            .get(&ObjectRef::new(&d.secret_name).within(&tg.ns))
+            .map(|s| Secret::clone(&s)),
+        Source::Known(s) => s.map(|b| *b),
+        Source::Live => tg.get_secret(&d.secret_name).await?,
+    };
+    let read = secret
+        .as_ref()
+        .map(|s| secret::read(s, &tg.name, &tg.uid, d));
+    let registrations = ctx.store.list_owned(&tg.uid).await?;
+    Ok(Seen {
+        secret,
+        read,
+        registrations,
+    })
+}
+
+async fn run_passes(tg: &Target<'_>, ctx: &Context, d: &Desired) -> Result<Passes, Error> {
+    let (mut issued, mut acted) = (false, false);
+    // The Secret as the previous pass left it (as written, or as read live), if known.
+    let mut known: Option<Option<Box<Secret>>> = None;
+    for pass in 0..MAX_PASSES {
+        let source = match known.take() {
+            Some(s) => Source::Known(s),
+            None if pass == 0 => Source::Cache,
+            None => Source::Live,
+        };
+        let from_cache = matches!(source, Source::Cache);
+        let seen = observe(tg, ctx, d, source).await?;
+        let p = plan::plan(&Observed {
+            desired: d,
+            secret: seen.read.as_ref().map(|r| &r.obs),
+            registrations: &seen.registrations,
+            status_token_id: tg.status().and_then(|s| s.token_id.as_deref()),
+            now: Timestamp::now(),
+        });
+        if from_cache && !decide::trust_cached_plan(&p, seen.secret.is_some(), &seen.registrations)
+        {
+            continue;
+        }
+        if let Some(blocked) = p.blocked {
+            return Ok(Passes::Blocked(blocked));
+        }
+        if p.actions.is_empty() {
+            return Ok(Passes::Converged {
+                plan: Box::new(p),
+                issued,
+                acted,
+            });
+        }
+        let written = act_all(tg, ctx, d, &seen, &p.actions).await?;
+        issued |= p.actions.iter().any(|a| matches!(a, Action::Issue { .. }));
+        acted = true;
+        // The next pass sees the Secret as the API server returned it after the write, or as
+        // read live in this pass.
+        known = match written {
+            Some(s) => Some(Some(Box::new(s))),
+            None if !from_cache => Some(seen.secret.map(Box::new)),
+            None => None,
+        };
+    }
+    Ok(Passes::Unfinished)
+}
+
+/// Run a plan's actions in order; returns the last Secret written, if any.
+async fn act_all(
+    tg: &Target<'_>,
+    ctx: &Context,
+    d: &Desired,
+    seen: &Seen,
+    actions: &[Action],
+) -> Result<Option<Secret>, Error> {
+    let scene = Scene {
+        d,
+        secret: seen.secret.as_ref(),
+        held: seen.read.as_ref().and_then(|r| r.token.as_ref()),
+    };
+    let mut written = None;
+    for action in actions {
+        if let Some(s) = act::execute(action, tg, ctx, &scene).await? {
+            written = Some(s);
+        }
+    }
+    Ok(written)
+}
+
+/// Record a failure in the status, then wait for a human or hand it to the error policy.
+async fn fail(tg: &Target<'_>, ctx: &Context, d: &Desired, e: Error) -> Result<Requeue, Error> {
+    let message = e.to_string();
+    let outcome = match &e {
+        Error::Store(s) => Outcome::Store(s),
+        _ => Outcome::Kubernetes(&message),
+    };
+    if let Error::Store(StoreError::Rejected { code, message, .. }) = &e
+        && decide::announce_stall(tg.status())
+    {
+        tg.publish(&ctx.recorder, events::store_rejected(code, message))
+            .await;
+    }
+    write_status(tg, ctx, &outcome, Some(d), None, false).await?;
+    match decide::after_failure(&e) {
+        AfterFailure::WaitForHuman => Ok(Requeue::requeue(ctx.usage_interval)),
+        AfterFailure::Retry => Err(e),
+    }
+}
+
+/// Revoke every token of a deleted ApiToken, then let the finalizer go.
+async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
+    let tg = Target::new(t, &ctx.client)?;
+    let mut revoked = Vec::new();
+    let result = async {
+        let regs = ctx.store.list_owned(&tg.uid).await?;
+        for action in plan::plan_cleanup(&regs) {
+            if let Action::Revoke { id, .. } = &action {
+                ctx.store.revoke(id).await?;
+                ctx.metrics.action("revoke");
+                if let Some(r) = regs.iter().find(|r| &r.id == id) {
+                    revoked.push(r.fingerprint.clone());
+                }
+            }
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    // One Event for all the tokens revoked (the current one and any still in grace).
+    if let Some(note) = events::revoked_on_deletion(&revoked) {
+        tg.publish(&ctx.recorder, note).await;
+    }
+    match result {
+        Ok(()) => {
+            ctx.metrics.forget(&tg.uid);
+            Ok(Requeue::await_change())
+        }
+        Err(e) => {
+            write_status(&tg, ctx, &Outcome::Deleting(&e), None, None, false).await?;
+            Err(Error::Store(e))
+        }
+    }
+}
+
+/// Compute the status from an outcome and write it if it changed (see
+/// [`decide::status_write`]).
+async fn write_status(
+    tg: &Target<'_>,
+    ctx: &Context,
+    outcome: &Outcome<'_>,
+    d: Option<&Desired>,
+    p: Option<&Plan>,
+    acted: bool,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let generation = tg.t.meta().generation;
+    let cached = tg.status().cloned().unwrap_or_default();
+    let new = status::compute(&cached, outcome, d, p, generation, now);
+    ctx.metrics.set_state(&tg.uid, status::readiness(&new));
+    match decide::status_write(tg.status(), &new, acted) {
+        StatusWrite::Unchanged => Ok(()),
+        StatusWrite::Write => tg.patch_status(&new).await,
+        StatusWrite::CompareLive => {
+            let live = tg.live().await?;
+            let current = live.status.clone().unwrap_or_default();
+            let generation = live.meta().generation.or(generation);
+            let new = status::compute(&current, outcome, d, p, generation, now);
+            ctx.metrics.set_state(&tg.uid, status::readiness(&new));
+            if live.status.as_ref() == Some(&new) {
+                Ok(())
+            } else {
+                tg.patch_status(&new).await
+            }
+        }
+    }
+}

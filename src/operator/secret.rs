@@ -1,0 +1,274 @@
+//! The Secret record: the Secret the operator writes for an ApiToken, how it reads one back,
+//! and the form the watch cache keeps. Pure, no I/O.
+//!
+//! The Secret is the durable record of the token chain (see [`super::plan`]): its data holds
+//! the token, its annotations the store id of that token, the token it replaced, when it was
+//! issued and which `loop.dev/rotate` value it answered. All of it is written in one request,
+//! so it is never half-written.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use super::crd::ApiToken;
+use super::names::secret_annotations as ann;
+use super::names::{API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use super::plan::{Desired, SecretObs};
+use crate::token::Token;
+
+/// What the Secret cache keeps in place of a token: this prefix and the token's fingerprint.
+const CACHED_FINGERPRINT: &str = "loop.dev/fingerprint:";
+
+/// The record a token is written with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub token_id: String,
+    pub previous: Option<String>,
+    pub issued_at: Timestamp,
+    pub rotation: Option<String>,
+}
+
+impl Record {
+    /// The record a Secret carries, to write its token again unchanged; an issue time lost to
+    /// a hand edit becomes `now`. `None` without a token id (then it is not a record the
+    /// operator can restore).
+    pub fn of(s: &Secret, now: Timestamp) -> Option<Record> {
+        let a = s.metadata.annotations.as_ref()?;
+        Some(Record {
+            token_id: a.get(ann::TOKEN_ID)?.clone(),
+            previous: a.get(ann::PREVIOUS_TOKEN_ID).cloned(),
+            issued_at: a
+                .get(ann::ISSUED_AT)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(now),
+            rotation: a.get(ann::ROTATION_REQUEST).cloned(),
+        })
+    }
+}
+
+/// Whether an object is controlled by the ApiToken with this uid.
+pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|r| r.uid == uid && r.controller == Some(true))
+    })
+}
+
+/// The Secret to write for `t`: the token under the desired key, the record, the operator's
+/// labels, and a controller owner reference (so the Secret goes with its ApiToken).
+pub fn desired(t: &ApiToken, d: &Desired, token: &Token, r: &Record) -> Secret {
+    let mut annotations = BTreeMap::from([
+        (ann::TOKEN_ID.to_owned(), r.token_id.clone()),
+        (ann::ISSUED_AT.to_owned(), r.issued_at.to_string()),
+        (ann::FINGERPRINT.to_owned(), token.fingerprint()),
+        (ann::TOKEN_KEY.to_owned(), d.secret_key.clone()),
+    ]);
+    if let Some(p) = &r.previous {
+        annotations.insert(ann::PREVIOUS_TOKEN_ID.to_owned(), p.clone());
+    }
+    if let Some(v) = &r.rotation {
+        annotations.insert(ann::ROTATION_REQUEST.to_owned(), v.clone());
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(d.secret_name.clone()),
+            namespace: t.namespace(),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                (API_TOKEN_LABEL.to_owned(), t.name_any()),
+            ])),
+            annotations: Some(annotations),
+            owner_references: t.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            d.secret_key.clone(),
+            ByteString(token.expose().as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The body of a server-side apply of `s` (apiVersion and kind set, as apply requires).
+pub fn apply_body(s: &Secret) -> Result<serde_json::Value, serde_json::Error> {
+    let mut body = serde_json::to_value(s)?;
+    body["apiVersion"] = serde_json::json!("v1");
+    body["kind"] = serde_json::json!("Secret");
+    Ok(body)
+}
+
+/// A Secret as read back: what the plan may see of it, and the token it holds when it is the
+/// ApiToken's own and was read live (for re-registering or rewriting it; never logged).
+pub struct Read {
+    pub obs: SecretObs,
+    pub token: Option<Token>,
+}
+
+/// Read a Secret back for the ApiToken `name` with `uid`. A cached Secret (see [`for_cache`])
+/// gives the fingerprint but no token.
+pub fn read(s: &Secret, name: &str, uid: &str, d: &Desired) -> Read {
+    let empty = BTreeMap::new();
+    let annotations = s.metadata.annotations.as_ref().unwrap_or(&empty);
+    let labels = s.metadata.labels.as_ref().unwrap_or(&empty);
+    let owned = controlled_by(&s.metadata, uid);
+    let (found, at_desired_key) = match token_at(s, &d.secret_key) {
+        Some(f) => (Some(f), true),
+        None => (
+            annotations.get(ann::TOKEN_KEY).and_then(|k| token_at(s, k)),
+            false,
+        ),
+    };
+    let (token, fingerprint) = match found {
+        Some((token, fp)) => (token, Some(fp)),
+        None => (None, None),
+    };
+    // Only what the operator writes is checked: keys, labels or annotations others add belong
+    // to them, and server-side apply could not remove them anyway.
+    let shape_ok = at_desired_key
+        && labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+        && labels.get(API_TOKEN_LABEL).map(String::as_str) == Some(name)
+        && annotations.get(ann::FINGERPRINT) == fingerprint.as_ref()
+        && annotations.get(ann::TOKEN_KEY) == Some(&d.secret_key);
+    let obs = SecretObs {
+        owned,
+        token_id: annotations.get(ann::TOKEN_ID).cloned(),
+        previous_token_id: annotations.get(ann::PREVIOUS_TOKEN_ID).cloned(),
+        issued_at: annotations.get(ann::ISSUED_AT).and_then(|v| v.parse().ok()),
+        rotation_request: annotations.get(ann::ROTATION_REQUEST).cloned(),
+        fingerprint,
+        shape_ok,
+    };
+    Read {
+        obs,
+        token: if owned { token } else { None },
+    }
+}
+
+/// The token under `key` (when read live) and its fingerprint, or the fingerprint alone (from
+/// the cache). `None` when the key is missing or holds no well-formed token.
+fn token_at(s: &Secret, key: &str) -> Option<(Option<Token>, String)> {
+    let raw = s.data.as_ref()?.get(key)?;
+    let v = std::str::from_utf8(&raw.0).ok()?;
+    match v.strip_prefix(CACHED_FINGERPRINT) {
+        Some(fp) => Some((None, fp.to_owned())),
+        None => Token::parse(v).ok().map(|t| {
+            let fp = t.fingerprint();
+            (Some(t), fp)
+        }),
+    }
+}
+
+/// Prepare an owned Secret for the watch cache: no managedFields (never read), and no token.
+/// Each value that is a token becomes its fingerprint, which is all a plan made from the cache
+/// needs: anything that uses the token itself is planned again from a live read. So the
+/// operator's memory does not hold thousands of tokens for as long as it runs.
+pub fn for_cache(s: &mut Secret) {
+    s.managed_fields_mut().clear();
+    for v in s.data.iter_mut().flat_map(|d| d.values_mut()) {
+        let fingerprint = std::str::from_utf8(&v.0)
+            .ok()
+            .and_then(|t| Token::parse(t).ok())
+            .map(|t| t.fingerprint());
+        if let Some(fp) = fingerprint {
+            v.0 = format!("{CACHED_FINGERPRINT}{fp}").into_bytes();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_token() -> ApiToken {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "generation": 1},
+            "spec": {"scopes": ["orders:read"]}
+        }))
+        .expect("a valid ApiToken")
+    }
+
+    fn desired_spec() -> Desired {
+        crate::operator::plan::desired(&api_token(), "a", None).expect("a valid spec")
+    }
+
+    fn record() -> Record {
+        Record {
+            token_id: "u.abc".into(),
+            previous: Some("u.old".into()),
+            issued_at: Timestamp::from_second(1_800_000_000).expect("a time"),
+            rotation: Some("r1".into()),
+        }
+    }
+
+    #[test]
+    fn a_written_secret_reads_back_as_the_same_record_and_token() {
+        let token = Token::mint().expect("a token");
+        let s = desired(&api_token(), &desired_spec(), &token, &record());
+        let r = read(&s, "a", "u", &desired_spec());
+        assert!(r.obs.owned && r.obs.shape_ok);
+        assert_eq!(r.obs.fingerprint, Some(token.fingerprint()));
+        assert_eq!(r.obs.token_id.as_deref(), Some("u.abc"));
+        assert_eq!(r.obs.previous_token_id.as_deref(), Some("u.old"));
+        assert_eq!(r.obs.rotation_request.as_deref(), Some("r1"));
+        assert_eq!(r.token.map(|t| t.fingerprint()), Some(token.fingerprint()));
+        assert_eq!(Record::of(&s, Timestamp::UNIX_EPOCH), Some(record()));
+        let body = apply_body(&s).expect("encodes");
+        assert_eq!(
+            (body["apiVersion"].as_str(), body["kind"].as_str()),
+            (Some("v1"), Some("Secret"))
+        );
+    }
+
+    #[test]
+    fn another_owner_s_secret_gives_no_token() {
+        let token = Token::mint().expect("a token");
+        let s = desired(&api_token(), &desired_spec(), &token, &record());
+        let r = read(&s, "a", "another-uid", &desired_spec());
+        assert!(!r.obs.owned);
+        assert!(r.token.is_none());
+    }
+
+    #[test]
+    fn a_hand_edited_secret_is_seen_as_misshapen() {
+        let token = Token::mint().expect("a token");
+        let mut s = desired(&api_token(), &desired_spec(), &token, &record());
+        s.metadata
+            .labels
+            .as_mut()
+            .map(|l| l.insert(API_TOKEN_LABEL.into(), "other".into()));
+        assert!(!read(&s, "a", "u", &desired_spec()).obs.shape_ok);
+        // The token moved to another key: found through the token-key annotation, misshapen.
+        let moved = desired(&api_token(), &desired_spec(), &token, &record());
+        let mut d = desired_spec();
+        d.secret_key = "new-key".into();
+        let r = read(&moved, "a", "u", &d);
+        assert_eq!(r.obs.fingerprint, Some(token.fingerprint()));
+        assert!(!r.obs.shape_ok);
+    }
+
+    #[test]
+    fn the_secret_cache_keeps_fingerprints_not_tokens() {
+        let token = Token::mint().expect("a token");
+        let mut s = desired(&api_token(), &desired_spec(), &token, &record());
+        s.data
+            .as_mut()
+            .map(|d| d.insert("other".into(), ByteString(b"not a token".to_vec())));
+        s.metadata.managed_fields = Some(vec![Default::default()]);
+        for_cache(&mut s);
+        assert!(!format!("{s:?}").contains(token.expose()));
+        let data = s.data.clone().unwrap_or_default();
+        assert_eq!(data["other"].0, b"not a token");
+        assert_eq!(s.metadata.managed_fields, Some(vec![]));
+        // Read back from the cache: the same observation, without the token.
+        let r = read(&s, "a", "u", &desired_spec());
+        assert_eq!(r.obs.fingerprint, Some(token.fingerprint()));
+        assert!(r.obs.shape_ok);
+        assert!(r.token.is_none());
+    }
+}
