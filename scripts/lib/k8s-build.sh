@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # Builds (or finds) the control-plane binaries the project tests against.
 #
-# Sourced by scripts/dev-cluster. Everything lands in a cache outside the repo, keyed by version,
-# so the long cold build happens once per machine:
+# Sourced by scripts/dev-cluster, after lib/common.sh (log, die). Everything lands in a cache
+# outside the repo, keyed by version, so the long cold build happens once per machine:
 #   $LOOP_K8S_CACHE (default ~/.cache/loop-token-operator/k8s/v$K8S_VERSION)/bin/{etcd,kube-apiserver,...}
 #
 # Where binaries come from, in order:
@@ -25,11 +25,10 @@ k8s_staging_modules() {
 	awk '$2 == "=>" && $3 ~ /^\.\/staging\/src\// {print $1}' "$gomod"
 }
 
-log_build() { printf '[dev-cluster build] %s\n' "$*" >&2; }
-
-die() {
-	printf 'dev-cluster: error: %s\n' "$*" >&2
-	exit 1
+# `[dev-cluster build] MSG` on stderr.
+log_build() {
+	local LOG_TAG="${LOG_TAG:-dev-cluster} build"
+	log "$@"
 }
 
 require_go() {
