@@ -227,7 +227,10 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         let args = sqlite_args(data.path());
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let store = StoreProcess::start(&argv, &[]);
-        let operator = OperatorProcess::start_as(&kubeconfig, &store, &ns, None, &["--leader-election-namespace", &ns, "--lease-name", "lto"]);
+        let operator = OperatorProcess::builder(&cp, &store, &ns)
+            .kubeconfig(&kubeconfig)
+            .leader_election(&["--leader-election-namespace", &ns, "--lease-name", "lto"])
+            .start();
         eventually(30, "leadership", || async { operator.logged("became leader").then_some(()) }).await;
         let yaml = "apiVersion: loop.dev/v1alpha1\nkind: ApiToken\nmetadata: {name: rbac}\nspec: {scopes: [orders:read]}\n";
         let out = cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(yaml));

@@ -29,7 +29,7 @@ async fn env(cp: ControlPlane, ns: String) -> Env {
     support::install_crd(&cp).await;
     let data = tempfile::tempdir().unwrap();
     let store = start_store(data.path());
-    let operator = OperatorProcess::start(&cp, &store, &ns, None);
+    let operator = OperatorProcess::builder(&cp, &store, &ns).start();
     Env {
         cp,
         ns,
@@ -465,7 +465,9 @@ async fn a_crash_at_any_step_of_a_rotation_leaves_no_orphan() {
         {
             let before = e.secret_token("crashy").await;
             e.operator.kill();
-            let mut crashing = OperatorProcess::start(&e.cp, &e.store, &e.ns, Some(step));
+            let mut crashing = OperatorProcess::builder(&e.cp, &e.store, &e.ns)
+                .crash_at(step)
+                .start();
             let value = format!("crash-{i}");
             e.kubectl(&[
                 "annotate",
@@ -482,7 +484,7 @@ async fn a_crash_at_any_step_of_a_rotation_leaves_no_orphan() {
                 Some(9),
                 "{step}: killed by SIGKILL"
             );
-            e.operator = OperatorProcess::start(&e.cp, &e.store, &e.ns, None);
+            e.operator = OperatorProcess::builder(&e.cp, &e.store, &e.ns).start();
             let t = e.wait_rotated("crashy", &value).await;
             let now = e.secret_token("crashy").await;
             assert_ne!(now, before, "{step}: the rotation happened");
@@ -982,12 +984,16 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
             "--lease-renew-before",
             "2s",
         ];
-        let mut a = OperatorProcess::start_with(&e.cp, &e.store, &e.ns, None, &le);
+        let mut a = OperatorProcess::builder(&e.cp, &e.store, &e.ns)
+            .leader_election(&le)
+            .start();
         eventually(30, "operator A to lead", || async {
             a.logged("became leader").then_some(())
         })
         .await;
-        let b = OperatorProcess::start_with(&e.cp, &e.store, &e.ns, None, &le);
+        let b = OperatorProcess::builder(&e.cp, &e.store, &e.ns)
+            .leader_election(&le)
+            .start();
         eventually(30, "operator B to wait", || async {
             b.logged("waiting for leadership").then_some(())
         })
@@ -1046,7 +1052,9 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
         // A clean shutdown (SIGTERM) drains, releases the lease and exits 0; a new candidate
         // then leads without waiting for the lease to expire.
         let mut b = b;
-        let c = OperatorProcess::start_with(&e.cp, &e.store, &e.ns, None, &le);
+        let c = OperatorProcess::builder(&e.cp, &e.store, &e.ns)
+            .leader_election(&le)
+            .start();
         eventually(30, "operator C to wait", || async {
             c.logged("waiting for leadership").then_some(())
         })

@@ -2,6 +2,7 @@
 //! one test namespace, with its logs captured.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,64 +17,61 @@ pub struct OperatorProcess {
     pub metrics_url: String,
 }
 
-impl OperatorProcess {
-    /// Start the operator for namespace `ns` without leader election; returns once it has
-    /// started.
-    pub fn start(
-        cp: &ControlPlane,
-        store: &StoreProcess,
-        ns: &str,
-        crash_at: Option<&str>,
-    ) -> OperatorProcess {
-        Self::start_with(cp, store, ns, crash_at, &["--leader-election=false"])
+/// How to start an operator process: `OperatorProcess::builder(&cp, &store, &ns)`, then any of
+/// the settings below, then `start()`.
+pub struct OperatorBuilder<'a> {
+    kubeconfig: &'a Path,
+    store: &'a StoreProcess,
+    ns: &'a str,
+    crash_at: Option<&'a str>,
+    leader_election: bool,
+    args: Vec<String>,
+}
+
+impl<'a> OperatorBuilder<'a> {
+    /// Authenticate with another identity (e.g. a ServiceAccount's kubeconfig).
+    pub fn kubeconfig(mut self, path: &'a Path) -> Self {
+        self.kubeconfig = path;
+        self
     }
 
-    /// Start the operator with extra arguments.
-    pub fn start_with(
-        cp: &ControlPlane,
-        store: &StoreProcess,
-        ns: &str,
-        crash_at: Option<&str>,
-        extra: &[&str],
-    ) -> OperatorProcess {
-        Self::start_as(&cp.kubeconfig, store, ns, crash_at, extra)
+    /// Die at this step of an issue (`LOOP_OPERATOR_CRASH_AT`).
+    pub fn crash_at(mut self, step: &'a str) -> Self {
+        self.crash_at = Some(step);
+        self
     }
 
-    /// Start the operator with another identity (kubeconfig).
-    pub fn start_as(
-        kubeconfig: &std::path::Path,
-        store: &StoreProcess,
-        ns: &str,
-        crash_at: Option<&str>,
-        extra: &[&str],
-    ) -> OperatorProcess {
+    /// Run with leader election (off by default), with these extra flags for it.
+    pub fn leader_election(mut self, args: &[&str]) -> Self {
+        self.leader_election = true;
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Start the operator; returns once it has started (or waits for its lease).
+    pub fn start(self) -> OperatorProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loop-token-operator"));
         cmd.args([
             "run",
             "--store-url",
-            &store.url,
+            &self.store.url,
             "--namespace",
-            ns,
-            "--metrics-addr",
-            "127.0.0.1:0",
+            self.ns,
         ])
-        .args([
-            "--cluster-name",
-            "e2e",
-            "--retry-after",
-            "500ms",
-            "--usage-interval",
-            "1h",
-        ])
-        .env("KUBECONFIG", kubeconfig)
+        .args(["--metrics-addr", "127.0.0.1:0", "--cluster-name", "e2e"])
+        .args(["--retry-after", "500ms", "--usage-interval", "1h"])
+        .env("KUBECONFIG", self.kubeconfig)
         .env("LOOP_STORE_TOKEN", ADMIN)
         .env(
             "RUST_LOG",
             "debug,hyper=info,tower=info,h2=info,rustls=info,kube_client=info",
         )
-        .env_remove("LOOP_OPERATOR_CRASH_AT")
-        .args(extra);
-        if let Some(step) = crash_at {
+        .env_remove("LOOP_OPERATOR_CRASH_AT");
+        if !self.leader_election {
+            cmd.arg("--leader-election=false");
+        }
+        cmd.args(&self.args);
+        if let Some(step) = self.crash_at {
             cmd.env("LOOP_OPERATOR_CRASH_AT", step);
         }
         let (super::Logged { child, logs }, addr) = super::spawn_logged(
@@ -86,6 +84,25 @@ impl OperatorProcess {
             child,
             logs,
             metrics_url: format!("http://{addr}"),
+        }
+    }
+}
+
+impl OperatorProcess {
+    /// An operator for namespace `ns` of the control plane, talking to `store`, without leader
+    /// election unless asked.
+    pub fn builder<'a>(
+        cp: &'a ControlPlane,
+        store: &'a StoreProcess,
+        ns: &'a str,
+    ) -> OperatorBuilder<'a> {
+        OperatorBuilder {
+            kubeconfig: &cp.kubeconfig,
+            store,
+            ns,
+            crash_at: None,
+            leader_election: false,
+            args: Vec::new(),
         }
     }
 
