@@ -3,7 +3,7 @@
 //! both sufficient (the operator, running as the chart's ServiceAccount, serves a token's whole
 //! life) and least-privilege (`kubectl auth can-i` refuses what it must not do).
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Command;

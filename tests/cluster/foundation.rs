@@ -2,7 +2,7 @@
 //! rules at apply time, serves watches of custom objects, and its controller-manager collects
 //! garbage. Everything the operator's tests rely on is checked here first.
 
-mod support;
+use crate::support;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};

@@ -2,7 +2,7 @@
 //! stops everything it started. Runs with its own control plane and state directories, so the
 //! other tests' control plane is untouched.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 
@@ -16,6 +16,7 @@ fn contains_a_token(text: &str) -> bool {
 
 #[test]
 fn the_demo_walks_through_a_token_life_and_tears_down() {
+    let _one = crate::ONE_CONTROL_PLANE.blocking_lock();
     let tmp = tempfile::tempdir().unwrap();
     let demo_dir = tmp.path().join("demo");
     let cluster_dir = tmp.path().join("cluster");

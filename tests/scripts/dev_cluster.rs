@@ -2,7 +2,7 @@
 //! and leftover state from a killed run. Each case uses its own state directory, so the shared
 //! control plane of the other tests is untouched.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -62,6 +62,7 @@ fn without_go_or_assets_it_says_what_to_install() {
 
 #[tokio::test]
 async fn a_component_that_dies_fails_up_with_its_log_and_stops_the_rest() {
+    let _one = crate::ONE_CONTROL_PLANE.lock().await;
     // Real binaries come from the shared build; a fake kube-apiserver placed in
     // KUBEBUILDER_ASSETS (which wins over the cache) exits at once.
     support::control_plane().await;
@@ -107,6 +108,7 @@ async fn a_component_that_dies_fails_up_with_its_log_and_stops_the_rest() {
 
 #[tokio::test]
 async fn leftover_state_from_a_killed_run_is_cleaned_on_the_next_up() {
+    let _one = crate::ONE_CONTROL_PLANE.lock().await;
     support::control_plane().await; // the binaries exist
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");

@@ -2,7 +2,7 @@
 //! `kubectl explain`, listed with its printer columns, and every invalid spec refused at apply
 //! time with the API server's own message.
 
-mod support;
+use crate::support;
 
 use support::with_namespace;
 

@@ -3,7 +3,7 @@
 //! user would, and checked through the store's `POST /v1/introspect`. Each test names the
 //! promises of DESIGN.md §6 it proves.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
