@@ -3,10 +3,15 @@
 //! The library holds everything the binaries share:
 //! - [`token`]: minting, parsing, hashing and fingerprinting Loop tokens (pure, no I/O beyond the
 //!   OS random source);
-//! - [`store`]: the `loop-store` service (HTTP API, storage backends, introspection cache).
+//! - [`clock`]: the injectable source of "now" (reads the system clock);
+//! - [`store`]: the `loop-store` service (HTTP API, storage backends, introspection cache);
+//! - [`serve`]: start-up plumbing of both binaries: credentials from files, the shutdown
+//!   signal, the `/metrics` answer (files, signals).
 
 pub mod cli;
+pub mod clock;
 pub mod operator;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -27,20 +27,14 @@ use super::model::{
 use super::repo::{Conflict, Registered, RepoError, Repository, Updated};
 use super::scopes::{Catalogue, ScopeRejection};
 use super::writes::{WriteError, Writer};
+use crate::clock::Clock;
+use crate::serve::openmetrics;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default and largest page of `GET /v1/tokens`.
 pub const DEFAULT_PAGE: u32 = 500;
 pub const MAX_PAGE: u32 = 1000;
-
-/// Source of "now" in Unix milliseconds (injected so tests can move time).
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| jiff::Timestamp::now().as_millisecond())
-}
 
 /// A credential, kept as its SHA-256 so comparison is constant-time and length-independent.
 #[derive(Clone)]
@@ -552,14 +546,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
     s.metrics
         .set_cache_trusted(s.introspector.cache().is_trusted());
     match s.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(text) => openmetrics(text),
         Err(_) => ApiError::Internal.into_response(),
     }
 }
