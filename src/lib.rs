@@ -3,11 +3,14 @@
 //! The library holds everything the binaries share:
 //! - [`token`]: minting, parsing, hashing and fingerprinting Loop tokens (pure, no I/O beyond the
 //!   OS random source);
+//! - [`api`]: the store's v1 wire types, served by the store and sent and read by the
+//!   operator (pure; strict requests, tolerant responses);
 //! - [`clock`]: the injectable source of "now" (reads the system clock);
 //! - [`store`]: the `loop-store` service (HTTP API, storage backends, introspection cache);
 //! - [`serve`]: start-up plumbing of both binaries: credentials from files, the shutdown
 //!   signal, the `/metrics` answer (files, signals).
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod operator;

@@ -13,28 +13,25 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 
 use super::cache::Introspector;
 use super::metrics::Metrics;
-use super::model::{
-    ErrorBody, IntrospectRequest, IntrospectResponse, Invalid, ListFilter, Owner, PatchRequest,
-    RegisterRequest, TokenId, TokenList, TokenView,
-};
+use super::model::{Invalid, ListFilter, NewToken, TokenId, TokenPatch};
 use super::repo::{Conflict, Registered, RepoError, Repository, Updated};
 use super::scopes::{Catalogue, ScopeRejection};
 use super::writes::{WriteError, Writer};
+use crate::api::{
+    DEFAULT_PAGE, ErrorBody, IntrospectRequest, IntrospectResponse, ListQuery, MAX_PAGE, Owner,
+    PatchRequest, RegisterRequest, TokenList, TokenView,
+};
 use crate::clock::Clock;
 use crate::serve::openmetrics;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Default and largest page of `GET /v1/tokens`.
-pub const DEFAULT_PAGE: u32 = 500;
-pub const MAX_PAGE: u32 = 1000;
 
 /// A credential, kept as its SHA-256 so comparison is constant-time and length-independent.
 #[derive(Clone)]
@@ -370,7 +367,7 @@ async fn register(
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let new = body.validate(id)?;
+    let new = NewToken::from_request(id, body)?;
     s.catalogue
         .check(&new.scopes)
         .map_err(ApiError::UnknownScope)?;
@@ -378,11 +375,9 @@ async fn register(
     match s.writer.register(new, now).await? {
         Registered::Created(r) => {
             tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), owner_namespace = %r.owner.namespace, owner_name = %r.owner.name, "token registered");
-            Ok((StatusCode::CREATED, Json(TokenView::from_record(&r, now))).into_response())
+            Ok((StatusCode::CREATED, Json(r.view(now))).into_response())
         }
-        Registered::Existing(r) => {
-            Ok((StatusCode::OK, Json(TokenView::from_record(&r, now))).into_response())
-        }
+        Registered::Existing(r) => Ok((StatusCode::OK, Json(r.view(now))).into_response()),
         Registered::Conflict(c) => Err(conflict(c)),
     }
 }
@@ -406,19 +401,19 @@ async fn update(
     ApiJson(body): ApiJson<PatchRequest>,
 ) -> Result<Json<TokenView>, ApiError> {
     let id = parse_id(&id)?;
-    let patch = body.validate()?;
+    let patch = TokenPatch::from_request(body)?;
     if let Some(scopes) = &patch.scopes {
         s.catalogue.check(scopes).map_err(ApiError::UnknownScope)?;
     }
     let now = (s.clock)();
     if patch.is_empty() {
         let r = s.repo.get(&id).await?.ok_or(ApiError::NotFound)?;
-        return Ok(Json(TokenView::from_record(&r, now)));
+        return Ok(Json(r.view(now)));
     }
     match s.writer.update(id, patch, now).await? {
         Updated::Updated(r) => {
             tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), "token updated");
-            Ok(Json(TokenView::from_record(&r, now)))
+            Ok(Json(r.view(now)))
         }
         Updated::NotFound => Err(ApiError::NotFound),
         Updated::Revoked => Err(conflict(Conflict::Revoked)),
@@ -439,7 +434,7 @@ async fn revoke(
     let now = (s.clock)();
     let r = s.writer.revoke(id, now).await?.ok_or(ApiError::NotFound)?;
     tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), "token revoked");
-    Ok(Json(TokenView::from_record(&r, now)))
+    Ok(Json(r.view(now)))
 }
 
 #[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens",
@@ -452,24 +447,7 @@ async fn get_token(
 ) -> Result<Json<TokenView>, ApiError> {
     let id = parse_id(&id)?;
     let r = s.repo.get(&id).await?.ok_or(ApiError::NotFound)?;
-    Ok(Json(TokenView::from_record(&r, (s.clock)())))
-}
-
-/// Query of `GET /v1/tokens`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Only tokens of this owner (`metadata.uid` of the ApiToken).
-    owner_uid: Option<String>,
-    /// Only tokens of this namespace.
-    namespace: Option<String>,
-    /// Only active (`true`) or inactive (`false`) tokens.
-    active: Option<bool>,
-    /// Continue after this id (the `next` of the previous page).
-    after: Option<String>,
-    /// Page size, 1-1000 (default 500).
-    limit: Option<u32>,
+    Ok(Json(r.view((s.clock)())))
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(ListQuery),
@@ -501,10 +479,7 @@ async fn list_tokens(
     } else {
         None
     };
-    let items = records
-        .iter()
-        .map(|r| TokenView::from_record(r, now))
-        .collect();
+    let items = records.iter().map(|r| r.view(now)).collect();
     Ok(Json(TokenList { items, next }))
 }
 
