@@ -7,8 +7,12 @@
 //!   operator (pure; strict requests, tolerant responses);
 //! - [`clock`]: the injectable source of "now" (reads the system clock);
 //! - [`store`]: the `loop-store` service (HTTP API, storage backends, introspection cache);
+//! - [`operator`]: the `loop-token-operator` controller (pure plan and status, store client,
+//!   reconcile shell);
+//! - [`cli`]: command-line helpers of both binaries (pure);
 //! - [`serve`]: start-up plumbing of both binaries: credentials from files, the shutdown
-//!   signal, the `/metrics` answer (files, signals).
+//!   signal, the `/metrics` answer (files, signals);
+//! - [`telemetry`]: log set-up (stderr).
 
 pub mod api;
 pub mod cli;
