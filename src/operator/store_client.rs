@@ -278,22 +278,20 @@ mod tests {
 
     /// A fake store on a loopback port; returns its base URL.
     async fn fake_store(seen: Seen) -> String {
-        async fn put_token(
+        /// Records the body, answers like a newer store.
+        async fn record(
+            method: axum::http::Method,
             State(seen): State<Seen>,
             Path(id): Path<String>,
             body: axum::Json<Value>,
         ) -> axum::Json<Value> {
             let v = newer_view(&id);
-            seen.lock().unwrap().push(("PUT", id, body.0));
-            axum::Json(v)
-        }
-        async fn patch_token(
-            State(seen): State<Seen>,
-            Path(id): Path<String>,
-            body: axum::Json<Value>,
-        ) -> axum::Json<Value> {
-            let v = newer_view(&id);
-            seen.lock().unwrap().push(("PATCH", id, body.0));
+            let method = if method == axum::http::Method::PUT {
+                "PUT"
+            } else {
+                "PATCH"
+            };
+            seen.lock().unwrap().push((method, id, body.0));
             axum::Json(v)
         }
         let app = Router::new()
@@ -303,7 +301,7 @@ mod tests {
                     axum::Json(json!({"items": [newer_view("t1")], "total": 1, "next": null}))
                 }),
             )
-            .route("/v1/tokens/{id}", put(put_token).patch(patch_token))
+            .route("/v1/tokens/{id}", put(record).patch(record))
             .with_state(seen);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
