@@ -327,19 +327,22 @@ async fn bad_requests_get_clear_answers() {
         v["message"].as_str().unwrap().contains("<resource>:read"),
         "{v}"
     );
-    let mut extra = registration(&Token::mint().unwrap(), &["orders:read"]);
-    extra["colour"] = json!("red");
-    let (status, v) = s
-        .call("PUT", "/v1/tokens/y", Some(ADMIN), Some(extra))
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `colour`"),
-        "{v}"
-    );
+    // Unknown fields, also inside the owner (which answers carry for tolerant clients).
+    for at in ["", "/owner"] {
+        let mut extra = registration(&Token::mint().unwrap(), &["orders:read"]);
+        extra.pointer_mut(at).unwrap()["colour"] = json!("red");
+        let (status, v) = s
+            .call("PUT", "/v1/tokens/y", Some(ADMIN), Some(extra))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field `colour`"),
+            "{v}"
+        );
+    }
     let req = Request::builder()
         .method("PUT")
         .uri("/v1/tokens/z")

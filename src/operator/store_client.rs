@@ -4,15 +4,18 @@
 //! [`RegObs`], and errors split into "retry later" ([`StoreError::Unavailable`]) and "a human
 //! must act" ([`StoreError::Rejected`], [`StoreError::Unauthorized`]). Never sends a token: only
 //! its hash.
+//!
+//! Requests are built from, and answers read into, the wire types of [`crate::api`]; those read
+//! answers tolerantly, so a newer store that adds a field does not break this client.
 
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use serde::Deserialize;
-use serde_json::json;
 
 use super::plan::RegObs;
-use crate::store::model::{Owner, TokenList, TokenView};
+use crate::api::{
+    ErrorBody, ListQuery, MAX_PAGE, Owner, PatchRequest, RegisterRequest, TokenList, TokenView,
+};
 use crate::token::TokenHash;
 
 /// A failed call to the store. Messages never carry a token or a credential.
@@ -44,12 +47,6 @@ impl StoreError {
             StoreError::Rejected { .. } => "rejected",
         }
     }
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    message: String,
 }
 
 /// Called after every store request with (operation, seconds, outcome), for metrics.
@@ -142,13 +139,12 @@ impl StoreClient {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut q = vec![
-                ("ownerUid", owner_uid.to_owned()),
-                ("limit", "1000".to_owned()),
-            ];
-            if let Some(a) = &after {
-                q.push(("after", a.clone()));
-            }
+            let q = ListQuery {
+                owner_uid: Some(owner_uid.to_owned()),
+                after: after.take(),
+                limit: Some(MAX_PAGE),
+                ..ListQuery::default()
+            };
             let resp = self
                 .send(
                     "list",
@@ -176,7 +172,13 @@ impl StoreClient {
         scopes: &[String],
         owner: &Owner,
     ) -> Result<RegObs, StoreError> {
-        let body = json!({"hash": hash, "name": name, "scopes": scopes, "owner": owner});
+        let body = RegisterRequest {
+            hash: hash.clone(),
+            name: name.to_owned(),
+            scopes: scopes.to_vec(),
+            owner: owner.clone(),
+            expires_at: None,
+        };
         let resp = self
             .send("register", self.http.put(self.url(id)).json(&body))
             .await?;
@@ -195,16 +197,11 @@ impl StoreClient {
         scopes: Option<&[String]>,
         expires_at: Option<Option<Timestamp>>,
     ) -> Result<(), StoreError> {
-        let mut body = serde_json::Map::new();
-        if let Some(n) = name {
-            body.insert("name".into(), json!(n));
-        }
-        if let Some(s) = scopes {
-            body.insert("scopes".into(), json!(s));
-        }
-        if let Some(e) = expires_at {
-            body.insert("expiresAt".into(), json!(e));
-        }
+        let body = PatchRequest {
+            name: name.map(str::to_owned),
+            scopes: scopes.map(<[String]>::to_vec),
+            expires_at,
+        };
         self.send("update", self.http.patch(self.url(id)).json(&body))
             .await?;
         Ok(())
@@ -250,5 +247,130 @@ fn reg_obs(v: &TokenView) -> RegObs {
         revoked: v.revoked_at.is_some(),
         last_used_at: v.last_used_at,
         use_count: v.use_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::extract::{Path, State};
+    use axum::routing::{get, put};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Request bodies the fake store received, as (method, id, body).
+    type Seen = Arc<Mutex<Vec<(&'static str, String, Value)>>>;
+
+    /// A registration as a newer store might answer it: extra fields at the top level and in
+    /// `owner`.
+    fn newer_view(id: &str) -> Value {
+        json!({
+            "id": id, "name": "Klaviyo", "scopes": ["orders:read"],
+            "owner": {"cluster": "c", "namespace": "n", "name": "t", "uid": "u", "kind": "ApiToken"},
+            "fingerprint": "0123456789ab", "active": true,
+            "createdAt": "2030-01-01T00:00:00Z", "updatedAt": "2030-01-01T00:00:00Z",
+            "useCount": 3, "labels": {"team": "growth"}
+        })
+    }
+
+    /// A fake store on a loopback port; returns its base URL.
+    async fn fake_store(seen: Seen) -> String {
+        /// Records the body, answers like a newer store.
+        async fn record(
+            method: axum::http::Method,
+            State(seen): State<Seen>,
+            Path(id): Path<String>,
+            body: axum::Json<Value>,
+        ) -> axum::Json<Value> {
+            let v = newer_view(&id);
+            let method = if method == axum::http::Method::PUT {
+                "PUT"
+            } else {
+                "PATCH"
+            };
+            seen.lock().unwrap().push((method, id, body.0));
+            axum::Json(v)
+        }
+        let app = Router::new()
+            .route(
+                "/v1/tokens",
+                get(|| async {
+                    axum::Json(json!({"items": [newer_view("t1")], "total": 1, "next": null}))
+                }),
+            )
+            .route("/v1/tokens/{id}", put(record).patch(record))
+            .with_state(seen);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            cluster: "c".into(),
+            namespace: "n".into(),
+            name: "t".into(),
+            uid: "u".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_of_a_newer_store_with_unknown_fields_are_read() {
+        let base = fake_store(Seen::default()).await;
+        let client = StoreClient::new(&base, "cred", Duration::from_secs(5)).unwrap();
+        let listed = client.list_owned("u").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].use_count, 3);
+        let scopes = vec!["orders:read".to_owned()];
+        let reg = client
+            .register("t1", &TokenHash::of("x"), "Klaviyo", &scopes, &owner())
+            .await
+            .unwrap();
+        assert_eq!(reg.fingerprint, "0123456789ab");
+    }
+
+    #[tokio::test]
+    async fn request_bodies_keep_their_shape() {
+        let seen = Seen::default();
+        let base = fake_store(seen.clone()).await;
+        let client = StoreClient::new(&base, "cred", Duration::from_secs(5)).unwrap();
+        let hash = TokenHash::of("x");
+        let scopes = vec!["orders:read".to_owned()];
+        let _ = client
+            .register("t1", &hash, "Klaviyo", &scopes, &owner())
+            .await;
+        let expiry: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        client.update("t1", Some("New"), None, None).await.unwrap();
+        client
+            .update("t1", None, Some(&scopes), Some(None))
+            .await
+            .unwrap();
+        client
+            .update("t1", None, None, Some(Some(expiry)))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let bodies: Vec<(&str, Value)> = seen.into_iter().map(|(m, _, b)| (m, b)).collect();
+        assert_eq!(
+            bodies,
+            vec![
+                (
+                    "PUT",
+                    json!({"hash": hash.as_str(), "name": "Klaviyo", "scopes": ["orders:read"],
+                        "owner": {"cluster": "c", "namespace": "n", "name": "t", "uid": "u"}})
+                ),
+                ("PATCH", json!({"name": "New"})),
+                // An explicit null clears the expiry; an absent field leaves it.
+                (
+                    "PATCH",
+                    json!({"scopes": ["orders:read"], "expiresAt": null})
+                ),
+                ("PATCH", json!({"expiresAt": "2030-01-01T00:00:00Z"})),
+            ]
+        );
     }
 }

@@ -23,9 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::metrics::{CacheResult, IntrospectOutcome, Metrics};
-use super::model::{Activity, IntrospectResponse, TokenRecord, activity};
+use super::model::{Activity, TokenRecord, activity};
 use super::repo::{RepoError, Repository};
 use super::usage::Usage;
+use crate::api::IntrospectResponse;
 use crate::token::{self, TokenHash};
 
 /// Most unknown hashes remembered; past this the set is emptied and refilled.

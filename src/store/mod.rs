@@ -3,14 +3,18 @@
 //! Holds token hashes with their names, scopes, owners, expiry, revocation and usage, and
 //! answers Loop's API on every call: "is this token valid, with which scopes?".
 //!
-//! - [`model`], [`scopes`]: pure types and validation;
+//! - [`model`], [`scopes`]: pure domain types and validation (the wire types are in
+//!   [`crate::api`]; the scope catalogue is read from its file at start-up);
 //! - [`repo`]: storage (SQLite, PostgreSQL);
 //! - [`cache`]: the in-memory introspection cache and its invalidation rules;
 //! - [`writes`]: every change to a registration, with its cache invalidation, as one unit;
 //! - [`usage`]: coalesced usage counters;
-//! - [`http`]: the HTTP API (`app(state) -> Router`);
+//! - [`http`]: the HTTP API (`app(state) -> Router`), one file per concern;
 //! - [`metrics`]: Prometheus metrics;
-//! - [`server`]: wiring for `loop-store serve`.
+//! - [`server`]: wiring for `loop-store serve` (files, sockets, database, signals).
+//!
+//! Only [`server`] and [`repo`] do I/O of their own; [`cache`], [`usage`], [`writes`] and
+//! [`http`] reach the database through [`repo`].
 
 pub mod cache;
 pub mod http;

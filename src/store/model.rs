@@ -1,13 +1,15 @@
-//! The store's data: validated domain types, and the JSON shapes of the HTTP API.
+//! The store's domain: validated types, the rule for "active", and the conversions from and to
+//! the wire types of [`crate::api`].
 //!
 //! Pure code. Timestamps are kept as Unix milliseconds in storage (portable across SQLite and
-//! PostgreSQL) and shown as RFC 3339 in the API.
+//! PostgreSQL) and shown as RFC 3339 in the API. [`Owner`] is the wire type itself (plain data,
+//! the same in requests, storage and answers), re-exported here for the storage layer.
 
 use jiff::Timestamp;
-use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::ToSchema;
 
 use super::scopes::{ScopeSet, ScopeSyntaxError};
+pub use crate::api::Owner;
+use crate::api::{PatchRequest, RegisterRequest, TokenView};
 use crate::token::TokenHash;
 
 /// Longest token name (Loop's own editor allows 100 characters).
@@ -43,70 +45,6 @@ impl TokenId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// The Kubernetes object a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Owner {
-    /// Name of the cluster the operator runs in (its `--cluster-name`).
-    pub cluster: String,
-    pub namespace: String,
-    pub name: String,
-    /// `metadata.uid` of the ApiToken.
-    pub uid: String,
-}
-
-impl Owner {
-    fn validate(&self) -> Result<(), String> {
-        for (field, v) in [
-            ("cluster", &self.cluster),
-            ("namespace", &self.namespace),
-            ("name", &self.name),
-            ("uid", &self.uid),
-        ] {
-            if v.is_empty() || v.len() > 253 || v.chars().any(char::is_control) {
-                return Err(format!("owner.{field} must be 1-253 printable characters"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Body of `PUT /v1/tokens/{id}`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RegisterRequest {
-    /// `sha256:<64 lowercase hex>` of the token. The store never sees the token itself.
-    #[schema(value_type = String, pattern = "^sha256:[0-9a-f]{64}$")]
-    pub hash: TokenHash,
-    /// Display name (1-100 characters).
-    pub name: String,
-    /// Scopes, each `<resource>:read` or `<resource>:write`.
-    pub scopes: Vec<String>,
-    pub owner: Owner,
-    /// Optional expiry; the token is inactive from then on.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub expires_at: Option<Timestamp>,
-}
-
-/// Body of `PATCH /v1/tokens/{id}`: any subset of the fields. `expiresAt: null` removes the
-/// expiry. The token itself never changes.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PatchRequest {
-    pub name: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub expires_at: Option<Option<Timestamp>>,
-}
-
-/// Tell "absent" (outer `None`) from "null" (`Some(None)`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A validated registration.
@@ -153,6 +91,22 @@ fn validate_name(name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+fn validate_owner(owner: &Owner) -> Result<(), Invalid> {
+    for (field, v) in [
+        ("cluster", &owner.cluster),
+        ("namespace", &owner.namespace),
+        ("name", &owner.name),
+        ("uid", &owner.uid),
+    ] {
+        if v.is_empty() || v.len() > 253 || v.chars().any(char::is_control) {
+            return Err(Invalid::Field(format!(
+                "owner.{field} must be 1-253 printable characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn validate_scopes(scopes: &[String]) -> Result<ScopeSet, Invalid> {
     if scopes.is_empty() {
         return Err(Invalid::Field("scopes must list at least one scope".into()));
@@ -160,32 +114,34 @@ fn validate_scopes(scopes: &[String]) -> Result<ScopeSet, Invalid> {
     Ok(ScopeSet::parse(scopes.iter().map(String::as_str))?)
 }
 
-impl RegisterRequest {
-    pub fn validate(self, id: TokenId) -> Result<NewToken, Invalid> {
-        validate_name(&self.name)?;
-        let scopes = validate_scopes(&self.scopes)?;
-        self.owner.validate().map_err(Invalid::Field)?;
+impl NewToken {
+    /// Validate the body of `PUT /v1/tokens/{id}` (the catalogue check comes later).
+    pub fn from_request(id: TokenId, req: RegisterRequest) -> Result<Self, Invalid> {
+        validate_name(&req.name)?;
+        let scopes = validate_scopes(&req.scopes)?;
+        validate_owner(&req.owner)?;
         Ok(NewToken {
             id,
-            hash: self.hash,
-            name: self.name,
+            hash: req.hash,
+            name: req.name,
             scopes,
-            owner: self.owner,
-            expires_at_ms: self.expires_at.map(|t| t.as_millisecond()),
+            owner: req.owner,
+            expires_at_ms: req.expires_at.map(|t| t.as_millisecond()),
         })
     }
 }
 
-impl PatchRequest {
-    pub fn validate(self) -> Result<TokenPatch, Invalid> {
-        if let Some(n) = &self.name {
+impl TokenPatch {
+    /// Validate the body of `PATCH /v1/tokens/{id}`.
+    pub fn from_request(req: PatchRequest) -> Result<Self, Invalid> {
+        if let Some(n) = &req.name {
             validate_name(n)?;
         }
-        let scopes = self.scopes.as_deref().map(validate_scopes).transpose()?;
+        let scopes = req.scopes.as_deref().map(validate_scopes).transpose()?;
         Ok(TokenPatch {
-            name: self.name,
+            name: req.name,
             scopes,
-            expires_at_ms: self.expires_at.map(|e| e.map(|t| t.as_millisecond())),
+            expires_at_ms: req.expires_at.map(|e| e.map(|t| t.as_millisecond())),
         })
     }
 }
@@ -218,6 +174,28 @@ impl TokenRecord {
     pub fn activity(&self, now_ms: i64) -> Activity {
         activity(self.revoked_at_ms, self.expires_at_ms, now_ms)
     }
+
+    /// The registration as the API shows it at `now_ms`: never its hash.
+    pub fn view(&self, now_ms: i64) -> TokenView {
+        TokenView {
+            id: self.id.as_str().to_owned(),
+            name: self.name.clone(),
+            scopes: self.scopes.to_strings(),
+            owner: self.owner.clone(),
+            fingerprint: self.hash.fingerprint(),
+            active: self.activity(now_ms) == Activity::Active,
+            created_at: ts(self.created_at_ms),
+            updated_at: ts(self.updated_at_ms),
+            expires_at: self.expires_at_ms.map(ts),
+            revoked_at: self.revoked_at_ms.map(ts),
+            last_used_at: self.last_used_at_ms.map(ts),
+            use_count: self.use_count,
+        }
+    }
+}
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// The one rule for "active": not revoked, and not at or past its expiry.
@@ -231,67 +209,6 @@ pub fn activity(revoked_at_ms: Option<i64>, expires_at_ms: Option<i64>, now_ms: 
     }
 }
 
-/// A registration as the API shows it: metadata and usage, never a hash or a token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenView {
-    pub id: String,
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub owner: Owner,
-    /// Short, non-secret identifier of the token (first 12 hex digits of its SHA-256).
-    pub fingerprint: String,
-    /// Not revoked and not expired.
-    pub active: bool,
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: Timestamp,
-    #[schema(value_type = String, format = DateTime)]
-    pub updated_at: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub expires_at: Option<Timestamp>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub revoked_at: Option<Timestamp>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub last_used_at: Option<Timestamp>,
-    /// Active introspections answered for this token (flushed every few seconds).
-    pub use_count: i64,
-}
-
-fn ts(ms: i64) -> Timestamp {
-    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
-impl TokenView {
-    pub fn from_record(r: &TokenRecord, now_ms: i64) -> Self {
-        TokenView {
-            id: r.id.as_str().to_owned(),
-            name: r.name.clone(),
-            scopes: r.scopes.to_strings(),
-            owner: r.owner.clone(),
-            fingerprint: r.hash.fingerprint(),
-            active: r.activity(now_ms) == Activity::Active,
-            created_at: ts(r.created_at_ms),
-            updated_at: ts(r.updated_at_ms),
-            expires_at: r.expires_at_ms.map(ts),
-            revoked_at: r.revoked_at_ms.map(ts),
-            last_used_at: r.last_used_at_ms.map(ts),
-            use_count: r.use_count,
-        }
-    }
-}
-
-/// Body of `GET /v1/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct TokenList {
-    pub items: Vec<TokenView>,
-    /// Pass as `after` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub next: Option<String>,
-}
-
 /// Filters of `GET /v1/tokens`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
@@ -300,57 +217,6 @@ pub struct ListFilter {
     pub active: Option<bool>,
     pub after: Option<String>,
     pub limit: u32,
-}
-
-/// Body of `POST /v1/introspect` (RFC 7662 §2.1, as JSON).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IntrospectRequest {
-    /// The presented token.
-    pub token: String,
-    /// Accepted for RFC 7662 compatibility and ignored.
-    #[serde(default)]
-    pub token_type_hint: Option<String>,
-}
-
-/// Answer of `POST /v1/introspect` (RFC 7662 §2.2). Inactive tokens get only `active: false`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IntrospectResponse {
-    pub active: bool,
-    /// Space-separated scopes.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub scope: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub token_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub name: Option<String>,
-    /// Expiry, seconds since the Unix epoch.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub exp: Option<i64>,
-    /// Registration time, seconds since the Unix epoch.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub iat: Option<i64>,
-}
-
-impl IntrospectResponse {
-    pub fn inactive() -> Self {
-        IntrospectResponse {
-            active: false,
-            scope: None,
-            token_id: None,
-            name: None,
-            exp: None,
-            iat: None,
-        }
-    }
-}
-
-/// Every error response: a stable machine-readable code and a human message.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-    pub message: String,
 }
 
 #[cfg(test)]
@@ -378,15 +244,18 @@ mod tests {
     #[test]
     fn patch_tells_null_from_absent() {
         let p: PatchRequest = serde_json::from_str(r#"{"expiresAt": null}"#).unwrap();
-        assert_eq!(p.validate().unwrap().expires_at_ms, Some(None));
+        assert_eq!(
+            TokenPatch::from_request(p).unwrap().expires_at_ms,
+            Some(None)
+        );
         let p: PatchRequest = serde_json::from_str(r#"{"name": "x"}"#).unwrap();
-        let v = p.validate().unwrap();
+        let v = TokenPatch::from_request(p).unwrap();
         assert_eq!(v.expires_at_ms, None);
         assert!(!v.is_empty());
         let p: PatchRequest =
             serde_json::from_str(r#"{"expiresAt": "2030-01-01T00:00:00Z"}"#).unwrap();
         assert_eq!(
-            p.validate().unwrap().expires_at_ms,
+            TokenPatch::from_request(p).unwrap().expires_at_ms,
             Some(Some(1_893_456_000_000))
         );
     }
@@ -403,19 +272,22 @@ mod tests {
         let ok: RegisterRequest =
             serde_json::from_str(&body("Klaviyo", r#"["orders:read","orders:read"]"#)).unwrap();
         assert_eq!(
-            ok.validate(id.clone()).unwrap().scopes.joined(),
+            NewToken::from_request(id.clone(), ok)
+                .unwrap()
+                .scopes
+                .joined(),
             "orders:read"
         );
         let no_scopes: RegisterRequest = serde_json::from_str(&body("x", "[]")).unwrap();
-        assert!(no_scopes.validate(id.clone()).is_err());
+        assert!(NewToken::from_request(id.clone(), no_scopes).is_err());
         let bad_scope: RegisterRequest = serde_json::from_str(&body("x", r#"["orders"]"#)).unwrap();
         assert!(matches!(
-            bad_scope.validate(id.clone()),
+            NewToken::from_request(id.clone(), bad_scope),
             Err(Invalid::Scope(_))
         ));
         let long: RegisterRequest =
             serde_json::from_str(&body(&"n".repeat(101), r#"["a:read"]"#)).unwrap();
-        assert!(long.validate(id.clone()).is_err());
+        assert!(NewToken::from_request(id.clone(), long).is_err());
         assert!(
             serde_json::from_str::<RegisterRequest>(
                 &body("x", "[]").replace("}}", "},\"extra\":1}")
@@ -445,7 +317,7 @@ mod tests {
             last_used_at_ms: None,
             use_count: 0,
         };
-        let json = serde_json::to_string(&TokenView::from_record(&r, 1)).unwrap();
+        let json = serde_json::to_string(&r.view(1)).unwrap();
         assert!(!json.contains(&h.as_str()[7..]), "{json}");
         assert!(json.contains(&h.fingerprint()));
     }

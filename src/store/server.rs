@@ -12,12 +12,14 @@ use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::watch;
 
 use super::cache::{Cache, Introspector};
-use super::http::{self, AppState, Clock, Credential, Credentials};
+use super::http::{self, AppState, Credential, Credentials};
 use super::metrics::Metrics;
 use super::repo::{self, NOTIFY_CHANNEL, PoolSettings, Repository};
 use super::scopes::{Catalogue, CatalogueError};
 use super::usage::Usage;
 use super::writes::Writer;
+use crate::clock::{Clock, system_clock};
+use crate::serve::{CredentialError, read_credential, shutdown_signal};
 use crate::token::TokenHash;
 
 /// Shortest credential accepted.
@@ -96,22 +98,19 @@ fn credential(
     file: Option<&Path>,
     from_env: Option<&str>,
 ) -> Result<Credential, StartError> {
-    let secret = match (file, from_env) {
-        (Some(path), _) => {
-            std::fs::read_to_string(path).map_err(|source| StartError::CredentialFile {
-                role,
-                path: path.display().to_string(),
-                source,
-            })?
-        }
-        (None, Some(v)) => v.to_owned(),
-        (None, None) => return Err(StartError::MissingCredential { role, flag, env }),
-    };
-    let secret = secret.trim();
+    let secret = read_credential(file, from_env).map_err(|e| match e {
+        CredentialError::Missing => StartError::MissingCredential { role, flag, env },
+        CredentialError::File { path, source } => StartError::CredentialFile {
+            role,
+            path: path.display().to_string(),
+            source,
+        },
+        CredentialError::Empty => StartError::WeakCredential { role },
+    })?;
     if secret.len() < MIN_CREDENTIAL_LEN {
         return Err(StartError::WeakCredential { role });
     }
-    Ok(Credential::new(secret))
+    Ok(Credential::new(&secret))
 }
 
 /// Resolve both credentials from files or env.
@@ -231,16 +230,7 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
         metrics: Arc::clone(&metrics),
         clock,
     };
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
+    let (listener, addr) = bind(cfg.listen).await?;
     let flusher = spawn_usage_flusher(
         Arc::clone(&usage),
         Arc::clone(&repo),
@@ -270,30 +260,23 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
     })
 }
 
+/// Listen on `listen`; returns the listener and the address it got (the port of `:0`).
+async fn bind(listen: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    Ok((listener, addr))
+}
+
 /// Run until SIGTERM or Ctrl-C.
 pub async fn serve(cfg: ServeConfig) -> Result<(), StartError> {
-    let running = start(cfg, http::system_clock()).await?;
+    let running = start(cfg, system_clock()).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests and flushing usage");
     running.stop().await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
 }
 
 fn spawn_usage_flusher(

@@ -284,7 +284,7 @@ mod tests {
     async fn drop_after_commit<W, Fut>(
         f: Fixture,
         write: W,
-    ) -> anyhow::Result<crate::store::model::IntrospectResponse>
+    ) -> anyhow::Result<crate::api::IntrospectResponse>
     where
         W: FnOnce(Writer, TokenId) -> Fut,
         Fut: Future + Send + 'static,

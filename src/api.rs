@@ -1,0 +1,300 @@
+//! The store's v1 wire contract: the JSON bodies and the list query of `loop-store`'s HTTP API,
+//! shared by the store (which serves them) and the operator's client (which sends and reads
+//! them). Pure types, no I/O; the OpenAPI document (`docs/openapi.json`) is generated from them.
+//!
+//! # Strict requests, tolerant responses
+//!
+//! The store refuses a request with a field it does not know (`deny_unknown_fields` on every
+//! request type), so that a typo is an error rather than a silently ignored setting. A client
+//! must read answers the other way round: an operator talking to a newer store must not break
+//! because the store added a field. So no type that appears in a response denies unknown fields.
+//!
+//! [`Owner`] appears in both: inside [`RegisterRequest`] and inside [`TokenView`]. It is
+//! tolerant itself, and the strictness lives where the store reads a request:
+//! [`RegisterRequest::owner`] is read through a private strict mirror (`StrictOwner`, a serde
+//! "remote" definition of [`Owner`], so the compiler checks that it lists the same fields).
+//! One type on the wire and in storage, one strict path, no second owner type to keep in step.
+//!
+//! Domain types and validation (`TokenId`, `NewToken`, `TokenPatch`, `TokenRecord`) live in
+//! [`crate::store::model`], which converts from and to these types.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use crate::token::TokenHash;
+
+/// Default page size of `GET /v1/tokens`.
+pub const DEFAULT_PAGE: u32 = 500;
+/// Largest page size of `GET /v1/tokens`.
+pub const MAX_PAGE: u32 = 1000;
+
+/// The Kubernetes object a token belongs to. A request with an unknown field here is refused; a
+/// client ignores the fields of an answer it does not know.
+// Tolerant itself; requests read it through `StrictOwner` (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Owner {
+    /// Name of the cluster the operator runs in (its `--cluster-name`).
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    /// `metadata.uid` of the ApiToken.
+    pub uid: String,
+}
+
+/// The strict reading of [`Owner`], used only where the store deserialises a request.
+#[derive(Deserialize)]
+#[serde(remote = "Owner", deny_unknown_fields)]
+struct StrictOwner {
+    cluster: String,
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+/// Body of `PUT /v1/tokens/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegisterRequest {
+    /// `sha256:<64 lowercase hex>` of the token. The store never sees the token itself.
+    #[schema(value_type = String, pattern = "^sha256:[0-9a-f]{64}$")]
+    pub hash: TokenHash,
+    /// Display name (1-100 characters).
+    pub name: String,
+    /// Scopes, each `<resource>:read` or `<resource>:write`.
+    pub scopes: Vec<String>,
+    #[serde(deserialize_with = "StrictOwner::deserialize")]
+    pub owner: Owner,
+    /// Optional expiry; the token is inactive from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Body of `PATCH /v1/tokens/{id}`: any subset of the fields. `expiresAt: null` removes the
+/// expiry. The token itself never changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    // Absent (`None`): unchanged; `null` (`Some(None)`): no expiry; a time: that expiry.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<Timestamp>>,
+}
+
+/// Tell "absent" (outer `None`, by `default`) from "null" (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A registration as the API shows it: metadata and usage, never a hash or a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub owner: Owner,
+    /// Short, non-secret identifier of the token (first 12 hex digits of its SHA-256).
+    pub fingerprint: String,
+    /// Not revoked and not expired.
+    pub active: bool,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+    /// Active introspections answered for this token (flushed every few seconds).
+    pub use_count: i64,
+}
+
+/// Body of `GET /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub items: Vec<TokenView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next: Option<String>,
+}
+
+/// Query of `GET /v1/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only tokens of this owner (`metadata.uid` of the ApiToken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<String>,
+    /// Only tokens of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Only active (`true`) or inactive (`false`) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    /// Continue after this id (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Page size, 1-1000 (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Body of `POST /v1/introspect` (RFC 7662 §2.1, as JSON).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectRequest {
+    /// The presented token.
+    pub token: String,
+    /// Accepted for RFC 7662 compatibility and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type_hint: Option<String>,
+}
+
+/// Never prints the presented token.
+impl std::fmt::Debug for IntrospectRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectRequest")
+            .field("token", &"<redacted>")
+            .field("token_type_hint", &self.token_type_hint)
+            .finish()
+    }
+}
+
+/// Answer of `POST /v1/introspect` (RFC 7662 §2.2). Inactive tokens get only `active: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntrospectResponse {
+    pub active: bool,
+    /// Space-separated scopes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub token_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exp: Option<i64>,
+    /// Registration time, seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub iat: Option<i64>,
+}
+
+impl IntrospectResponse {
+    /// The answer for any token that is unknown, expired or revoked.
+    pub fn inactive() -> Self {
+        IntrospectResponse {
+            active: false,
+            scope: None,
+            token_id: None,
+            name: None,
+            exp: None,
+            iat: None,
+        }
+    }
+}
+
+/// Every error response: a stable machine-readable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn owner_json() -> Value {
+        json!({"cluster": "c", "namespace": "n", "name": "t", "uid": "u"})
+    }
+
+    fn register_json() -> Value {
+        json!({"hash": TokenHash::of("x"), "name": "n", "scopes": ["a:read"], "owner": owner_json()})
+    }
+
+    fn with(mut v: Value, pointer: &str, key: &str) -> Value {
+        if let Some(Value::Object(m)) = v.pointer_mut(pointer) {
+            m.insert(key.to_owned(), json!(1));
+        }
+        v
+    }
+
+    #[test]
+    fn requests_are_strict_even_inside_the_owner() {
+        assert!(serde_json::from_value::<RegisterRequest>(register_json()).is_ok());
+        for extra in [
+            with(register_json(), "", "x"),
+            with(register_json(), "/owner", "x"),
+        ] {
+            let e = serde_json::from_value::<RegisterRequest>(extra).unwrap_err();
+            assert!(e.to_string().contains("unknown field `x`"), "{e}");
+        }
+        assert!(serde_json::from_value::<PatchRequest>(json!({"x": 1})).is_err());
+        assert!(
+            serde_json::from_value::<IntrospectRequest>(json!({"token": "t", "x": 1})).is_err()
+        );
+    }
+
+    #[test]
+    fn responses_are_tolerant() {
+        let owner: Owner = serde_json::from_value(with(owner_json(), "", "kind")).unwrap();
+        assert_eq!(owner.uid, "u");
+        let answer = json!({"active": false, "extra": true});
+        assert!(serde_json::from_value::<IntrospectResponse>(answer).is_ok());
+        let error = json!({"error": "e", "message": "m", "details": []});
+        assert!(serde_json::from_value::<ErrorBody>(error).is_ok());
+    }
+
+    #[test]
+    fn patch_tells_null_from_absent_both_ways() {
+        let cases = [
+            (json!({}), None),
+            (json!({"expiresAt": null}), Some(None)),
+            (
+                json!({"expiresAt": "2030-01-01T00:00:00Z"}),
+                Some(Some(Timestamp::from_second(1_893_456_000).unwrap())),
+            ),
+        ];
+        for (wire, expires_at) in cases {
+            let p: PatchRequest = serde_json::from_value(wire.clone()).unwrap();
+            assert_eq!(p.expires_at, expires_at, "{wire}");
+            assert_eq!(serde_json::to_value(&p).unwrap(), wire);
+        }
+    }
+
+    #[test]
+    fn register_omits_an_absent_expiry() {
+        let r: RegisterRequest = serde_json::from_value(register_json()).unwrap();
+        assert_eq!(serde_json::to_value(&r).unwrap(), register_json());
+    }
+
+    #[test]
+    fn introspection_requests_do_not_print_the_token() {
+        let r = IntrospectRequest {
+            token: "loop_secret".into(),
+            token_type_hint: None,
+        };
+        assert!(!format!("{r:?}").contains("loop_secret"));
+    }
+}

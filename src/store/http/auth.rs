@@ -1,0 +1,140 @@
+//! Who may call what: the two credentials (management and introspection), each kept as its
+//! SHA-256 and compared in constant time, and the middlewares that guard each group of routes.
+//! Pure apart from the middlewares passing requests on; a presented secret is never logged.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::Shared;
+use super::error::ApiError;
+
+/// A credential, kept as its SHA-256 so comparison is constant-time and length-independent.
+#[derive(Clone)]
+pub struct Credential([u8; 32]);
+
+impl Credential {
+    pub fn new(secret: &str) -> Self {
+        Credential(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub(crate) fn digest(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn matches(&self, presented: &[u8; 32]) -> bool {
+        self.0.ct_eq(presented).into()
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(<redacted>)")
+    }
+}
+
+/// Who may call what.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The operator's: manages tokens.
+    pub admin: Credential,
+    /// Loop API's: introspects only.
+    pub introspect: Credential,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Admin,
+    Introspect,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<[u8; 32]> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, secret) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(Sha256::digest(secret.trim().as_bytes()).into())
+}
+
+fn authorise(creds: &Credentials, headers: &HeaderMap, needed: Role) -> Result<(), ApiError> {
+    let presented = bearer(headers).ok_or(ApiError::Unauthorized)?;
+    // Both comparisons always run, so timing tells nothing about which one matched.
+    let is_admin = creds.admin.matches(&presented);
+    let is_introspect = creds.introspect.matches(&presented);
+    let role = match (is_admin, is_introspect) {
+        (true, _) => Role::Admin,
+        (false, true) => Role::Introspect,
+        (false, false) => return Err(ApiError::Unauthorized),
+    };
+    if role == needed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+/// Middleware of the management routes.
+pub(super) async fn require_admin(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    match authorise(&s.credentials, req.headers(), Role::Admin) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Middleware of the introspection route.
+pub(super) async fn require_introspect(
+    State(s): State<Shared>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match authorise(&s.credentials, req.headers(), Role::Introspect) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn credentials_are_checked_by_role() {
+        let creds = Credentials {
+            admin: Credential::new("a"),
+            introspect: Credential::new("i"),
+        };
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(authorise(&creds, &h("Bearer a"), Role::Admin).is_ok());
+        assert!(matches!(
+            authorise(&creds, &h("Bearer i"), Role::Admin),
+            Err(ApiError::Forbidden)
+        ));
+        assert!(matches!(
+            authorise(&creds, &h("Bearer a"), Role::Introspect),
+            Err(ApiError::Forbidden)
+        ));
+        assert!(matches!(
+            authorise(&creds, &h("Bearer x"), Role::Admin),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorise(&creds, &h("Basic a"), Role::Admin),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorise(&creds, &HeaderMap::new(), Role::Admin),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(format!("{creds:?}").contains("redacted"));
+    }
+}

@@ -1,0 +1,58 @@
+//! The OpenAPI document of the store's API, generated from the handlers' annotations and the
+//! [`crate::api`] types; served at `/v1/openapi.json` and committed as `docs/openapi.json`
+//! (a test fails when the committed copy is stale). Pure.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+
+use super::error::ApiError;
+use super::{introspect, tokens};
+use crate::api::{
+    ErrorBody, IntrospectRequest, IntrospectResponse, Owner, PatchRequest, RegisterRequest,
+    TokenList, TokenView,
+};
+
+/// Adds the two bearer credentials to the document.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |desc: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(desc))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            "admin",
+            bearer("The management credential (--admin-token-file)."),
+        );
+        components.add_security_scheme(
+            "introspect",
+            bearer("The introspection credential (--introspect-token-file)."),
+        );
+    }
+}
+
+/// The OpenAPI document (served at `/v1/openapi.json`, committed as `docs/openapi.json`).
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "loop-store", description = "The Loop token store: token registrations and RFC 7662 introspection."),
+    paths(tokens::register, tokens::update, tokens::revoke, tokens::get_token, tokens::list_tokens, introspect::introspect),
+    components(schemas(RegisterRequest, PatchRequest, TokenView, TokenList, Owner, IntrospectRequest, IntrospectResponse, ErrorBody)),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+/// `GET /v1/openapi.json`.
+pub(super) async fn openapi() -> Response {
+    match ApiDoc::openapi().to_pretty_json() {
+        Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        Err(_) => ApiError::Internal.into_response(),
+    }
+}
