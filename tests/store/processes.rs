@@ -1,7 +1,7 @@
 //! `loop-store` as real processes: several on one PostgreSQL, a database outage, graceful
 //! shutdown, start-up errors, and a scan of every log line for token plaintext.
 
-mod support;
+use crate::support;
 
 use std::time::Instant;
 

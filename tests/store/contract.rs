@@ -1,7 +1,7 @@
 //! One contract for every storage backend: each test here runs against SQLite and against a
 //! real PostgreSQL, each on a fresh database.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

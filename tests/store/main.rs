@@ -1,0 +1,11 @@
+//! Tests of `loop-store`: the storage contract on SQLite and a real PostgreSQL, the HTTP API
+//! through its router, and real store processes (several on one PostgreSQL, an outage, cut
+//! connections, shutdown, start-up errors, a log scan). One test binary; each test gets a fresh
+//! database.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod contract;
+mod http;
+mod processes;
