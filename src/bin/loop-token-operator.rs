@@ -125,8 +125,8 @@ async fn main() -> anyhow::Result<()> {
         usage_interval: a.usage_interval,
         store_timeout: a.store_timeout,
         retry_after: a.retry_after,
-        // Test hook for the crash tests; undocumented in --help on purpose.
-        crash_at: std::env::var("LOOP_OPERATOR_CRASH_AT").ok(),
+        // Test hook for the crash tests (debug builds only); undocumented in --help on purpose.
+        crash_at: loop_token_operator::operator::crash::configured(),
         leader_election,
     };
     run(cfg).await.context("loop-token-operator failed")

@@ -16,7 +16,7 @@ use super::error::{Error, describe};
 use super::events::Note;
 use super::names::{API_TOKEN_LABEL, FIELD_MANAGER};
 use super::secret;
-use crate::store::model::Owner;
+use crate::api::Owner;
 
 /// One ApiToken and the API handles its reconcile uses.
 pub struct Target<'a> {

@@ -39,7 +39,7 @@ pub async fn acquire(client: Client, le: &LeaderElection) -> Result<Option<Lease
     let (mut leader, task) = manager.watch().await;
     let lease = format!("{}/{}", le.namespace, le.lease_name);
     tracing::info!(%lease, identity = %le.identity, "waiting for leadership");
-    let stop = stop_requested();
+    let stop = crate::serve::shutdown_signal();
     tokio::pin!(stop);
     while !*leader.borrow_and_update() {
         tokio::select! {
@@ -98,18 +98,3 @@ pub async fn run_while_leading(
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C. (To be replaced by the plumbing shared with the store.)
-async fn stop_requested() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
-}

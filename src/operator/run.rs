@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt;
@@ -25,6 +25,7 @@ use super::reconcile::{Context, error_policy, reconcile};
 use super::secret;
 use super::store_client::StoreClient;
 use super::watch::{token_for_cache, triggers};
+use crate::serve::{self, CredentialError};
 
 /// Everything `run` needs, already parsed.
 #[derive(Debug, Clone)]
@@ -92,23 +93,16 @@ pub enum StartError {
     },
 }
 
+/// The store's admin credential, from `--store-token-file` or `LOOP_STORE_TOKEN`.
 fn credential(cfg: &RunConfig) -> Result<String, StartError> {
-    let raw = match (&cfg.store_token_file, &cfg.store_token_env) {
-        (Some(p), _) => {
-            std::fs::read_to_string(p).map_err(|source| StartError::CredentialFile {
-                path: p.display().to_string(),
+    serve::read_credential(cfg.store_token_file.as_deref(), cfg.store_token_env.as_deref())
+        .map_err(|e| match e {
+            CredentialError::File { path, source } => StartError::CredentialFile {
+                path: path.display().to_string(),
                 source,
-            })?
-        }
-        (None, Some(v)) => v.clone(),
-        (None, None) => return Err(StartError::NoCredential),
-    };
-    let c = raw.trim().to_owned();
-    if c.is_empty() {
-        Err(StartError::NoCredential)
-    } else {
-        Ok(c)
-    }
+            },
+            CredentialError::Missing | CredentialError::Empty => StartError::NoCredential,
+        })
 }
 
 /// Run until a shutdown signal.
@@ -188,17 +182,10 @@ async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Socket
         .route(
             "/metrics",
             get(move || {
-                let m = Arc::clone(&metrics);
+                let encoded = metrics.encode();
                 async move {
-                    match m.encode() {
-                        Ok(text) => (
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            text,
-                        )
-                            .into_response(),
+                    match encoded {
+                        Ok(text) => serve::openmetrics(text),
                         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                     }
                 }
