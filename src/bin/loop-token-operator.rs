@@ -40,6 +40,10 @@ struct RunArgs {
     /// File holding the store's admin credential.
     #[arg(long, env = "LOOP_STORE_TOKEN_FILE")]
     store_token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the store's TLS certificate (with an https:// --store-url;
+    /// without it, the system's roots are trusted).
+    #[arg(long, env = "LOOP_STORE_CA_FILE")]
+    store_ca_file: Option<PathBuf>,
     /// Name of this cluster, recorded as the owner of each token in the store.
     #[arg(long, env = "LOOP_CLUSTER_NAME", default_value = "default")]
     cluster_name: String,
@@ -115,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = RunConfig {
         store_url: a.store_url,
         store_token_file: a.store_token_file,
+        store_ca_file: a.store_ca_file,
         store_token_env: std::env::var("LOOP_STORE_TOKEN")
             .ok()
             .filter(|v| !v.trim().is_empty()),

@@ -97,4 +97,3 @@ pub async fn run_while_leading(
     }
     Ok(())
 }
-

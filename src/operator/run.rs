@@ -23,7 +23,7 @@ use super::metrics::Metrics;
 use super::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::reconcile::{Context, error_policy, reconcile};
 use super::secret;
-use super::store_client::StoreClient;
+use super::store_client::{StoreClient, Trust};
 use super::watch::{token_for_cache, triggers};
 use crate::serve::{self, CredentialError};
 
@@ -33,6 +33,9 @@ pub struct RunConfig {
     pub store_url: String,
     pub store_token_file: Option<PathBuf>,
     pub store_token_env: Option<String>,
+    /// PEM file of the CA that signed the store's certificate (https:// only); else the
+    /// system's roots.
+    pub store_ca_file: Option<PathBuf>,
     pub cluster_name: String,
     pub namespace: Option<String>,
     pub metrics_addr: SocketAddr,
@@ -72,6 +75,16 @@ pub enum StartError {
     },
     #[error("--store-url must be an http:// or https:// URL")]
     StoreUrl,
+    #[error(
+        "--store-ca-file is set but --store-url is not https://; use https:// (the store then needs --tls-cert-file and --tls-key-file) or drop --store-ca-file"
+    )]
+    CaFileWithoutHttps,
+    #[error("cannot read the store CA file {path}")]
+    StoreCaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the store client: {0}")]
     StoreClient(String),
     #[error("cannot connect to Kubernetes (is KUBECONFIG set, or is this running in a cluster?)")]
@@ -95,14 +108,17 @@ pub enum StartError {
 
 /// The store's admin credential, from `--store-token-file` or `LOOP_STORE_TOKEN`.
 fn credential(cfg: &RunConfig) -> Result<String, StartError> {
-    serve::read_credential(cfg.store_token_file.as_deref(), cfg.store_token_env.as_deref())
-        .map_err(|e| match e {
-            CredentialError::File { path, source } => StartError::CredentialFile {
-                path: path.display().to_string(),
-                source,
-            },
-            CredentialError::Missing | CredentialError::Empty => StartError::NoCredential,
-        })
+    serve::read_credential(
+        cfg.store_token_file.as_deref(),
+        cfg.store_token_env.as_deref(),
+    )
+    .map_err(|e| match e {
+        CredentialError::File { path, source } => StartError::CredentialFile {
+            path: path.display().to_string(),
+            source,
+        },
+        CredentialError::Missing | CredentialError::Empty => StartError::NoCredential,
+    })
 }
 
 /// Run until a shutdown signal.
@@ -150,15 +166,35 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Which certificates the store client trusts.
+fn trust(cfg: &RunConfig) -> Result<Trust, StartError> {
+    let https = cfg.store_url.starts_with("https://");
+    match &cfg.store_ca_file {
+        None => Ok(Trust::SystemRoots),
+        Some(_) if !https => Err(StartError::CaFileWithoutHttps),
+        Some(path) => {
+            std::fs::read(path)
+                .map(Trust::CaBundle)
+                .map_err(|source| StartError::StoreCaFile {
+                    path: path.display().to_string(),
+                    source,
+                })
+        }
+    }
+}
+
 /// The store client, reporting each call to the metrics.
 fn store_client(cfg: &RunConfig, metrics: Arc<Metrics>) -> Result<StoreClient, StartError> {
-    Ok(
-        StoreClient::new(&cfg.store_url, &credential(cfg)?, cfg.store_timeout)
-            .map_err(|e| StartError::StoreClient(e.to_string()))?
-            .with_observer(Arc::new(move |op, secs, outcome| {
-                metrics.store_call(op, secs, outcome)
-            })),
+    Ok(StoreClient::new(
+        &cfg.store_url,
+        &credential(cfg)?,
+        cfg.store_timeout,
+        &trust(cfg)?,
     )
+    .map_err(|e| StartError::StoreClient(e.to_string()))?
+    .with_observer(Arc::new(move |op, secs, outcome| {
+        metrics.store_call(op, secs, outcome)
+    })))
 }
 
 /// Who publishes the Events: this controller, in this pod.

@@ -8,6 +8,7 @@
 //! Requests are built from, and answers read into, the wire types of [`crate::api`]; those read
 //! answers tolerantly, so a newer store that adds a field does not break this client.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -68,13 +69,71 @@ impl std::fmt::Debug for StoreClient {
     }
 }
 
+/// Which certificates the client trusts for an `https://` store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The system's roots (a store with a publicly trusted certificate).
+    SystemRoots,
+    /// Only these PEM certificates (`--store-ca-file`: the CA that signed the store's
+    /// certificate, e.g. cert-manager's).
+    CaBundle(Vec<u8>),
+}
+
+/// Why the client cannot be built. Says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the CA file holds no PEM certificate")]
+    NoCaCertificate,
+    #[error("the CA file holds a certificate that cannot be used: {0}")]
+    BadCaCertificate(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+}
+
+/// A rustls configuration on the `ring` provider trusting `trust`.
+pub fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match trust {
+        Trust::CaBundle(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| ClientError::BadCaCertificate(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::BadCaCertificate(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(ClientError::NoCaCertificate);
+            }
+        }
+        Trust::SystemRoots => {
+            let found = rustls_native_certs::load_native_certs();
+            // Unusable system certificates are skipped, as browsers do.
+            let _ = roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl StoreClient {
-    pub fn new(base: &str, credential: &str, timeout: Duration) -> Result<Self, StoreError> {
+    pub fn new(
+        base: &str,
+        credential: &str,
+        timeout: Duration,
+        trust: &Trust,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .tls_backend_preconfigured(tls_config(trust)?)
             .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         Ok(StoreClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -218,8 +277,14 @@ impl StoreClient {
     }
 }
 
-/// reqwest errors print the URL; ours holds no secret, but keep messages short and stable.
+/// reqwest errors print the URL; ours holds no secret, but keep messages short and stable. A
+/// certificate the client does not trust is named as such, with what to change.
 fn without_url(e: &reqwest::Error) -> String {
+    if let Some(tls) = tls_cause(e) {
+        return format!(
+            "the TLS handshake failed ({tls}); check that --store-ca-file holds the CA that signed the store's certificate and that --store-url names a host in it"
+        );
+    }
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -233,6 +298,25 @@ fn without_url(e: &reqwest::Error) -> String {
         Some(src) => format!("{kind}: {src}"),
         None => kind.to_owned(),
     }
+}
+
+/// The rustls error somewhere in an error's chain of sources, if any.
+fn tls_cause(e: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        // An io::Error's `source` skips the error it wraps: look inside.
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(s), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+        }
+        source = inner.unwrap_or(s).source();
+    }
+    None
 }
 
 fn reg_obs(v: &TokenView) -> RegObs {
@@ -321,7 +405,8 @@ mod tests {
     #[tokio::test]
     async fn answers_of_a_newer_store_with_unknown_fields_are_read() {
         let base = fake_store(Seen::default()).await;
-        let client = StoreClient::new(&base, "cred", Duration::from_secs(5)).unwrap();
+        let client =
+            StoreClient::new(&base, "cred", Duration::from_secs(5), &Trust::SystemRoots).unwrap();
         let listed = client.list_owned("u").await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].use_count, 3);
@@ -337,7 +422,8 @@ mod tests {
     async fn request_bodies_keep_their_shape() {
         let seen = Seen::default();
         let base = fake_store(seen.clone()).await;
-        let client = StoreClient::new(&base, "cred", Duration::from_secs(5)).unwrap();
+        let client =
+            StoreClient::new(&base, "cred", Duration::from_secs(5), &Trust::SystemRoots).unwrap();
         let hash = TokenHash::of("x");
         let scopes = vec!["orders:read".to_owned()];
         let _ = client
@@ -372,5 +458,19 @@ mod tests {
                 ("PATCH", json!({"expiresAt": "2030-01-01T00:00:00Z"})),
             ]
         );
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_with_a_reason() {
+        assert!(matches!(
+            tls_config(&Trust::CaBundle(b"not a certificate".to_vec())),
+            Err(ClientError::NoCaCertificate)
+        ));
+        let broken = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec();
+        assert!(matches!(
+            tls_config(&Trust::CaBundle(broken)),
+            Err(ClientError::BadCaCertificate(_))
+        ));
+        assert!(tls_config(&Trust::SystemRoots).is_ok());
     }
 }
