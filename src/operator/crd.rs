@@ -254,6 +254,27 @@ fn unwrap_descriptions(v: &mut serde_json::Value) {
     }
 }
 
+/// Test fixtures shared by the operator's unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::ApiToken;
+
+    /// An ApiToken `a` in namespace `n` with uid `u` and generation 1, with this spec.
+    pub fn api_token(spec: serde_json::Value) -> ApiToken {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "generation": 1},
+            "spec": spec
+        }))
+        .expect("a valid ApiToken")
+    }
+
+    /// The smallest valid ApiToken: one scope, defaults for the rest.
+    pub fn minimal() -> ApiToken {
+        api_token(serde_json::json!({"scopes": ["orders:read"]}))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,12 +209,9 @@ mod tests {
 
     #[test]
     fn secrets_are_listed_only_after_a_rename() {
-        let t: crate::operator::crd::ApiToken = serde_json::from_value(serde_json::json!({
-            "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken",
-            "metadata": {"name": "a", "namespace": "n"},
-            "spec": {"scopes": ["orders:read"], "secret": {"name": "new"}}
-        }))
-        .expect("a valid ApiToken");
+        let t = crate::operator::crd::fixtures::api_token(
+            serde_json::json!({"scopes": ["orders:read"], "secret": {"name": "new"}}),
+        );
         let d = plan::desired(&t, "a", None).expect("a valid spec");
         let named = |n: &str| ApiTokenStatus {
             secret_name: Some(n.into()),

@@ -183,18 +183,10 @@ pub fn for_cache(s: &mut Secret) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn api_token() -> ApiToken {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken",
-            "metadata": {"name": "a", "namespace": "n", "uid": "u", "generation": 1},
-            "spec": {"scopes": ["orders:read"]}
-        }))
-        .expect("a valid ApiToken")
-    }
+    use crate::operator::crd::fixtures::minimal;
 
     fn desired_spec() -> Desired {
-        crate::operator::plan::desired(&api_token(), "a", None).expect("a valid spec")
+        crate::operator::plan::desired(&minimal(), "a", None).expect("a valid spec")
     }
 
     fn record() -> Record {
@@ -209,7 +201,7 @@ mod tests {
     #[test]
     fn a_written_secret_reads_back_as_the_same_record_and_token() {
         let token = Token::mint().expect("a token");
-        let s = desired(&api_token(), &desired_spec(), &token, &record());
+        let s = desired(&minimal(), &desired_spec(), &token, &record());
         let r = read(&s, "a", "u", &desired_spec());
         assert!(r.obs.owned && r.obs.shape_ok);
         assert_eq!(r.obs.fingerprint, Some(token.fingerprint()));
@@ -228,7 +220,7 @@ mod tests {
     #[test]
     fn another_owner_s_secret_gives_no_token() {
         let token = Token::mint().expect("a token");
-        let s = desired(&api_token(), &desired_spec(), &token, &record());
+        let s = desired(&minimal(), &desired_spec(), &token, &record());
         let r = read(&s, "a", "another-uid", &desired_spec());
         assert!(!r.obs.owned);
         assert!(r.token.is_none());
@@ -237,14 +229,14 @@ mod tests {
     #[test]
     fn a_hand_edited_secret_is_seen_as_misshapen() {
         let token = Token::mint().expect("a token");
-        let mut s = desired(&api_token(), &desired_spec(), &token, &record());
+        let mut s = desired(&minimal(), &desired_spec(), &token, &record());
         s.metadata
             .labels
             .as_mut()
             .map(|l| l.insert(API_TOKEN_LABEL.into(), "other".into()));
         assert!(!read(&s, "a", "u", &desired_spec()).obs.shape_ok);
         // The token moved to another key: found through the token-key annotation, misshapen.
-        let moved = desired(&api_token(), &desired_spec(), &token, &record());
+        let moved = desired(&minimal(), &desired_spec(), &token, &record());
         let mut d = desired_spec();
         d.secret_key = "new-key".into();
         let r = read(&moved, "a", "u", &d);
@@ -255,7 +247,7 @@ mod tests {
     #[test]
     fn the_secret_cache_keeps_fingerprints_not_tokens() {
         let token = Token::mint().expect("a token");
-        let mut s = desired(&api_token(), &desired_spec(), &token, &record());
+        let mut s = desired(&minimal(), &desired_spec(), &token, &record());
         s.data
             .as_mut()
             .map(|d| d.insert("other".into(), ByteString(b"not a token".to_vec())));

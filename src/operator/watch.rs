@@ -36,21 +36,13 @@ pub fn triggers(t: &ApiToken) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::crd::fixtures::minimal;
     use crate::operator::crd::{ApiTokenStatus, Condition};
     use crate::operator::names::{FINALIZER, ROTATE_ANNOTATION};
 
-    fn token() -> ApiToken {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken",
-            "metadata": {"name": "a", "namespace": "n", "uid": "u", "generation": 1},
-            "spec": {"scopes": ["orders:read"]}
-        }))
-        .expect("a valid ApiToken")
-    }
-
     #[test]
     fn status_only_changes_do_not_wake_the_controller() {
-        let t = token();
+        let t = minimal();
         let mut with_status = t.clone();
         with_status.status = Some(ApiTokenStatus {
             conditions: vec![Condition {
@@ -72,7 +64,7 @@ mod tests {
 
     #[test]
     fn spec_rotation_finalizer_and_deletion_changes_wake_the_controller() {
-        let t = token();
+        let t = minimal();
         let mut spec = t.clone();
         spec.metadata.generation = Some(2);
         let mut rotate = t.clone();
@@ -99,7 +91,7 @@ mod tests {
 
     #[test]
     fn the_cache_drops_what_is_never_read() {
-        let mut t = token();
+        let mut t = minimal();
         t.annotations_mut()
             .insert(LAST_APPLIED_ANNOTATION.into(), "{...}".into());
         t.annotations_mut()
