@@ -851,6 +851,7 @@ async fn bulk(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    loop_token_operator::serve::install_crypto_provider();
     let args = Args::parse_from(std::env::args().filter(|a| a != "--bench"));
     std::fs::create_dir_all(&args.work)?;
     let client = Client::try_default()

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    loop_token_operator::serve::install_crypto_provider();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

@@ -6,7 +6,8 @@
 //!   Secret) or else from an environment value; trimmed; empty is refused. Each binary maps
 //!   [`CredentialError`] onto its own start-up error, which names its flag and variable.
 //! - [`shutdown_signal`]: resolves on SIGTERM or Ctrl-C.
-//! - [`openmetrics`]: the `/metrics` answer for text a Prometheus registry encoded.
+//! - [`openmetrics`]: the `/metrics` answer for text a Prometheus registry encoded;
+//! - [`install_crypto_provider`]: `ring` as the process's rustls provider.
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +84,15 @@ pub async fn shutdown_signal() {
 /// `prometheus_client` registry's text encoder) as body.
 pub fn openmetrics(text: String) -> Response {
     ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
+}
+
+/// Make `ring` the process's default rustls provider (idempotent). kube's client uses `ring`;
+/// HTTP clients built without an explicit TLS configuration (reqwest with
+/// `rustls-no-provider`) take the process default, and panic when there is none. Each binary
+/// calls this first thing.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed: the first one stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 #[cfg(test)]

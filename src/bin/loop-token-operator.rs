@@ -101,6 +101,7 @@ fn identity() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Command::Run(a) = Cli::parse().command;
+    loop_token_operator::serve::install_crypto_provider();
     init_logging(a.log_format);
     let leader_election = a.leader_election.then(|| LeaderElection {
         namespace: a

@@ -22,6 +22,13 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, Config};
 use tokio::sync::OnceCell;
 
+/// An HTTP client for the tests (with the process's rustls provider in place, which reqwest
+/// needs for its TLS support).
+pub fn http_client() -> reqwest::Client {
+    loop_token_operator::serve::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

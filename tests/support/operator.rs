@@ -107,7 +107,9 @@ impl OperatorProcess {
     }
 
     pub async fn metrics(&self) -> String {
-        let resp = reqwest::get(format!("{}/metrics", self.metrics_url))
+        let resp = super::http_client()
+            .get(format!("{}/metrics", self.metrics_url))
+            .send()
             .await
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
         resp.text().await.unwrap_or_default()

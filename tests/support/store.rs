@@ -41,7 +41,7 @@ impl StoreProcess {
             child,
             url: format!("http://{addr}"),
             logs,
-            http: reqwest::Client::new(),
+            http: super::http_client(),
         }
     }
 
