@@ -11,7 +11,8 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use loop_token_operator::operator::crd::ApiToken;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use support::operator::OperatorProcess;
 use support::store::{StoreProcess, sqlite_args};
 use support::{ControlPlane, eventually, with_namespace};
@@ -62,6 +63,54 @@ fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `helm template` of the chart as `release` in `ns`, the way Argo CD renders it (no cluster).
+fn render(cp: &ControlPlane, release: &str, ns: &str, extra: &[&str]) -> String {
+    let c = chart();
+    let mut args = vec![
+        "template",
+        release,
+        c.to_str().unwrap_or_default(),
+        "--namespace",
+        ns,
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    args.extend(extra);
+    helm_ok(cp, &args)
+}
+
+/// A server-side dry-run of a rendered chart must pass.
+fn server_accepts(cp: &ControlPlane, rendered: &str, what: &str) {
+    let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(rendered));
+    assert!(
+        out.status.success(),
+        "the API server refused the rendered chart ({what}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The objects of a multi-document render.
+fn objects(rendered: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(rendered)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("bad YAML rendered: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The one object of `kind` named `name` in a render.
+fn object<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the render"))
+}
+
+/// A values file in `dir`.
+fn values_file(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap_or_default().to_owned()
+}
+
 const POSTGRES_VALUES: &[&str] = &[
     "--set",
     "store.database=postgres",
@@ -90,23 +139,8 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
             POSTGRES_VALUES,
             &["--set", &format!("watchNamespace={ns}")],
         ] {
-            let mut args = vec![
-                "template",
-                "r",
-                c,
-                "--namespace",
-                &ns,
-                "--kube-version",
-                KUBE_VERSION,
-            ];
-            args.extend(extra);
-            let rendered = helm_ok(&cp, &args);
-            let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
-            assert!(
-                out.status.success(),
-                "the API server refused the rendered chart ({extra:?}):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let rendered = render(&cp, "r", &ns, extra);
+            server_accepts(&cp, &rendered, &format!("{extra:?}"));
         }
 
         // What the chart refuses, with a message that says why.
@@ -257,3 +291,96 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
     })
     .await;
 }
+
+/// The peers of every ingress rule of the store's NetworkPolicy, in order.
+fn store_policy_peers(rendered: &str, release: &str) -> Vec<Value> {
+    let objs = objects(rendered);
+    let policy = object(&objs, "NetworkPolicy", &format!("{release}-loop-token-operator-store"));
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "store"
+    );
+    let rules = policy["spec"]["ingress"].as_array().cloned().unwrap_or_default();
+    for rule in &rules {
+        assert_eq!(rule["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
+    }
+    rules
+        .iter()
+        .flat_map(|r| r["from"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn helm_network_policy_admits_the_operator_and_only_the_listed_peers() {
+    with_namespace("helm-netpol", |cp, ns| async move {
+        let operator = json!({"podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "loop-token-operator",
+            "app.kubernetes.io/instance": "r",
+            "app.kubernetes.io/component": "operator",
+        }}});
+        let this_namespace = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
+
+        // Enabled and nothing else: the operator's pods, in the release namespace (a podSelector
+        // alone), and no one else.
+        let rendered = render(&cp, "r", &ns, &["--set", "networkPolicy.enabled=true"]);
+        assert_eq!(store_policy_peers(&rendered, "r"), vec![operator.clone()]);
+        server_accepts(&cp, &rendered, "networkPolicy.enabled=true");
+
+        // Loop's API from an explicit list: a podSelector alone means the release namespace;
+        // a namespaceSelector alone means every pod of the namespaces it selects.
+        let dir = tempfile::tempdir().unwrap();
+        let listed = values_file(
+            dir.path(),
+            "listed.yaml",
+            "networkPolicy:\n  enabled: true\n  introspectFrom:\n\
+             \x20   - podSelector: {matchLabels: {app: loop-api}}\n\
+             \x20   - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: loop}}\n\
+             \x20     podSelector: {matchExpressions: [{key: app, operator: In, values: [loop-api]}]}\n\
+             \x20   - namespaceSelector: {matchLabels: {team: loop}}\n",
+        );
+        let rendered = render(&cp, "r", &ns, &["-f", &listed]);
+        assert_eq!(
+            store_policy_peers(&rendered, "r"),
+            vec![
+                operator,
+                json!({"namespaceSelector": this_namespace, "podSelector": {"matchLabels": {"app": "loop-api"}}}),
+                json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "loop"}},
+                       "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["loop-api"]}]}}),
+                json!({"namespaceSelector": {"matchLabels": {"team": "loop"}}, "podSelector": {}}),
+            ]
+        );
+        server_accepts(&cp, &rendered, "networkPolicy.introspectFrom");
+
+        // An entry that selects nothing would admit every pod: the schema refuses it, and so
+        // the old object form, whose defaults were exactly that.
+        let why = "an entry that selects nothing would admit every pod";
+        for (entry, expected) in [
+            ("[{}]", why),
+            ("[{podSelector: {}}]", why),
+            ("[{namespaceSelector: {}}]", why),
+            ("[{podSelector: {}, namespaceSelector: {}}]", why),
+            ("[{podSelector: {matchLabels: {}}, namespaceSelector: {matchExpressions: []}}]", why),
+            ("{podSelector: {}, namespaceSelector: {}}", "want array"),
+        ] {
+            let open = values_file(
+                dir.path(),
+                "open.yaml",
+                &format!("networkPolicy:\n  enabled: true\n  introspectFrom: {entry}\n"),
+            );
+            let c = chart();
+            let out = helm(
+                &cp,
+                &["template", "r", c.to_str().unwrap_or_default(), "--kube-version", KUBE_VERSION, "-f", &open],
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "accepted the open rule {entry}");
+            assert!(
+                err.contains("/networkPolicy/introspectFrom") && err.contains(expected),
+                "for {entry}: expected {expected:?} in {err}"
+            );
+        }
+    })
+    .await;
+}
+
