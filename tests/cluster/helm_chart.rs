@@ -384,3 +384,86 @@ async fn helm_network_policy_admits_the_operator_and_only_the_listed_peers() {
     .await;
 }
 
+/// The store credentials of a running installation, as the Secret `name` holds them now.
+async fn live_credentials(secrets: &Api<Secret>, name: &str) -> Vec<(String, Vec<u8>)> {
+    let s = secrets
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("no credentials Secret {name}: {e}"));
+    let data = s.data.unwrap_or_default();
+    assert!(data.contains_key("admin") && data.contains_key("introspect"), "keys of {name}");
+    data.into_iter().map(|(k, v)| (k, v.0)).collect()
+}
+
+/// Apply a whole render the way Argo CD syncs one (client-side apply of every object).
+fn sync(cp: &ControlPlane, rendered: &str) {
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(rendered));
+    assert!(out.status.success(), "apply failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn helm_template_renders_do_not_change_a_running_installations_credentials() {
+    with_namespace("helm-gitops", |cp, ns| async move {
+        let secrets: Api<Secret> = Api::namespaced(cp.client.clone(), &ns);
+        let scope = format!("watchNamespace={ns}");
+        let mut last = String::new();
+
+        // A GitOps installation from scratch: the one-time step the chart documents (the
+        // credentials Secret, created in the cluster), then two syncs of two renders.
+        let name = "gitops-loop-token-operator-credentials";
+        let own: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"admin": support::suffix().repeat(5), "introspect": support::suffix().repeat(5)},
+        }))
+        .unwrap();
+        secrets.create(&Default::default(), &own).await.unwrap();
+        let created = live_credentials(&secrets, name).await;
+        for sync_no in 1..=2 {
+            let rendered = render(&cp, "gitops", &ns, &["--set", &scope]);
+            sync(&cp, &rendered);
+            assert!(
+                live_credentials(&secrets, name).await == created,
+                "sync #{sync_no} of a `helm template` render changed the store credentials"
+            );
+            last = rendered;
+        }
+
+        // An installation made with `helm install` (credentials generated in the cluster),
+        // later synced from `helm template` renders.
+        let c = chart();
+        helm_ok(&cp, &["upgrade", "--install", "installed", c.to_str().unwrap_or_default(), "--namespace", &ns, "--set", &scope, "--wait=false"]);
+        let name = "installed-loop-token-operator-credentials";
+        let generated = live_credentials(&secrets, name).await;
+        let annotations = secrets.get(name).await.unwrap().metadata.annotations.unwrap_or_default();
+        assert_eq!(annotations.get("helm.sh/resource-policy").map(String::as_str), Some("keep"));
+        assert_eq!(annotations.get("argocd.argoproj.io/sync-options").map(String::as_str), Some("Prune=false"));
+        for sync_no in 1..=2 {
+            let rendered = render(&cp, "installed", &ns, &["--set", &scope]);
+            sync(&cp, &rendered);
+            assert!(
+                live_credentials(&secrets, name).await == generated,
+                "sync #{sync_no} changed the credentials `helm install` generated"
+            );
+        }
+
+        // Rendered without a cluster, the chart holds no credential values at all; the pods
+        // mount the Secret by name (credentials.existingSecret, or the default name).
+        for (extra, mounted) in [
+            (vec!["--set", &scope], "r-loop-token-operator-credentials"),
+            (vec!["--set", &scope, "--set", "credentials.existingSecret=mine"], "mine"),
+        ] {
+            let objs = objects(&render(&cp, "r", &ns, &extra));
+            assert!(!objs.iter().any(|o| o["kind"] == "Secret"), "a Secret in the render ({extra:?})");
+            for component in ["operator", "store"] {
+                let d = object(&objs, "Deployment", &format!("r-loop-token-operator-{component}"));
+                assert_eq!(d["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"], mounted);
+            }
+        }
+
+        // Cluster-scoped objects outlive the namespace: remove what the syncs created.
+        cp.kubectl_stdin(&["delete", "--ignore-not-found", "--wait=false", "-f", "-"], Some(&last));
+        helm_ok(&cp, &["uninstall", "installed", "--namespace", &ns]);
+    })
+    .await;
+}
+
