@@ -295,13 +295,20 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
 /// The peers of every ingress rule of the store's NetworkPolicy, in order.
 fn store_policy_peers(rendered: &str, release: &str) -> Vec<Value> {
     let objs = objects(rendered);
-    let policy = object(&objs, "NetworkPolicy", &format!("{release}-loop-token-operator-store"));
+    let policy = object(
+        &objs,
+        "NetworkPolicy",
+        &format!("{release}-loop-token-operator-store"),
+    );
     assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
     assert_eq!(
         policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
         "store"
     );
-    let rules = policy["spec"]["ingress"].as_array().cloned().unwrap_or_default();
+    let rules = policy["spec"]["ingress"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for rule in &rules {
         assert_eq!(rule["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
     }
@@ -391,14 +398,21 @@ async fn live_credentials(secrets: &Api<Secret>, name: &str) -> Vec<(String, Vec
         .await
         .unwrap_or_else(|e| panic!("no credentials Secret {name}: {e}"));
     let data = s.data.unwrap_or_default();
-    assert!(data.contains_key("admin") && data.contains_key("introspect"), "keys of {name}");
+    assert!(
+        data.contains_key("admin") && data.contains_key("introspect"),
+        "keys of {name}"
+    );
     data.into_iter().map(|(k, v)| (k, v.0)).collect()
 }
 
 /// Apply a whole render the way Argo CD syncs one (client-side apply of every object).
 fn sync(cp: &ControlPlane, rendered: &str) {
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(rendered));
-    assert!(out.status.success(), "apply failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -466,4 +480,3 @@ async fn helm_template_renders_do_not_change_a_running_installations_credentials
     })
     .await;
 }
-
