@@ -254,7 +254,9 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         let elsewhere = cp.kubectl(&["auth", "can-i", "get", "secrets", "-n", "kube-system", "--as", &who]);
         assert_eq!(String::from_utf8_lossy(&elsewhere.stdout).trim(), "no", "no Secrets outside the watched namespace");
 
-        // Sufficient: the operator, authenticated as that ServiceAccount, serves a whole life.
+        // Sufficient: the operator, authenticated as that ServiceAccount, serves a whole life,
+        // with the chart's admission policy in force.
+        admission_policy_in_force(&cp, &ns).await;
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = service_account_kubeconfig(&cp, &ns, "lto-loop-token-operator-operator", dir.path());
         let data = tempfile::tempdir().unwrap();
@@ -477,6 +479,107 @@ async fn helm_template_renders_do_not_change_a_running_installations_credentials
         // Cluster-scoped objects outlive the namespace: remove what the syncs created.
         cp.kubectl_stdin(&["delete", "--ignore-not-found", "--wait=false", "-f", "-"], Some(&last));
         helm_ok(&cp, &["uninstall", "installed", "--namespace", &ns]);
+    })
+    .await;
+}
+
+const OPERATOR_SA: &str = "lto-loop-token-operator-operator";
+const WRITE_REFUSED: &str =
+    "may only create or update Secrets labelled app.kubernetes.io/managed-by=loop-token-operator";
+const TOUCH_REFUSED: &str = "may only update or delete Secrets that already carry the label app.kubernetes.io/managed-by=loop-token-operator";
+
+/// kubectl as `user` (impersonated); returns (success, stderr).
+fn kubectl_as(cp: &ControlPlane, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut all = vec!["--as", user];
+    all.extend(args);
+    let out = cp.kubectl_stdin(&all, stdin);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Wait until the chart's admission policy refuses the operator's ServiceAccount an unlabelled
+/// Secret (policies take effect a moment after they are created).
+async fn admission_policy_in_force(cp: &ControlPlane, ns: &str) {
+    let sa = format!("system:serviceaccount:{ns}:{OPERATOR_SA}");
+    eventually(30, "the admission policy to be in force", || async {
+        let (ok, err) = kubectl_as(
+            cp,
+            &sa,
+            &[
+                "create",
+                "secret",
+                "generic",
+                "probe",
+                "-n",
+                ns,
+                "--dry-run=server",
+            ],
+            None,
+        );
+        (!ok && err.contains(WRITE_REFUSED)).then_some(())
+    })
+    .await;
+}
+
+fn secret_yaml(name: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, labels: {{{labels}}}}}\nstringData: {{k: v}}\n"
+    )
+}
+
+#[tokio::test]
+async fn helm_admission_policy_confines_the_operators_secret_writes_to_its_label() {
+    with_namespace("helm-vap", |cp, ns| async move {
+        let c = chart();
+        helm_ok(&cp, &["upgrade", "--install", "lto", c.to_str().unwrap_or_default(), "--namespace", &ns, "--set", &format!("watchNamespace={ns}"), "--wait=false"]);
+        let sa = format!("system:serviceaccount:{ns}:{OPERATOR_SA}");
+        let label = "app.kubernetes.io/managed-by: loop-token-operator";
+        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&secret_yaml("theirs", "team: a")));
+        admission_policy_in_force(&cp, &ns).await;
+        let apply = |who: &str, yaml: &str| kubectl_as(&cp, who, &["apply", "-n", &ns, "-f", "-"], Some(yaml));
+        let expect = |(ok, err): (bool, String), refused: Option<&str>, what: &str| match refused {
+            None => assert!(ok, "{what} was refused: {err}"),
+            Some(why) => assert!(!ok && err.contains(why), "{what}: expected {why:?}, got ok={ok} {err}"),
+        };
+
+        // The operator's ServiceAccount: its own labelled Secrets only.
+        expect(apply(&sa, &secret_yaml("unlabelled", "")), Some(WRITE_REFUSED), "create an unlabelled Secret");
+        expect(apply(&sa, &secret_yaml("mine", label)), None, "create a labelled Secret");
+        expect(kubectl_as(&cp, &sa, &["annotate", "-n", &ns, "secret/mine", "note=kept"], None), None, "update a labelled Secret");
+        expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "secret/mine", "app.kubernetes.io/managed-by-"], None), Some(WRITE_REFUSED), "drop the label");
+        expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "--overwrite", "secret/mine", "app.kubernetes.io/managed-by=someone"], None), Some(WRITE_REFUSED), "change the label");
+        expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "secret/theirs", "app.kubernetes.io/managed-by=loop-token-operator"], None), Some(TOUCH_REFUSED), "adopt an unlabelled Secret");
+        expect(kubectl_as(&cp, &sa, &["delete", "-n", &ns, "secret/theirs"], None), Some(TOUCH_REFUSED), "delete an unlabelled Secret");
+        expect(kubectl_as(&cp, &sa, &["delete", "-n", &ns, "secret/mine"], None), None, "delete a labelled Secret");
+
+        // A Secret an ApiToken controls, its label removed by hand: the operator restores it.
+        support::install_crd(&cp).await;
+        let token = "apiVersion: loop.dev/v1alpha1\nkind: ApiToken\nmetadata: {name: owner}\nspec: {scopes: [orders:read]}\n";
+        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(token));
+        let uid = cp.kubectl_ok(&["get", "apitoken", "owner", "-n", &ns, "-o", "jsonpath={.metadata.uid}"]);
+        let owned = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: owned\n  ownerReferences: [{{apiVersion: loop.dev/v1alpha1, kind: ApiToken, name: owner, uid: {uid}, controller: true}}]\nstringData: {{k: v}}\n"
+        );
+        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&owned));
+        expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "secret/owned", "app.kubernetes.io/managed-by=loop-token-operator"], None), None, "restore the label of a Secret an ApiToken controls");
+        let labels = cp.kubectl_ok(&["get", "secret", "theirs", "-n", &ns, "-o", "jsonpath={.metadata.labels}"]);
+        assert_eq!(labels, r#"{"team":"a"}"#, "the unlabelled Secret is untouched");
+
+        // Nor can it lift the policy.
+        for what in ["validatingadmissionpolicies", "validatingadmissionpolicybindings"] {
+            let out = cp.kubectl(&["auth", "can-i", "delete", &format!("{what}.admissionregistration.k8s.io"), "--as", &sa]);
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "the operator may delete {what}");
+        }
+
+        // Anyone else, with the very same Role, is unaffected.
+        cp.kubectl_ok(&["create", "rolebinding", "jane", "-n", &ns, &format!("--role={OPERATOR_SA}"), "--user=jane"]);
+        expect(apply("jane", &secret_yaml("janes", "")), None, "another user creates an unlabelled Secret");
+        expect(kubectl_as(&cp, "jane", &["label", "-n", &ns, "secret/theirs", "team-"], None), None, "another user updates an unlabelled Secret");
+        expect(kubectl_as(&cp, "jane", &["delete", "-n", &ns, "secret/theirs"], None), None, "another user deletes an unlabelled Secret");
+
+        helm_ok(&cp, &["uninstall", "lto", "--namespace", &ns]);
     })
     .await;
 }
