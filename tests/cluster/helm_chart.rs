@@ -1,7 +1,10 @@
 //! The Helm chart against the real API server: it lints strictly, renders objects the API
-//! server accepts, installs, keeps its generated credentials across upgrades, and its RBAC is
-//! both sufficient (the operator, running as the chart's ServiceAccount, serves a token's whole
-//! life) and least-privilege (`kubectl auth can-i` refuses what it must not do).
+//! server accepts, installs, keeps its generated credentials across upgrades and across syncs
+//! of `helm template` renders (GitOps), closes its NetworkPolicy to all but the operator and the
+//! listed peers, and its RBAC is both sufficient (the operator, running as the chart's
+//! ServiceAccount, serves a token's whole life) and least-privilege (`kubectl auth can-i`
+//! refuses what it must not do, and the chart's admission policy refuses its writes to Secrets
+//! without its label).
 
 use crate::support;
 
