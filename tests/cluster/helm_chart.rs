@@ -410,14 +410,33 @@ async fn live_credentials(secrets: &Api<Secret>, name: &str) -> Vec<(String, Vec
     data.into_iter().map(|(k, v)| (k, v.0)).collect()
 }
 
-/// Apply a whole render the way Argo CD syncs one (client-side apply of every object).
-fn sync(cp: &ControlPlane, rendered: &str) {
-    let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(rendered));
-    assert!(
-        out.status.success(),
-        "apply failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Sync two `helm template` renders of `release` over the cluster the way Argo CD does (a
+/// client-side apply of every object), and insist that the credentials Secret `name` holds
+/// what it held before; returns the last render.
+async fn two_syncs_keep_credentials(
+    cp: &ControlPlane,
+    secrets: &Api<Secret>,
+    release: &str,
+    extra: &[&str],
+    name: &str,
+) -> String {
+    let ns = secrets.namespace().unwrap_or_default().to_owned();
+    let before = live_credentials(secrets, name).await;
+    let mut rendered = String::new();
+    for sync_no in 1..=2 {
+        rendered = render(cp, release, &ns, extra);
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&rendered));
+        assert!(
+            out.status.success(),
+            "apply failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            live_credentials(secrets, name).await == before,
+            "sync #{sync_no} of a `helm template` render of {release} changed the store credentials"
+        );
+    }
+    rendered
 }
 
 #[tokio::test]
@@ -425,45 +444,26 @@ async fn helm_template_renders_do_not_change_a_running_installations_credentials
     with_namespace("helm-gitops", |cp, ns| async move {
         let secrets: Api<Secret> = Api::namespaced(cp.client.clone(), &ns);
         let scope = format!("watchNamespace={ns}");
-        let mut last = String::new();
 
         // A GitOps installation from scratch: the one-time step the chart documents (the
-        // credentials Secret, created in the cluster), then two syncs of two renders.
-        let name = "gitops-loop-token-operator-credentials";
+        // credentials Secret, created in the cluster), then syncs.
         let own: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name},
+            "metadata": {"name": "gitops-loop-token-operator-credentials"},
             "stringData": {"admin": support::suffix().repeat(5), "introspect": support::suffix().repeat(5)},
         }))
         .unwrap();
         secrets.create(&Default::default(), &own).await.unwrap();
-        let created = live_credentials(&secrets, name).await;
-        for sync_no in 1..=2 {
-            let rendered = render(&cp, "gitops", &ns, &["--set", &scope]);
-            sync(&cp, &rendered);
-            assert!(
-                live_credentials(&secrets, name).await == created,
-                "sync #{sync_no} of a `helm template` render changed the store credentials"
-            );
-            last = rendered;
-        }
+        let last = two_syncs_keep_credentials(&cp, &secrets, "gitops", &["--set", &scope], "gitops-loop-token-operator-credentials").await;
 
         // An installation made with `helm install` (credentials generated in the cluster),
         // later synced from `helm template` renders.
         let c = chart();
         helm_ok(&cp, &["upgrade", "--install", "installed", c.to_str().unwrap_or_default(), "--namespace", &ns, "--set", &scope, "--wait=false"]);
         let name = "installed-loop-token-operator-credentials";
-        let generated = live_credentials(&secrets, name).await;
         let annotations = secrets.get(name).await.unwrap().metadata.annotations.unwrap_or_default();
         assert_eq!(annotations.get("helm.sh/resource-policy").map(String::as_str), Some("keep"));
         assert_eq!(annotations.get("argocd.argoproj.io/sync-options").map(String::as_str), Some("Prune=false"));
-        for sync_no in 1..=2 {
-            let rendered = render(&cp, "installed", &ns, &["--set", &scope]);
-            sync(&cp, &rendered);
-            assert!(
-                live_credentials(&secrets, name).await == generated,
-                "sync #{sync_no} changed the credentials `helm install` generated"
-            );
-        }
+        two_syncs_keep_credentials(&cp, &secrets, "installed", &["--set", &scope], name).await;
 
         // Rendered without a cluster, the chart holds no credential values at all; the pods
         // mount the Secret by name (credentials.existingSecret, or the default name).
