@@ -1,7 +1,10 @@
 //! The Helm chart against the real API server: it lints strictly, renders objects the API
-//! server accepts, installs, keeps its generated credentials across upgrades, and its RBAC is
-//! both sufficient (the operator, running as the chart's ServiceAccount, serves a token's whole
-//! life) and least-privilege (`kubectl auth can-i` refuses what it must not do).
+//! server accepts, installs, keeps its generated credentials across upgrades and across syncs
+//! of `helm template` renders (GitOps), closes its NetworkPolicy to all but the operator and the
+//! listed peers, and its RBAC is both sufficient (the operator, running as the chart's
+//! ServiceAccount, serves a token's whole life) and least-privilege (`kubectl auth can-i`
+//! refuses what it must not do, and the chart's admission policy refuses its writes to Secrets
+//! without its label).
 
 use crate::support;
 
@@ -11,7 +14,8 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use loop_token_operator::operator::crd::ApiToken;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use support::operator::OperatorProcess;
 use support::store::{StoreProcess, sqlite_args};
 use support::{ControlPlane, eventually, with_namespace};
@@ -62,6 +66,54 @@ fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `helm template` of the chart as `release` in `ns`, the way Argo CD renders it (no cluster).
+fn render(cp: &ControlPlane, release: &str, ns: &str, extra: &[&str]) -> String {
+    let c = chart();
+    let mut args = vec![
+        "template",
+        release,
+        c.to_str().unwrap_or_default(),
+        "--namespace",
+        ns,
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    args.extend(extra);
+    helm_ok(cp, &args)
+}
+
+/// A server-side dry-run of a rendered chart must pass.
+fn server_accepts(cp: &ControlPlane, rendered: &str, what: &str) {
+    let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(rendered));
+    assert!(
+        out.status.success(),
+        "the API server refused the rendered chart ({what}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The objects of a multi-document render.
+fn objects(rendered: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(rendered)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("bad YAML rendered: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The one object of `kind` named `name` in a render.
+fn object<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the render"))
+}
+
+/// A values file in `dir`.
+fn values_file(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap_or_default().to_owned()
+}
+
 const POSTGRES_VALUES: &[&str] = &[
     "--set",
     "store.database=postgres",
@@ -90,23 +142,8 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
             POSTGRES_VALUES,
             &["--set", &format!("watchNamespace={ns}")],
         ] {
-            let mut args = vec![
-                "template",
-                "r",
-                c,
-                "--namespace",
-                &ns,
-                "--kube-version",
-                KUBE_VERSION,
-            ];
-            args.extend(extra);
-            let rendered = helm_ok(&cp, &args);
-            let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
-            assert!(
-                out.status.success(),
-                "the API server refused the rendered chart ({extra:?}):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let rendered = render(&cp, "r", &ns, extra);
+            server_accepts(&cp, &rendered, &format!("{extra:?}"));
         }
 
         // What the chart refuses, with a message that says why.
@@ -220,7 +257,9 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         let elsewhere = cp.kubectl(&["auth", "can-i", "get", "secrets", "-n", "kube-system", "--as", &who]);
         assert_eq!(String::from_utf8_lossy(&elsewhere.stdout).trim(), "no", "no Secrets outside the watched namespace");
 
-        // Sufficient: the operator, authenticated as that ServiceAccount, serves a whole life.
+        // Sufficient: the operator, authenticated as that ServiceAccount, serves a whole life,
+        // with the chart's admission policy in force.
+        admission_policy_in_force(&cp, &ns).await;
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = service_account_kubeconfig(&cp, &ns, "lto-loop-token-operator-operator", dir.path());
         let data = tempfile::tempdir().unwrap();
@@ -254,6 +293,296 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         assert!(!logs.to_lowercase().contains("forbidden"), "the operator hit a permission error:\n{logs}");
 
         helm_ok(&cp, &["uninstall", release, "--namespace", &ns]);
+    })
+    .await;
+}
+
+/// The peers of every ingress rule of the store's NetworkPolicy, in order.
+fn store_policy_peers(rendered: &str, release: &str) -> Vec<Value> {
+    let objs = objects(rendered);
+    let policy = object(
+        &objs,
+        "NetworkPolicy",
+        &format!("{release}-loop-token-operator-store"),
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "store"
+    );
+    let rules = policy["spec"]["ingress"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for rule in &rules {
+        assert_eq!(rule["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
+    }
+    rules
+        .iter()
+        .flat_map(|r| r["from"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn helm_network_policy_admits_the_operator_and_only_the_listed_peers() {
+    with_namespace("helm-netpol", |cp, ns| async move {
+        let operator = json!({"podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "loop-token-operator",
+            "app.kubernetes.io/instance": "r",
+            "app.kubernetes.io/component": "operator",
+        }}});
+        let this_namespace = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
+
+        // Enabled and nothing else: the operator's pods, in the release namespace (a podSelector
+        // alone), and no one else.
+        let rendered = render(&cp, "r", &ns, &["--set", "networkPolicy.enabled=true"]);
+        assert_eq!(store_policy_peers(&rendered, "r"), vec![operator.clone()]);
+        server_accepts(&cp, &rendered, "networkPolicy.enabled=true");
+
+        // Loop's API from an explicit list: a podSelector alone means the release namespace;
+        // a namespaceSelector alone means every pod of the namespaces it selects.
+        let dir = tempfile::tempdir().unwrap();
+        let listed = values_file(
+            dir.path(),
+            "listed.yaml",
+            "networkPolicy:\n  enabled: true\n  introspectFrom:\n\
+             \x20   - podSelector: {matchLabels: {app: loop-api}}\n\
+             \x20   - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: loop}}\n\
+             \x20     podSelector: {matchExpressions: [{key: app, operator: In, values: [loop-api]}]}\n\
+             \x20   - namespaceSelector: {matchLabels: {team: loop}}\n",
+        );
+        let rendered = render(&cp, "r", &ns, &["-f", &listed]);
+        assert_eq!(
+            store_policy_peers(&rendered, "r"),
+            vec![
+                operator,
+                json!({"namespaceSelector": this_namespace, "podSelector": {"matchLabels": {"app": "loop-api"}}}),
+                json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "loop"}},
+                       "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["loop-api"]}]}}),
+                json!({"namespaceSelector": {"matchLabels": {"team": "loop"}}, "podSelector": {}}),
+            ]
+        );
+        server_accepts(&cp, &rendered, "networkPolicy.introspectFrom");
+
+        // An entry that selects nothing would admit every pod: the schema refuses it, and so
+        // the old object form, whose defaults were exactly that.
+        let why = "an entry that selects nothing would admit every pod";
+        for (entry, expected) in [
+            ("[{}]", why),
+            ("[{podSelector: {}}]", why),
+            ("[{namespaceSelector: {}}]", why),
+            ("[{podSelector: {}, namespaceSelector: {}}]", why),
+            ("[{podSelector: {matchLabels: {}}, namespaceSelector: {matchExpressions: []}}]", why),
+            ("{podSelector: {}, namespaceSelector: {}}", "want array"),
+        ] {
+            let open = values_file(
+                dir.path(),
+                "open.yaml",
+                &format!("networkPolicy:\n  enabled: true\n  introspectFrom: {entry}\n"),
+            );
+            let c = chart();
+            let out = helm(
+                &cp,
+                &["template", "r", c.to_str().unwrap_or_default(), "--kube-version", KUBE_VERSION, "-f", &open],
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "accepted the open rule {entry}");
+            assert!(
+                err.contains("/networkPolicy/introspectFrom") && err.contains(expected),
+                "for {entry}: expected {expected:?} in {err}"
+            );
+        }
+    })
+    .await;
+}
+
+/// The store credentials of a running installation, as the Secret `name` holds them now.
+async fn live_credentials(secrets: &Api<Secret>, name: &str) -> Vec<(String, Vec<u8>)> {
+    let s = secrets
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("no credentials Secret {name}: {e}"));
+    let data = s.data.unwrap_or_default();
+    assert!(
+        data.contains_key("admin") && data.contains_key("introspect"),
+        "keys of {name}"
+    );
+    data.into_iter().map(|(k, v)| (k, v.0)).collect()
+}
+
+/// Sync two `helm template` renders of `release` over the cluster the way Argo CD does (a
+/// client-side apply of every object), and insist that the credentials Secret `name` holds
+/// what it held before; returns the last render.
+async fn two_syncs_keep_credentials(
+    cp: &ControlPlane,
+    secrets: &Api<Secret>,
+    release: &str,
+    extra: &[&str],
+    name: &str,
+) -> String {
+    let ns = secrets.namespace().unwrap_or_default().to_owned();
+    let before = live_credentials(secrets, name).await;
+    let mut rendered = String::new();
+    for sync_no in 1..=2 {
+        rendered = render(cp, release, &ns, extra);
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&rendered));
+        assert!(
+            out.status.success(),
+            "apply failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            live_credentials(secrets, name).await == before,
+            "sync #{sync_no} of a `helm template` render of {release} changed the store credentials"
+        );
+    }
+    rendered
+}
+
+#[tokio::test]
+async fn helm_template_renders_do_not_change_a_running_installations_credentials() {
+    with_namespace("helm-gitops", |cp, ns| async move {
+        let secrets: Api<Secret> = Api::namespaced(cp.client.clone(), &ns);
+        let scope = format!("watchNamespace={ns}");
+
+        // A GitOps installation from scratch: the one-time step the chart documents (the
+        // credentials Secret, created in the cluster), then syncs.
+        let own: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "gitops-loop-token-operator-credentials"},
+            "stringData": {"admin": support::suffix().repeat(5), "introspect": support::suffix().repeat(5)},
+        }))
+        .unwrap();
+        secrets.create(&Default::default(), &own).await.unwrap();
+        let last = two_syncs_keep_credentials(&cp, &secrets, "gitops", &["--set", &scope], "gitops-loop-token-operator-credentials").await;
+
+        // An installation made with `helm install` (credentials generated in the cluster),
+        // later synced from `helm template` renders.
+        let c = chart();
+        helm_ok(&cp, &["upgrade", "--install", "installed", c.to_str().unwrap_or_default(), "--namespace", &ns, "--set", &scope, "--wait=false"]);
+        let name = "installed-loop-token-operator-credentials";
+        let annotations = secrets.get(name).await.unwrap().metadata.annotations.unwrap_or_default();
+        assert_eq!(annotations.get("helm.sh/resource-policy").map(String::as_str), Some("keep"));
+        assert_eq!(annotations.get("argocd.argoproj.io/sync-options").map(String::as_str), Some("Prune=false"));
+        two_syncs_keep_credentials(&cp, &secrets, "installed", &["--set", &scope], name).await;
+
+        // Rendered without a cluster, the chart holds no credential values at all; the pods
+        // mount the Secret by name (credentials.existingSecret, or the default name).
+        for (extra, mounted) in [
+            (vec!["--set", &scope], "r-loop-token-operator-credentials"),
+            (vec!["--set", &scope, "--set", "credentials.existingSecret=mine"], "mine"),
+        ] {
+            let objs = objects(&render(&cp, "r", &ns, &extra));
+            assert!(!objs.iter().any(|o| o["kind"] == "Secret"), "a Secret in the render ({extra:?})");
+            for component in ["operator", "store"] {
+                let d = object(&objs, "Deployment", &format!("r-loop-token-operator-{component}"));
+                assert_eq!(d["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"], mounted);
+            }
+        }
+
+        // Cluster-scoped objects outlive the namespace: remove what the syncs created.
+        cp.kubectl_stdin(&["delete", "--ignore-not-found", "--wait=false", "-f", "-"], Some(&last));
+        helm_ok(&cp, &["uninstall", "installed", "--namespace", &ns]);
+    })
+    .await;
+}
+
+const OPERATOR_SA: &str = "lto-loop-token-operator-operator";
+const WRITE_REFUSED: &str =
+    "may only create or update Secrets labelled app.kubernetes.io/managed-by=loop-token-operator";
+const TOUCH_REFUSED: &str = "may only update or delete Secrets that already carry the label app.kubernetes.io/managed-by=loop-token-operator";
+
+/// kubectl as `user` (impersonated); returns (success, stderr).
+fn kubectl_as(cp: &ControlPlane, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut all = vec!["--as", user];
+    all.extend(args);
+    let out = cp.kubectl_stdin(&all, stdin);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Wait until the chart's admission policy refuses the operator's ServiceAccount an unlabelled
+/// Secret (policies take effect a moment after they are created).
+async fn admission_policy_in_force(cp: &ControlPlane, ns: &str) {
+    let sa = format!("system:serviceaccount:{ns}:{OPERATOR_SA}");
+    eventually(30, "the admission policy to be in force", || async {
+        let (ok, err) = kubectl_as(
+            cp,
+            &sa,
+            &[
+                "create",
+                "secret",
+                "generic",
+                "probe",
+                "-n",
+                ns,
+                "--dry-run=server",
+            ],
+            None,
+        );
+        (!ok && err.contains(WRITE_REFUSED)).then_some(())
+    })
+    .await;
+}
+
+fn secret_yaml(name: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, labels: {{{labels}}}}}\nstringData: {{k: v}}\n"
+    )
+}
+
+#[tokio::test]
+async fn helm_admission_policy_confines_the_operators_secret_writes_to_its_label() {
+    with_namespace("helm-vap", |cp, ns| async move {
+        let c = chart();
+        helm_ok(&cp, &["upgrade", "--install", "lto", c.to_str().unwrap_or_default(), "--namespace", &ns, "--set", &format!("watchNamespace={ns}"), "--wait=false"]);
+        let sa = format!("system:serviceaccount:{ns}:{OPERATOR_SA}");
+        let label = "app.kubernetes.io/managed-by: loop-token-operator";
+        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&secret_yaml("theirs", "team: a")));
+        admission_policy_in_force(&cp, &ns).await;
+        let apply = |who: &str, yaml: &str| kubectl_as(&cp, who, &["apply", "-n", &ns, "-f", "-"], Some(yaml));
+        let expect = |(ok, err): (bool, String), refused: Option<&str>, what: &str| match refused {
+            None => assert!(ok, "{what} was refused: {err}"),
+            Some(why) => assert!(!ok && err.contains(why), "{what}: expected {why:?}, got ok={ok} {err}"),
+        };
+
+        // The operator's ServiceAccount: its own labelled Secrets only.
+        expect(apply(&sa, &secret_yaml("unlabelled", "")), Some(WRITE_REFUSED), "create an unlabelled Secret");
+        expect(apply(&sa, &secret_yaml("mine", label)), None, "create a labelled Secret");
+        expect(kubectl_as(&cp, &sa, &["annotate", "-n", &ns, "secret/mine", "note=kept"], None), None, "update a labelled Secret");
+        expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "secret/mine", "app.kubernetes.io/managed-by-"], None), Some(WRITE_REFUSED), "drop the label");
+        expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "--overwrite", "secret/mine", "app.kubernetes.io/managed-by=someone"], None), Some(WRITE_REFUSED), "change the label");
+        expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "secret/theirs", "app.kubernetes.io/managed-by=loop-token-operator"], None), Some(TOUCH_REFUSED), "adopt an unlabelled Secret");
+        expect(kubectl_as(&cp, &sa, &["delete", "-n", &ns, "secret/theirs"], None), Some(TOUCH_REFUSED), "delete an unlabelled Secret");
+        expect(kubectl_as(&cp, &sa, &["delete", "-n", &ns, "secret/mine"], None), None, "delete a labelled Secret");
+
+        // A Secret an ApiToken controls, its label removed by hand: the operator restores it.
+        support::install_crd(&cp).await;
+        let token = "apiVersion: loop.dev/v1alpha1\nkind: ApiToken\nmetadata: {name: owner}\nspec: {scopes: [orders:read]}\n";
+        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(token));
+        let uid = cp.kubectl_ok(&["get", "apitoken", "owner", "-n", &ns, "-o", "jsonpath={.metadata.uid}"]);
+        let owned = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: owned\n  ownerReferences: [{{apiVersion: loop.dev/v1alpha1, kind: ApiToken, name: owner, uid: {uid}, controller: true}}]\nstringData: {{k: v}}\n"
+        );
+        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&owned));
+        expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "secret/owned", "app.kubernetes.io/managed-by=loop-token-operator"], None), None, "restore the label of a Secret an ApiToken controls");
+        let labels = cp.kubectl_ok(&["get", "secret", "theirs", "-n", &ns, "-o", "jsonpath={.metadata.labels}"]);
+        assert_eq!(labels, r#"{"team":"a"}"#, "the unlabelled Secret is untouched");
+
+        // Nor can it lift the policy.
+        for what in ["validatingadmissionpolicies", "validatingadmissionpolicybindings"] {
+            let out = cp.kubectl(&["auth", "can-i", "delete", &format!("{what}.admissionregistration.k8s.io"), "--as", &sa]);
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "the operator may delete {what}");
+        }
+
+        // Anyone else, with the very same Role, is unaffected.
+        cp.kubectl_ok(&["create", "rolebinding", "jane", "-n", &ns, &format!("--role={OPERATOR_SA}"), "--user=jane"]);
+        expect(apply("jane", &secret_yaml("janes", "")), None, "another user creates an unlabelled Secret");
+        expect(kubectl_as(&cp, "jane", &["label", "-n", &ns, "secret/theirs", "team-"], None), None, "another user updates an unlabelled Secret");
+        expect(kubectl_as(&cp, "jane", &["delete", "-n", &ns, "secret/theirs"], None), None, "another user deletes an unlabelled Secret");
+
+        helm_ok(&cp, &["uninstall", "lto", "--namespace", &ns]);
     })
     .await;
 }
