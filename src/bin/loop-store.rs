@@ -115,7 +115,8 @@ struct ServeArgs {
     /// Longest time to receive a request body, start to end.
     #[arg(long, env = "LOOP_STORE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     body_timeout: Duration,
-    /// Close a keep-alive connection that sent no request for this long.
+    /// Close a keep-alive connection that sent no request for this long (the header timeout
+    /// also runs while a connection waits for its next request: the shorter one applies).
     #[arg(long, env = "LOOP_STORE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// Most connections open at once; further clients wait to be accepted until one closes.
