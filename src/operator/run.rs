@@ -25,7 +25,7 @@ use super::reconcile::{Context, error_policy, reconcile};
 use super::secret;
 use super::store_client::{StoreClient, Trust};
 use super::watch::{token_for_cache, triggers};
-use crate::serve::{self, CredentialError};
+use crate::serve::{self, CredentialError, SecretFileError};
 
 /// Everything `run` needs, already parsed.
 #[derive(Debug, Clone)]
@@ -73,6 +73,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    InsecureFile(#[from] SecretFileError),
     #[error("--store-url must be an http:// or https:// URL")]
     StoreUrl,
     #[error(
@@ -118,6 +120,7 @@ fn credential(cfg: &RunConfig) -> Result<String, StartError> {
             source,
         },
         CredentialError::Missing | CredentialError::Empty => StartError::NoCredential,
+        CredentialError::Insecure(source) => StartError::InsecureFile(source),
     })
 }
 

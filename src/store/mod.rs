@@ -11,17 +11,21 @@
 //! - [`usage`]: coalesced usage counters;
 //! - [`http`]: the HTTP API (`app(state) -> Router`), one file per concern;
 //! - [`metrics`]: Prometheus metrics;
-//! - [`server`]: wiring for `loop-store serve` (files, sockets, database, signals).
+//! - [`server`]: wiring for `loop-store serve` (files, sockets, database, signals);
+//! - [`listen`]: the HTTP transport (accept loop, timeouts, connection limit, bounded shutdown);
+//! - [`tls`]: the certificate and key, reloaded when their files change.
 //!
-//! Only [`server`] and [`repo`] do I/O of their own; [`cache`], [`usage`], [`writes`] and
+//! Only [`server`], [`listen`], [`tls`] and [`repo`] do I/O of their own; [`cache`], [`usage`], [`writes`] and
 //! [`http`] reach the database through [`repo`].
 
 pub mod cache;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod repo;
 pub mod scopes;
 pub mod server;
+pub mod tls;
 pub mod usage;
 pub mod writes;

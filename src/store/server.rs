@@ -1,7 +1,9 @@
 //! `loop-store serve`: configuration, start-up, background tasks and graceful shutdown.
 //!
-//! I/O shell: reads credential and scope files, opens the database, listens for changes by other
-//! store processes (PostgreSQL), flushes usage, serves HTTP until SIGTERM or Ctrl-C.
+//! I/O shell: reads credential, scope, database URL and TLS files, creates the data directory
+//! (0700) and the SQLite file (0600) for the owner only, opens the database, listens for
+//! changes by other store processes (PostgreSQL), flushes usage, serves HTTP or HTTPS through
+//! [`super::listen`] until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,13 +15,17 @@ use tokio::sync::watch;
 
 use super::cache::{Cache, Introspector};
 use super::http::{self, AppState, Credential, Credentials};
+use super::listen::{self, Limits};
 use super::metrics::Metrics;
 use super::repo::{self, NOTIFY_CHANNEL, PoolSettings, Repository};
 use super::scopes::{Catalogue, CatalogueError};
+use super::tls::{self, ReloadingCert, TlsError, TlsFiles};
 use super::usage::Usage;
 use super::writes::Writer;
 use crate::clock::{Clock, system_clock};
-use crate::serve::{CredentialError, read_credential, shutdown_signal};
+use crate::serve::{
+    CredentialError, SecretFileError, check_secret_file, read_credential, shutdown_signal,
+};
 use crate::token::TokenHash;
 
 /// Shortest credential accepted.
@@ -31,6 +37,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// A file holding the database URL (it may carry a password); excludes `database_url`.
+    pub database_url_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
     pub introspect_token_file: Option<PathBuf>,
     pub admin_token_env: Option<String>,
@@ -39,6 +47,12 @@ pub struct ServeConfig {
     pub usage_flush_interval: Duration,
     pub pool: PoolSettings,
     pub introspection_cache: bool,
+    /// Serve HTTPS with this certificate and key (reloaded when they change), else HTTP.
+    pub tls: Option<TlsFiles>,
+    /// How often the TLS files are checked for a change.
+    pub tls_reload_interval: Duration,
+    /// Timeouts, the connection limit and the shutdown deadline.
+    pub limits: Limits,
 }
 
 /// Why the store cannot start. Messages say what to change.
@@ -68,9 +82,31 @@ pub enum StartError {
     )]
     SameCredentials,
     #[error(transparent)]
+    InsecureFile(#[from] SecretFileError),
+    #[error(transparent)]
     Catalogue(#[from] CatalogueError),
+    #[error(
+        "both --database-url and --database-url-file are given; keep one (the file: a URL with a password on the command line is visible to every user in the process list)"
+    )]
+    TwoDatabaseUrls,
+    #[error("cannot read the database URL file {path}")]
+    DatabaseUrlFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the database URL file {path} is empty")]
+    EmptyDatabaseUrlFile { path: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot create the data directory {path}")]
     DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the SQLite database file {path}")]
+    DatabaseFile {
         path: String,
         #[source]
         source: std::io::Error,
@@ -87,8 +123,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the HTTP server failed")]
-    Serve(#[source] std::io::Error),
 }
 
 fn credential(
@@ -106,6 +140,7 @@ fn credential(
             source,
         },
         CredentialError::Empty => StartError::WeakCredential { role },
+        CredentialError::Insecure(source) => StartError::InsecureFile(source),
     })?;
     if secret.len() < MIN_CREDENTIAL_LEN {
         return Err(StartError::WeakCredential { role });
@@ -140,19 +175,75 @@ fn same(c: &Credentials) -> bool {
     c.admin.digest() == c.introspect.digest()
 }
 
-/// The database URL: the flag, or a SQLite file in the data directory (created when absent).
+/// The database URL: the flag, the file, or a SQLite file in the data directory (the
+/// directory created 0700 when absent). A SQLite file is created 0600 before SQLite opens it;
+/// SQLite gives its `-wal` and `-shm` files the database file's permissions.
 pub fn database_url(cfg: &ServeConfig) -> Result<String, StartError> {
-    if let Some(url) = &cfg.database_url {
-        return Ok(url.clone());
+    let url = match (&cfg.database_url, &cfg.database_url_file) {
+        (Some(_), Some(_)) => return Err(StartError::TwoDatabaseUrls),
+        (Some(url), None) => url.clone(),
+        (None, Some(path)) => read_database_url(path)?,
+        (None, None) => {
+            create_private_dir(&cfg.data_dir)?;
+            format!("sqlite://{}", cfg.data_dir.join("loop-store.db").display())
+        }
+    };
+    if let Some(path) = sqlite_path(&url) {
+        create_private_file(Path::new(path))?;
     }
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
-        path: cfg.data_dir.display().to_string(),
+    Ok(url)
+}
+
+fn read_database_url(path: &Path) -> Result<String, StartError> {
+    let url = std::fs::read_to_string(path).map_err(|source| StartError::DatabaseUrlFile {
+        path: path.display().to_string(),
         source,
     })?;
-    Ok(format!(
-        "sqlite://{}",
-        cfg.data_dir.join("loop-store.db").display()
-    ))
+    check_secret_file(path, "database URL")?;
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(StartError::EmptyDatabaseUrlFile {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(url.to_owned())
+}
+
+/// The file of a `sqlite:` URL, unless it is in memory.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
+}
+
+/// Create a directory (and its parents) readable by the owner only; an existing one is kept.
+fn create_private_dir(dir: &Path) -> Result<(), StartError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| StartError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })
+}
+
+/// Create an empty file readable by the owner only, unless it exists (then it is kept as is).
+fn create_private_file(path: &Path) -> Result<(), StartError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StartError::DatabaseFile {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
 }
 
 /// Hide the password of a database URL for logs.
@@ -187,14 +278,28 @@ impl Running {
     }
 }
 
-/// Start the store; returns once it is listening.
-pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError> {
-    let credentials = credentials(&cfg)?;
+/// What serving needs besides the router: the pieces shutdown waits for.
+struct Parts {
+    state: AppState,
+    writer: Writer,
+    usage: Arc<Usage>,
+    repo: Arc<dyn Repository>,
+    metrics: Arc<Metrics>,
+    backend_url: String,
+}
+
+/// Read the configuration's files, open the database and build the HTTP state.
+async fn open_parts(
+    cfg: &ServeConfig,
+    clock: Clock,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> Result<Parts, StartError> {
+    let credentials = credentials(cfg)?;
     let catalogue = match &cfg.scopes_file {
         Some(p) => Catalogue::load(p)?,
         None => Catalogue::default(),
     };
-    let url = database_url(&cfg)?;
+    let url = database_url(cfg)?;
     let opened = repo::open(&url, &cfg.pool)
         .await
         .map_err(|source| StartError::Database {
@@ -207,7 +312,6 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
     // A SQLite file has one writer, this process: its cache is trusted from the start. With
     // PostgreSQL the cache is trusted only while the change listener is connected.
     let cache = Arc::new(Cache::new(opened.postgres.is_none()));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(pool) = opened.postgres.clone() {
         let connected = spawn_change_listener(pool, Arc::clone(&cache), shutdown_rx.clone());
         // Serve once the first subscription is in place (or after 10 s, reading the database).
@@ -230,28 +334,53 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
         metrics: Arc::clone(&metrics),
         clock,
     };
+    Ok(Parts {
+        state,
+        writer,
+        usage,
+        repo,
+        metrics,
+        backend_url: redact_url(&url),
+    })
+}
+
+/// The TLS acceptor and its reloader, when TLS is configured.
+fn start_tls(
+    cfg: &ServeConfig,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    let Some(files) = &cfg.tls else {
+        return Ok(None);
+    };
+    let cert = Arc::new(ReloadingCert::load(files.clone())?);
+    let acceptor = tls::acceptor(Arc::clone(&cert))?;
+    tls::spawn_reloader(cert, cfg.tls_reload_interval, shutdown_rx.clone());
+    Ok(Some(acceptor))
+}
+
+/// Start the store; returns once it is listening.
+pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tls = start_tls(&cfg, &shutdown_rx)?;
+    let parts = open_parts(&cfg, clock, &shutdown_rx).await?;
     let (listener, addr) = bind(cfg.listen).await?;
     let flusher = spawn_usage_flusher(
-        Arc::clone(&usage),
-        Arc::clone(&repo),
-        Arc::clone(&metrics),
+        parts.usage,
+        Arc::clone(&parts.repo),
+        parts.metrics,
         cfg.usage_flush_interval,
         shutdown_rx.clone(),
     );
-    tracing::info!(%addr, backend = repo.backend(), database = %redact_url(&url), cache = cfg.introspection_cache, "listening");
-    let app = http::app(state);
-    let mut rx = shutdown_rx;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, backend = parts.repo.backend(), database = %parts.backend_url, cache = cfg.introspection_cache, "listening");
+    let app = http::app(parts.state);
+    let writer = parts.writer;
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-            .map_err(StartError::Serve);
-        // Writes whose request was dropped may still be running: let them end.
+        listen::serve(listener, tls, app, cfg.limits, shutdown_rx).await;
+        // Every connection is closed: writes whose request was dropped may still be running.
         writer.drain().await;
         let _ = flusher.await;
-        served
+        Ok(())
     });
     Ok(Running {
         addr,

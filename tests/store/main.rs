@@ -9,3 +9,4 @@ mod support;
 mod contract;
 mod http;
 mod processes;
+mod serving;
