@@ -4,7 +4,9 @@
 //! listed peers, and its RBAC is both sufficient (the operator, running as the chart's
 //! ServiceAccount, serves a token's whole life) and least-privilege (`kubectl auth can-i`
 //! refuses what it must not do, and the chart's admission policy refuses its writes to Secrets
-//! without its label).
+//! without its label), and serves the store over HTTPS from each certificate source (a
+//! generated one kept across upgrades and never rendered by `helm template`, the user's Secret,
+//! cert-manager), with a schema that refuses contradictory TLS settings.
 
 use crate::support;
 
@@ -92,6 +94,28 @@ fn server_accepts(cp: &ControlPlane, rendered: &str, what: &str) {
     );
 }
 
+/// `helm template` with `extra` must fail, its message containing every one of `needles`.
+fn render_refused(cp: &ControlPlane, extra: &[&str], needles: &[&str]) {
+    let c = chart();
+    let mut args = vec![
+        "template",
+        "r",
+        c.to_str().unwrap_or_default(),
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    args.extend(extra);
+    let out = helm(cp, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted {extra:?}");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "for {extra:?}: expected {needle:?} in {err}"
+        );
+    }
+}
+
 /// The objects of a multi-document render.
 fn objects(rendered: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(rendered)
@@ -161,21 +185,7 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
                 "needs store.postgres.existingSecret",
             ),
         ] {
-            let out = helm(
-                &cp,
-                &[
-                    "template",
-                    "r",
-                    c,
-                    "--kube-version",
-                    KUBE_VERSION,
-                    "--set",
-                    set,
-                ],
-            );
-            assert!(!out.status.success(), "accepted {set}");
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains(why), "for {set}: expected {why:?} in {err}");
+            render_refused(&cp, &["--set", set], &[why]);
         }
     })
     .await;
@@ -380,17 +390,7 @@ async fn helm_network_policy_admits_the_operator_and_only_the_listed_peers() {
                 "open.yaml",
                 &format!("networkPolicy:\n  enabled: true\n  introspectFrom: {entry}\n"),
             );
-            let c = chart();
-            let out = helm(
-                &cp,
-                &["template", "r", c.to_str().unwrap_or_default(), "--kube-version", KUBE_VERSION, "-f", &open],
-            );
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(!out.status.success(), "accepted the open rule {entry}");
-            assert!(
-                err.contains("/networkPolicy/introspectFrom") && err.contains(expected),
-                "for {entry}: expected {expected:?} in {err}"
-            );
+            render_refused(&cp, &["-f", &open], &["/networkPolicy/introspectFrom", expected]);
         }
     })
     .await;
@@ -583,6 +583,391 @@ async fn helm_admission_policy_confines_the_operators_secret_writes_to_its_label
         expect(kubectl_as(&cp, "jane", &["delete", "-n", &ns, "secret/theirs"], None), None, "another user deletes an unlabelled Secret");
 
         helm_ok(&cp, &["uninstall", "lto", "--namespace", &ns]);
+    })
+    .await;
+}
+
+/// The container of the Deployment `<release>-loop-token-operator-<component>` in a render.
+fn container<'a>(objs: &'a [Value], release: &str, component: &str) -> &'a Value {
+    &object(
+        objs,
+        "Deployment",
+        &format!("{release}-loop-token-operator-{component}"),
+    )["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The volume `name` of the Deployment of `component`, if it has one.
+fn volume<'a>(objs: &'a [Value], release: &str, component: &str, name: &str) -> Option<&'a Value> {
+    object(
+        objs,
+        "Deployment",
+        &format!("{release}-loop-token-operator-{component}"),
+    )["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["name"] == name))
+}
+
+fn has_arg(container: &Value, arg: &str) -> bool {
+    container["args"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == arg))
+}
+
+/// The operator's `--store-url` and the Secret its `--store-ca-file` comes from (None: no CA
+/// file, so system roots or plain HTTP), checked against the flag, mount and volume together.
+fn operator_store_trust(objs: &[Value], release: &str) -> (String, Option<String>) {
+    let c = container(objs, release, "operator");
+    let url = c["args"].as_array().and_then(|a| {
+        a.iter()
+            .find_map(|x| x.as_str()?.strip_prefix("--store-url="))
+    });
+    let ca = volume(objs, release, "operator", "store-ca");
+    let mounted = c["volumeMounts"].as_array().is_some_and(|m| {
+        m.contains(
+            &json!({"name": "store-ca", "mountPath": "/var/run/loop-store-ca", "readOnly": true}),
+        )
+    });
+    assert_eq!(
+        has_arg(c, "--store-ca-file=/var/run/loop-store-ca/ca.crt"),
+        ca.is_some(),
+        "flag and volume disagree"
+    );
+    assert_eq!(mounted, ca.is_some(), "mount and volume disagree");
+    let secret = ca.map(|v| {
+        assert_eq!(
+            v["secret"]["items"],
+            json!([{"key": "ca.crt", "path": "ca.crt"}]),
+            "the operator gets the CA only"
+        );
+        assert_eq!(v["secret"]["defaultMode"], 0o440);
+        v["secret"]["secretName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
+    (url.unwrap_or_default().to_owned(), secret)
+}
+
+/// The Secret the store's certificate is mounted from (None: plain HTTP), after checking the
+/// flags, the mount, the probes and the Service's port for that scheme.
+fn store_certificate(objs: &[Value], release: &str) -> Option<String> {
+    let c = container(objs, release, "store");
+    let tls = volume(objs, release, "store", "tls");
+    let (port, scheme) = if tls.is_some() {
+        ("https", "HTTPS")
+    } else {
+        ("http", "HTTP")
+    };
+    for flag in [
+        "--tls-cert-file=/var/run/loop-tls/tls.crt",
+        "--tls-key-file=/var/run/loop-tls/tls.key",
+    ] {
+        assert_eq!(has_arg(c, flag), tls.is_some(), "{flag}");
+    }
+    let mounted = c["volumeMounts"].as_array().is_some_and(|m| {
+        m.contains(&json!({"name": "tls", "mountPath": "/var/run/loop-tls", "readOnly": true}))
+    });
+    assert_eq!(mounted, tls.is_some());
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["scheme"], scheme, "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], port, "{probe}");
+    }
+    assert_eq!(c["ports"], json!([{"name": port, "containerPort": 8080}]));
+    let svc = object(
+        objs,
+        "Service",
+        &format!("{release}-loop-token-operator-store"),
+    );
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([{"name": port, "port": 8080, "targetPort": port}])
+    );
+    tls.map(|v| {
+        assert_eq!(
+            v["secret"]["items"],
+            json!([{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}])
+        );
+        assert_eq!(v["secret"]["defaultMode"], 0o440);
+        v["secret"]["secretName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    })
+}
+
+/// The store Service's DNS names, which its certificate must be valid for.
+fn store_dns_names(release: &str, ns: &str) -> Vec<String> {
+    let svc = format!("{release}-loop-token-operator-store");
+    vec![
+        svc.clone(),
+        format!("{svc}.{ns}"),
+        format!("{svc}.{ns}.svc"),
+        format!("{svc}.{ns}.svc.cluster.local"),
+    ]
+}
+
+/// cert-manager's Certificate kind, as a minimal CRD (cert-manager is not installed here), so
+/// that a server-side dry-run can check the chart's Certificate. Left installed: other tests
+/// may use it at the same time, and it serves nothing else.
+async fn install_certificate_crd(cp: &ControlPlane) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::runtime::wait::{await_condition, conditions};
+    let path = support::repo_root().join("tests/fixtures/cert-manager-certificate-crd.yaml");
+    cp.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=loop-tests",
+        "-f",
+        path.to_str().unwrap_or_default(),
+    ]);
+    let crds: Api<CustomResourceDefinition> = Api::all(cp.client.clone());
+    let established = await_condition(
+        crds,
+        "certificates.cert-manager.io",
+        conditions::is_crd_established(),
+    );
+    support::within(
+        60,
+        "certificates.cert-manager.io to be Established",
+        established,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn helm_store_serves_https_from_each_certificate_source() {
+    with_namespace("helm-tls", |cp, ns| async move {
+        install_certificate_crd(&cp).await;
+        let url = format!("https://r-loop-token-operator-store.{ns}.svc:8080");
+        let generated = "r-loop-token-operator-store-tls";
+        let cert_manager = ["--set", "store.tls.certManager.enabled=true", "--set", "store.tls.certManager.issuerRef.name=loop-ca"];
+        for (what, extra, certificate, store_url, ca) in [
+            ("generated (default)", &[][..], Some(generated), url.as_str(), Some(generated)),
+            ("existingSecret", &["--set", "store.tls.existingSecret=my-tls"][..], Some("my-tls"), &url, Some("my-tls")),
+            ("certManager", &cert_manager[..], Some(generated), &url, Some(generated)),
+            ("disabled", &["--set", "store.tls.enabled=false"][..], None, &url.replace("https:", "http:"), None),
+        ] {
+            let rendered = render(&cp, "r", &ns, extra);
+            let objs = objects(&rendered);
+            assert_eq!(store_certificate(&objs, "r").as_deref(), certificate, "{what}: the store's certificate");
+            assert_eq!(operator_store_trust(&objs, "r"), (store_url.to_owned(), ca.map(str::to_owned)), "{what}: the operator's URL and CA");
+            // Under `helm template` the chart renders no certificate (nor any Secret).
+            assert!(!objs.iter().any(|o| o["kind"] == "Secret"), "{what}: a Secret in a `helm template` render");
+            let certificates: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "Certificate").collect();
+            if what == "certManager" {
+                let spec = &certificates[0]["spec"];
+                assert_eq!(spec["secretName"], generated);
+                assert_eq!(spec["dnsNames"], json!(store_dns_names("r", &ns)));
+                assert_eq!(spec["issuerRef"], json!({"name": "loop-ca", "kind": "Issuer", "group": "cert-manager.io"}));
+                assert!(spec["usages"].as_array().is_some_and(|u| u.contains(&json!("server auth"))), "{spec}");
+            } else {
+                assert!(certificates.is_empty(), "{what}: a Certificate without certManager.enabled");
+            }
+            server_accepts(&cp, &rendered, what);
+        }
+
+        // A store elsewhere: the user's CA Secret for its https:// URL, or the system roots.
+        let external = ["--set", "store.enabled=false", "--set", "store.externalUrl=https://loop-store.example:8443"];
+        let objs = objects(&render(&cp, "r", &ns, &external));
+        assert_eq!(operator_store_trust(&objs, "r"), ("https://loop-store.example:8443".to_owned(), None));
+        let with_ca = [&external[..], &["--set", "store.externalCaSecret=store-ca"]].concat();
+        let rendered = render(&cp, "r", &ns, &with_ca);
+        assert_eq!(operator_store_trust(&objects(&rendered), "r"), ("https://loop-store.example:8443".to_owned(), Some("store-ca".to_owned())));
+        server_accepts(&cp, &rendered, "an external store with a CA Secret");
+
+        // Prometheus scrapes the store over HTTPS with the CA (rendered only: the ServiceMonitor
+        // CRD is not installed here).
+        let objs = objects(&render(&cp, "r", &ns, &["--set", "serviceMonitor.enabled=true"]));
+        let endpoints = &object(&objs, "ServiceMonitor", "r-loop-token-operator")["spec"]["endpoints"];
+        assert_eq!(endpoints[1], json!({
+            "port": "https", "path": "/metrics", "interval": "30s", "scheme": "https",
+            "tlsConfig": {"ca": {"secret": {"name": generated, "key": "ca.crt"}}, "serverName": format!("r-loop-token-operator-store.{ns}.svc")},
+        }));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn helm_store_tls_schema_refuses_contradictory_settings() {
+    with_namespace("helm-tls-schema", |cp, _ns| async move {
+        for (sets, why) in [
+            (
+                &[
+                    "store.tls.existingSecret=mine",
+                    "store.tls.certManager.enabled=true",
+                    "store.tls.certManager.issuerRef.name=ca",
+                ][..],
+                "existingSecret or certManager.enabled, not both",
+            ),
+            (
+                &["store.tls.certManager.enabled=true"][..],
+                "certManager.issuerRef.name (the Issuer or ClusterIssuer",
+            ),
+            (
+                &["store.tls.enabled=false", "store.tls.existingSecret=mine"][..],
+                "but TLS is disabled",
+            ),
+            (
+                &[
+                    "store.tls.enabled=false",
+                    "store.tls.certManager.enabled=true",
+                    "store.tls.certManager.issuerRef.name=ca",
+                ][..],
+                "but TLS is disabled",
+            ),
+            (
+                &[
+                    "store.enabled=false",
+                    "store.externalUrl=http://store:8080",
+                    "store.externalCaSecret=ca",
+                ][..],
+                "'^https://'",
+            ),
+        ] {
+            let extra: Vec<&str> = sets.iter().flat_map(|s| ["--set", s]).collect();
+            render_refused(&cp, &extra, &["/store", why]);
+        }
+    })
+    .await;
+}
+
+/// `openssl` with `args`; returns (success, stdout and stderr).
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The generated certificate Secret's data, with its keys checked.
+async fn store_tls_data(
+    secrets: &Api<Secret>,
+    name: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let s = secrets
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("no Secret {name}: {e}"));
+    assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+    let annotations = s.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("helm.sh/resource-policy")
+            .map(String::as_str),
+        Some("keep")
+    );
+    let data: std::collections::BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["ca.crt", "tls.crt", "tls.key"]
+    );
+    data
+}
+
+#[tokio::test]
+async fn helm_install_generates_a_store_certificate_for_its_service_and_keeps_it() {
+    with_namespace("helm-tls-install", |cp, ns| async move {
+        let c = chart();
+        let scope = format!("watchNamespace={ns}");
+        let install = [
+            "upgrade",
+            "--install",
+            "tls",
+            c.to_str().unwrap_or_default(),
+            "--namespace",
+            &ns,
+            "--set",
+            &scope,
+            "--wait=false",
+        ];
+        helm_ok(&cp, &install);
+        let secrets: Api<Secret> = Api::namespaced(cp.client.clone(), &ns);
+        let name = "tls-loop-token-operator-store-tls";
+        let data = store_tls_data(&secrets, name).await;
+
+        // A server certificate for each of the Service's names, signed by the CA in ca.crt,
+        // with the key beside it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = |key: &str| {
+            let path = dir.path().join(key);
+            std::fs::write(&path, &data[key]).unwrap();
+            path.to_str().unwrap_or_default().to_owned()
+        };
+        let (ca, crt, key) = (file("ca.crt"), file("tls.crt"), file("tls.key"));
+        let (_, sans) = openssl(&["x509", "-noout", "-ext", "subjectAltName", "-in", &crt]);
+        for dns in store_dns_names("tls", &ns) {
+            assert!(sans.contains(&format!("DNS:{dns}")), "{dns} not in {sans}");
+            let (ok, said) = openssl(&[
+                "verify",
+                "-CAfile",
+                &ca,
+                "-purpose",
+                "sslserver",
+                "-verify_hostname",
+                &dns,
+                &crt,
+            ]);
+            assert!(ok, "openssl verify for {dns}: {said}");
+        }
+        let (_, constraints) =
+            openssl(&["x509", "-noout", "-ext", "basicConstraints", "-in", &crt]);
+        assert!(
+            constraints.contains("CA:FALSE"),
+            "a CA certificate as the server's (rustls refuses it): {constraints}"
+        );
+        let (ok, _) = openssl(&[
+            "verify",
+            "-CAfile",
+            &ca,
+            "-verify_hostname",
+            "elsewhere.example",
+            &crt,
+        ]);
+        assert!(
+            !ok,
+            "the certificate is valid for a name that is not the Service's"
+        );
+        assert_eq!(
+            openssl(&["x509", "-noout", "-pubkey", "-in", &crt]).1,
+            openssl(&["pkey", "-pubout", "-in", &key]).1,
+            "tls.key is not tls.crt's key"
+        );
+
+        // Stable: an upgrade, and a sync of a `helm template` render over the install, keep it.
+        helm_ok(&cp, &install);
+        assert!(
+            store_tls_data(&secrets, name).await == data,
+            "helm upgrade changed the store's certificate"
+        );
+        let out = cp.kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some(&render(&cp, "tls", &ns, &["--set", &scope])),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            store_tls_data(&secrets, name).await == data,
+            "a `helm template` sync changed the store's certificate"
+        );
+
+        helm_ok(&cp, &["uninstall", "tls", "--namespace", &ns]);
     })
     .await;
 }

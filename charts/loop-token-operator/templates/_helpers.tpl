@@ -30,10 +30,36 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "lto.storeUrl" -}}
 {{- if .Values.store.enabled -}}
-http://{{ include "lto.fullname" . }}-store.{{ .Release.Namespace }}.svc:8080
+{{ ternary "https" "http" .Values.store.tls.enabled }}://{{ include "lto.fullname" . }}-store.{{ .Release.Namespace }}.svc:8080
 {{- else -}}
 {{- required "store.externalUrl is required when store.enabled is false" .Values.store.externalUrl -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Whether the chart's store serves HTTPS. */}}
+{{- define "lto.storeTls" -}}
+{{- if and .Values.store.enabled .Values.store.tls.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* The Secret holding the store's certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "lto.storeTlsSecret" -}}
+{{- .Values.store.tls.existingSecret | default (printf "%s-store-tls" (include "lto.fullname" .)) -}}
+{{- end -}}
+
+{{/* The Secret whose ca.crt the operator trusts for the store, or nothing (system roots, or plain HTTP). */}}
+{{- define "lto.storeCaSecret" -}}
+{{- if .Values.store.enabled -}}
+{{- if .Values.store.tls.enabled }}{{ include "lto.storeTlsSecret" . }}{{ end -}}
+{{- else -}}
+{{- .Values.store.externalCaSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The names the store's certificate is valid for: its Service, as reached from anywhere. */}}
+{{- define "lto.storeDnsNames" -}}
+{{- $svc := printf "%s-store" (include "lto.fullname" .) -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.store.tls.clusterDomain) | toJson -}}
 {{- end -}}
 
 {{/* Restricted pod security: non-root, read-only root filesystem, no capabilities, seccomp. */}}
