@@ -8,4 +8,5 @@ mod support;
 
 mod contract;
 mod http;
+mod http_abuse;
 mod processes;
