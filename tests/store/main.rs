@@ -1,6 +1,7 @@
 //! Tests of `loop-store`: the storage contract on SQLite and a real PostgreSQL, the HTTP API
 //! through its router, and real store processes (several on one PostgreSQL, an outage, cut
-//! connections, shutdown, start-up errors, a log scan). One test binary; each test gets a fresh
+//! connections, shutdown, start-up errors, a log scan), and two RFC 7662 client libraries against
+//! a real process. One test binary; each test gets a fresh
 //! database.
 
 #[path = "../support/mod.rs"]
@@ -10,3 +11,4 @@ mod contract;
 mod http;
 mod http_abuse;
 mod processes;
+mod rfc7662;
