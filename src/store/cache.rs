@@ -16,7 +16,9 @@
 //!
 //! Unknown but well-formed tokens are cached too (a bounded set), so a flood of made-up tokens
 //! with valid checksums does not become a flood of database queries; registrations invalidate
-//! them like any other change.
+//! them like any other change. The set has two generations of up to [`MAX_UNKNOWN`]` / 2`
+//! hashes each: when the current one is full it becomes the old one and the previous old one is
+//! dropped, so passing the bound forgets the oldest half, never everything at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +31,7 @@ use super::usage::Usage;
 use crate::api::IntrospectResponse;
 use crate::token::{self, TokenHash};
 
-/// Most unknown hashes remembered; past this the set is emptied and refilled.
+/// Most unknown hashes remembered; past this the older half is forgotten.
 pub const MAX_UNKNOWN: usize = 65_536;
 
 /// What the cache keeps of a registration: just what an answer needs.
@@ -59,8 +61,35 @@ impl From<&TokenRecord> for Entry {
 #[derive(Default)]
 struct Inner {
     known: HashMap<TokenHash, Arc<Entry>>,
+    /// The newer generation of unknown hashes (filled), and the older one (only read).
     unknown: HashSet<TokenHash>,
+    unknown_old: HashSet<TokenHash>,
     generation: u64,
+}
+
+impl Inner {
+    fn is_unknown(&self, hash: &TokenHash) -> bool {
+        self.unknown.contains(hash) || self.unknown_old.contains(hash)
+    }
+
+    fn add_unknown(&mut self, hash: &TokenHash) {
+        if self.unknown.len() >= MAX_UNKNOWN / 2 {
+            self.unknown_old = std::mem::take(&mut self.unknown);
+        }
+        self.unknown.insert(hash.clone());
+    }
+
+    fn forget(&mut self, hash: &TokenHash) {
+        self.known.remove(hash);
+        self.unknown.remove(hash);
+        self.unknown_old.remove(hash);
+    }
+
+    fn forget_all(&mut self) {
+        self.known.clear();
+        self.unknown.clear();
+        self.unknown_old.clear();
+    }
 }
 
 enum Lookup {
@@ -92,7 +121,7 @@ impl Cache {
         }
         if let Some(e) = inner.known.get(hash) {
             Lookup::Known(Arc::clone(e))
-        } else if inner.unknown.contains(hash) {
+        } else if inner.is_unknown(hash) {
             Lookup::Unknown
         } else {
             Lookup::Miss(inner.generation)
@@ -108,12 +137,7 @@ impl Cache {
             Some(r) => {
                 inner.known.insert(hash.clone(), Arc::new(Entry::from(r)));
             }
-            None => {
-                if inner.unknown.len() >= MAX_UNKNOWN {
-                    inner.unknown.clear();
-                }
-                inner.unknown.insert(hash.clone());
-            }
+            None => inner.add_unknown(hash),
         }
     }
 
@@ -121,8 +145,7 @@ impl Cache {
     pub fn invalidate(&self, hash: &TokenHash) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         inner.generation = inner.generation.wrapping_add(1);
-        inner.known.remove(hash);
-        inner.unknown.remove(hash);
+        inner.forget(hash);
     }
 
     /// Forget everything, keeping whether the cache may answer (a write whose outcome is
@@ -130,8 +153,7 @@ impl Cache {
     pub fn clear(&self) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         inner.generation = inner.generation.wrapping_add(1);
-        inner.known.clear();
-        inner.unknown.clear();
+        inner.forget_all();
     }
 
     /// Forget everything and set whether the cache may answer (false while changes may be
@@ -139,8 +161,7 @@ impl Cache {
     pub fn reset(&self, trusted: bool) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         inner.generation = inner.generation.wrapping_add(1);
-        inner.known.clear();
-        inner.unknown.clear();
+        inner.forget_all();
         self.trusted.store(trusted, Ordering::Release);
     }
 
@@ -249,5 +270,45 @@ impl Introspector {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unknown(i: usize) -> TokenHash {
+        TokenHash::of(&format!("unknown-{i}"))
+    }
+
+    #[test]
+    fn the_unknown_set_forgets_its_oldest_entries_not_all_of_them() {
+        let cache = Cache::new(true);
+        for i in 0..=MAX_UNKNOWN {
+            let Lookup::Miss(generation) = cache.lookup(&unknown(i)) else {
+                panic!("{i} should be a miss");
+            };
+            cache.fill(&unknown(i), generation, None);
+        }
+        // The newest half is still remembered after passing the bound...
+        for i in (MAX_UNKNOWN / 2 + 1)..=MAX_UNKNOWN {
+            assert!(matches!(cache.lookup(&unknown(i)), Lookup::Unknown), "{i}");
+        }
+        // ...the oldest entry is gone, and the set never holds more than the bound.
+        assert!(matches!(cache.lookup(&unknown(0)), Lookup::Miss(_)));
+        let inner = cache.inner.read().unwrap();
+        assert!(inner.unknown.len() + inner.unknown_old.len() <= MAX_UNKNOWN);
+        drop(inner);
+        // An invalidation forgets a hash in either half.
+        cache.invalidate(&unknown(MAX_UNKNOWN));
+        cache.invalidate(&unknown(MAX_UNKNOWN / 2 + 1));
+        assert!(matches!(
+            cache.lookup(&unknown(MAX_UNKNOWN)),
+            Lookup::Miss(_)
+        ));
+        assert!(matches!(
+            cache.lookup(&unknown(MAX_UNKNOWN / 2 + 1)),
+            Lookup::Miss(_)
+        ));
     }
 }

@@ -1,8 +1,11 @@
-//! Prometheus metrics of the store. Every label has a bounded set of values: route templates
-//! (never raw paths), status codes, and fixed outcome names.
+//! Prometheus metrics of the store. Pure. Every label has a bounded set of values: route
+//! templates (never raw paths; [`UNMATCHED_ROUTE`] for any path the router does not know), the
+//! standard methods ([`method_label`]; [`OTHER_METHOD`] for any other name a client invents),
+//! status codes, and fixed outcome names.
 
 use std::sync::Arc;
 
+use axum::http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,10 +13,31 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// The route label of a request no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// The method label of a method that is not one of RFC 9110's (plus PATCH).
+pub const OTHER_METHOD: &str = "other";
+
+/// The method label: a standard method's name, or [`OTHER_METHOD`].
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => OTHER_METHOD,
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,
-    pub method: String,
+    pub method: &'static str,
     pub status: u16,
 }
 
@@ -116,11 +140,13 @@ impl Metrics {
         })
     }
 
-    pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// Count a request: `route` is the matched template (`None`: no route matched).
+    pub fn request(&self, route: Option<&str>, method: &Method, status: u16, seconds: f64) {
+        let route = route.unwrap_or(UNMATCHED_ROUTE);
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_owned(),
-                method: method.to_owned(),
+                method: method_label(method),
                 status,
             })
             .inc();

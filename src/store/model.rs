@@ -7,7 +7,7 @@
 
 use jiff::Timestamp;
 
-use super::scopes::{ScopeSet, ScopeSyntaxError};
+use super::scopes::{SCOPE_RULE, Scope, ScopeSet};
 pub use crate::api::Owner;
 use crate::api::{PatchRequest, RegisterRequest, TokenView};
 use crate::token::TokenHash;
@@ -72,20 +72,58 @@ impl TokenPatch {
     }
 }
 
-/// Why a request body is refused before it reaches storage.
+/// Why a request body is refused before it reaches storage. Messages name a field, never its
+/// value (a value may be a token sent in the wrong place).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
     #[error("{0}")]
     Field(String),
-    #[error(transparent)]
-    Scope(#[from] ScopeSyntaxError),
+    /// The scope at this index of `scopes` is malformed.
+    #[error("scopes[{0}] is not {SCOPE_RULE}")]
+    Scope(usize),
+}
+
+/// Unicode format characters (general category Cf, Unicode 16): bidi controls, zero-width
+/// spaces and joiners, the byte-order mark, invisible operators, tags. They change how a name is
+/// displayed without being seen, so a name could pass for another.
+const FORMAT_CHARS: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+/// Control (Cc), format (Cf), line and paragraph separator (Zl, Zp) characters.
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}')
+        || FORMAT_CHARS.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
 }
 
 fn validate_name(name: &str) -> Result<(), Invalid> {
     let n = name.chars().count();
-    if n == 0 || n > MAX_NAME_LEN || name.chars().any(char::is_control) || name.trim() != name {
+    if n == 0 || n > MAX_NAME_LEN || name.chars().any(is_invisible) || name.trim() != name {
         return Err(Invalid::Field(format!(
-            "name must be 1-{MAX_NAME_LEN} printable characters without leading or trailing spaces"
+            "name must be 1-{MAX_NAME_LEN} characters without leading or trailing spaces, and \
+             without control or invisible formatting characters (bidi controls, zero-width \
+             spaces or joiners)"
         )));
     }
     Ok(())
@@ -111,7 +149,10 @@ fn validate_scopes(scopes: &[String]) -> Result<ScopeSet, Invalid> {
     if scopes.is_empty() {
         return Err(Invalid::Field("scopes must list at least one scope".into()));
     }
-    Ok(ScopeSet::parse(scopes.iter().map(String::as_str))?)
+    if let Some(i) = scopes.iter().position(|s| s.parse::<Scope>().is_err()) {
+        return Err(Invalid::Scope(i));
+    }
+    ScopeSet::parse(scopes.iter().map(String::as_str)).map_err(|_| Invalid::Scope(0))
 }
 
 impl NewToken {

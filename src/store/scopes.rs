@@ -35,12 +35,23 @@ pub struct Scope {
     pub access: Access,
 }
 
-/// Why a string is not a scope.
+/// The rule for a scope, in words.
+pub const SCOPE_RULE: &str = "of the form <resource>:read or <resource>:write (resource: lowercase letters, digits, '-' or '_', starting with a letter, at most 63 characters)";
+
+/// Why a string is not a scope. The message quotes at most [`MAX_QUOTED`] characters of it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "scope {0:?} is not of the form <resource>:read or <resource>:write (resource: lowercase letters, digits, '-' or '_', starting with a letter, at most 63 characters)"
-)]
+#[error("scope {:?} is not {SCOPE_RULE}", quoted(.0))]
 pub struct ScopeSyntaxError(pub String);
+
+/// Longest scope quoted in an error (a valid scope is at most 69 characters).
+pub const MAX_QUOTED: usize = 69;
+
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
 
 /// The regular expression the CRD schema uses for the same rule.
 pub const SCOPE_PATTERN: &str = "^[a-z][a-z0-9_-]{0,62}:(read|write)$";

@@ -19,18 +19,18 @@ use loop_token_operator::token::Token;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const ADMIN: &str = "admin-credential-0123456789";
-const INTROSPECT: &str = "introspect-credential-0123456789";
+pub(crate) const ADMIN: &str = "admin-credential-0123456789";
+pub(crate) const INTROSPECT: &str = "introspect-credential-0123456789";
 
-struct Store {
-    app: Router,
+pub(crate) struct Store {
+    pub(crate) app: Router,
     now: Arc<AtomicI64>,
     usage: Arc<Usage>,
     repo: Arc<dyn Repository>,
     _dir: tempfile::TempDir,
 }
 
-async fn store() -> Store {
+pub(crate) async fn store() -> Store {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("s.db").display());
     let repo: Arc<dyn Repository> = Arc::new(
@@ -73,7 +73,7 @@ async fn store() -> Store {
 }
 
 impl Store {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         uri: &str,
@@ -94,7 +94,7 @@ impl Store {
         self.raw(req.body(body).unwrap()).await
     }
 
-    async fn raw(&self, req: Request<Body>) -> (StatusCode, Value) {
+    pub(crate) async fn raw(&self, req: Request<Body>) -> (StatusCode, Value) {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
@@ -103,7 +103,12 @@ impl Store {
         (status, v)
     }
 
-    async fn register(&self, id: &str, token: &Token, scopes: &[&str]) -> (StatusCode, Value) {
+    pub(crate) async fn register(
+        &self,
+        id: &str,
+        token: &Token,
+        scopes: &[&str],
+    ) -> (StatusCode, Value) {
         self.call(
             "PUT",
             &format!("/v1/tokens/{id}"),
@@ -113,7 +118,7 @@ impl Store {
         .await
     }
 
-    async fn introspect(&self, token: &str) -> Value {
+    pub(crate) async fn introspect(&self, token: &str) -> Value {
         let (s, v) = self
             .call(
                 "POST",
@@ -127,7 +132,7 @@ impl Store {
     }
 }
 
-fn registration(token: &Token, scopes: &[&str]) -> Value {
+pub(crate) fn registration(token: &Token, scopes: &[&str]) -> Value {
     json!({
         "hash": token.hash().to_string(),
         "name": "Klaviyo sync",
@@ -335,12 +340,11 @@ async fn bad_requests_get_clear_answers() {
             .call("PUT", "/v1/tokens/y", Some(ADMIN), Some(extra))
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains("unknown field"), "{v}");
         assert!(
-            v["message"]
-                .as_str()
-                .unwrap()
-                .contains("unknown field `colour`"),
-            "{v}"
+            !message.contains("colour"),
+            "unknown keys are not echoed: {v}"
         );
     }
     let req = Request::builder()

@@ -1,11 +1,16 @@
 //! Who may call what: the two credentials (management and introspection), each kept as its
 //! SHA-256 and compared in constant time, and the middlewares that guard each group of routes.
-//! Pure apart from the middlewares passing requests on; a presented secret is never logged.
+//! A credential is presented as `Authorization: Bearer <secret>` or as the password of HTTP
+//! Basic with any user name (RFC 7662 clients use `client_secret_basic`, RFC 6749 §2.3.1,
+//! which form-encodes the password first: both the password as sent and its decoded form are
+//! compared). Pure apart from the middlewares passing requests on; a presented secret is never
+//! logged.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -51,20 +56,46 @@ enum Role {
     Introspect,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<[u8; 32]> {
+fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// The digests of the presented secret: one for a bearer token; for HTTP Basic the password as
+/// sent and, when it differs, its form-decoded form. `None` without a usable header.
+fn presented(headers: &HeaderMap) -> Option<Vec<[u8; 32]>> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, secret) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let secret = secret.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(vec![digest(secret.as_bytes())]);
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    Some(Sha256::digest(secret.trim().as_bytes()).into())
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(secret)
+        .ok()?;
+    let pair = String::from_utf8(decoded).ok()?;
+    let (_user, password) = pair.split_once(':')?;
+    let mut digests = vec![digest(password.as_bytes())];
+    let form_decoded: String = form_urlencoded::parse(format!("p={password}").as_bytes())
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    if form_decoded != password {
+        digests.push(digest(form_decoded.as_bytes()));
+    }
+    Some(digests)
 }
 
 fn authorise(creds: &Credentials, headers: &HeaderMap, needed: Role) -> Result<(), ApiError> {
-    let presented = bearer(headers).ok_or(ApiError::Unauthorized)?;
-    // Both comparisons always run, so timing tells nothing about which one matched.
-    let is_admin = creds.admin.matches(&presented);
-    let is_introspect = creds.introspect.matches(&presented);
+    let presented = presented(headers).ok_or(ApiError::Unauthorized)?;
+    // Both comparisons always run for every form presented, so timing tells nothing about
+    // which one matched.
+    let (mut is_admin, mut is_introspect) = (false, false);
+    for d in &presented {
+        is_admin |= creds.admin.matches(d);
+        is_introspect |= creds.introspect.matches(d);
+    }
     let role = match (is_admin, is_introspect) {
         (true, _) => Role::Admin,
         (false, true) => Role::Introspect,
@@ -131,6 +162,32 @@ mod tests {
             authorise(&creds, &h("Basic a"), Role::Admin),
             Err(ApiError::Unauthorized)
         ));
+        // Basic: any user, the credential as password, also form-encoded (RFC 6749 §2.3.1).
+        let creds = Credentials {
+            admin: Credential::new("a b+c"),
+            introspect: Credential::new("i"),
+        };
+        let basic = |pair: &str| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            h(&format!("Basic {encoded}"))
+        };
+        for (pair, role, allowed, status) in [
+            ("u:i", Role::Introspect, true, None),
+            (":a b+c", Role::Admin, true, None),
+            ("u:a+b%2Bc", Role::Admin, true, None),
+            ("u:a b+c", Role::Introspect, false, Some(403)),
+            ("u:i", Role::Admin, false, Some(403)),
+            ("no-colon", Role::Introspect, false, Some(401)),
+        ] {
+            let got = authorise(&creds, &basic(pair), role);
+            assert_eq!(got.is_ok(), allowed, "{pair} as {role:?}");
+            let code = got.err().map(|e| match e {
+                ApiError::Forbidden => 403,
+                ApiError::Unauthorized => 401,
+                _ => 0,
+            });
+            assert_eq!(code, status, "{pair} as {role:?}");
+        }
         assert!(matches!(
             authorise(&creds, &HeaderMap::new(), Role::Admin),
             Err(ApiError::Unauthorized)

@@ -1,10 +1,9 @@
-//! [`ApiError`]: every error the API answers with, its one status map, and the conversions from
-//! storage errors and request rejections. Pure; internals go to the logs (`tracing`), never to
-//! the client, and parser messages are redacted because a rejected value may be a token.
+//! [`ApiError`]: every error the API answers with, its one status map, the conversions from
+//! storage errors, and the router's own answers (no such path, method not allowed). Pure;
+//! internals go to the logs (`tracing`), never to the client. Request rejections are built in
+//! `extract`, whose messages never carry a submitted value.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -27,12 +26,16 @@ pub enum ApiError {
     Forbidden,
     #[error("no token with this id")]
     NotFound,
+    #[error("no such path; the API is described at /v1/openapi.json")]
+    NoRoute,
+    #[error("this path does not take this method; the Allow header lists those it takes")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(&'static str),
     #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
-    #[error("request body must be JSON (Content-Type: application/json)")]
-    UnsupportedMediaType,
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
     #[error("{0}")]
     UnknownScope(ScopeRejection),
     #[error("the token database is unreachable; nothing was changed, retry later")]
@@ -47,10 +50,11 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnknownScope(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -62,10 +66,11 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::NoRoute => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge => "payload_too_large",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::UnknownScope(_) => "unknown_scope",
             ApiError::Unavailable => "store_unavailable",
             ApiError::Internal => "internal",
@@ -82,9 +87,14 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
+            let headers = resp.headers_mut();
+            headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"loop-store\""),
+            );
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"loop-store\""),
             );
         }
         resp
@@ -131,68 +141,13 @@ impl From<Conflict> for ApiError {
     }
 }
 
-/// Replace every double-quoted run in a parser message with `"…"`: serde quotes the values it
-/// failed on, and a value may be a token.
-fn redact_values(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut in_quotes = false;
-    for c in msg.chars() {
-        if c == '"' {
-            if in_quotes {
-                out.push_str("…\"");
-            } else {
-                out.push('"');
-            }
-            in_quotes = !in_quotes;
-        } else if !in_quotes {
-            out.push(c);
-        }
-    }
-    out
+/// The router's answer for a path it does not know.
+pub(super) async fn no_route() -> ApiError {
+    ApiError::NoRoute
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
-            _ => ApiError::BadRequest(redact_values(&r.body_text())),
-        }
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::BadRequest(redact_values(&r.body_text()))
-    }
-}
-
-/// `axum::Json` with this API's error answers.
-pub struct ApiJson<T>(pub T);
-
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(v) = Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(v))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redaction_hides_quoted_values() {
-        let m = r#"token: invalid type: string "loop_abc", expected u32 at line 1"#;
-        let r = redact_values(m);
-        assert!(!r.contains("loop_abc"));
-        assert!(r.contains("invalid type: string \"…\""));
-        assert_eq!(redact_values("unknown field `x`"), "unknown field `x`");
-    }
+/// The router's answer for a known path and a method it does not take (the router adds
+/// `Allow`).
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }

@@ -1,24 +1,30 @@
 //! `POST /v1/introspect` (RFC 7662): the hot path Loop's API calls on every request. A thin
 //! handler over the [`Introspector`](crate::store::cache::Introspector); no I/O of its own, and
-//! the presented token is never logged.
+//! the presented token is never logged. The body is JSON or, as RFC 7662 §2.1 has it, a form;
+//! parameters other than `token` and `token_type_hint` (such as `client_id`) are ignored.
 
 use axum::Json;
 use axum::extract::State;
 
 use super::Shared;
-use super::error::{ApiError, ApiJson};
+use super::error::ApiError;
+use super::extract::JsonOrForm;
 use crate::api::{ErrorBody, IntrospectRequest, IntrospectResponse};
 
 #[utoipa::path(post, path = "/v1/introspect", tag = "introspection",
-    request_body = IntrospectRequest,
+    request_body(content(
+        (IntrospectRequest = "application/json"),
+        (IntrospectRequest = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "RFC 7662 answer: only known, unexpired, unrevoked tokens are active", body = IntrospectResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "The management credential", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor a form", body = ErrorBody),
         (status = 503, description = "The answer cannot be known right now (fail closed)", body = ErrorBody)),
-    security(("introspect" = [])))]
+    security(("introspect" = []), ("introspect_basic" = [])))]
 pub(super) async fn introspect(
     State(s): State<Shared>,
-    ApiJson(body): ApiJson<IntrospectRequest>,
+    JsonOrForm(body): JsonOrForm<IntrospectRequest>,
 ) -> Result<Json<IntrospectResponse>, ApiError> {
     let now = (s.clock)();
     Ok(Json(s.introspector.introspect(&body.token, now).await?))

@@ -13,7 +13,7 @@ use crate::api::{
     TokenList, TokenView,
 };
 
-/// Adds the two bearer credentials to the document.
+/// Adds the two credentials to the document (the introspection one also as HTTP Basic).
 struct Security;
 
 impl utoipa::Modify for Security {
@@ -35,6 +35,17 @@ impl utoipa::Modify for Security {
         components.add_security_scheme(
             "introspect",
             bearer("The introspection credential (--introspect-token-file)."),
+        );
+        components.add_security_scheme(
+            "introspect_basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "The introspection credential as the password, any user name (RFC 7662 clients' client_secret_basic).",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

@@ -4,23 +4,19 @@
 //! their own; logs name a token by id and fingerprint, never by its hash or plaintext.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::Shared;
-use super::error::{ApiError, ApiJson};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, IdPath};
 use crate::api::{
     DEFAULT_PAGE, ErrorBody, ListQuery, MAX_PAGE, PatchRequest, RegisterRequest, TokenList,
     TokenView,
 };
-use crate::store::model::{ListFilter, NewToken, TokenId, TokenPatch};
+use crate::store::model::{ListFilter, NewToken, TokenPatch};
 use crate::store::repo::{Conflict, Registered, Updated};
-
-fn parse_id(id: &str) -> Result<TokenId, ApiError> {
-    TokenId::parse(id).map_err(|e| ApiError::BadRequest(e.to_string()))
-}
 
 #[utoipa::path(put, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "Token id chosen by the caller")),
@@ -35,10 +31,10 @@ fn parse_id(id: &str) -> Result<TokenId, ApiError> {
     security(("admin" = [])))]
 pub(super) async fn register(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
-    let new = NewToken::from_request(parse_id(&id)?, body)?;
+    let new = NewToken::from_request(id, body)?;
     s.catalogue
         .check(&new.scopes)
         .map_err(ApiError::UnknownScope)?;
@@ -64,17 +60,20 @@ pub(super) async fn register(
     security(("admin" = [])))]
 pub(super) async fn update(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     ApiJson(body): ApiJson<PatchRequest>,
 ) -> Result<Json<TokenView>, ApiError> {
-    let id = parse_id(&id)?;
     let patch = TokenPatch::from_request(body)?;
     if let Some(scopes) = &patch.scopes {
         s.catalogue.check(scopes).map_err(ApiError::UnknownScope)?;
     }
     let now = (s.clock)();
     if patch.is_empty() {
+        // Nothing to write, but the same answer as a write: 404, 409 when revoked, or the view.
         let r = s.repo.get(&id).await?.ok_or(ApiError::NotFound)?;
+        if r.revoked_at_ms.is_some() {
+            return Err(Conflict::Revoked.into());
+        }
         return Ok(Json(r.view(now)));
     }
     match s.writer.update(id, patch, now).await? {
@@ -95,9 +94,8 @@ pub(super) async fn update(
     security(("admin" = [])))]
 pub(super) async fn revoke(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<TokenView>, ApiError> {
-    let id = parse_id(&id)?;
     let now = (s.clock)();
     let r = s.writer.revoke(id, now).await?.ok_or(ApiError::NotFound)?;
     tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), "token revoked");
@@ -110,9 +108,8 @@ pub(super) async fn revoke(
     security(("admin" = [])))]
 pub(super) async fn get_token(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<TokenView>, ApiError> {
-    let id = parse_id(&id)?;
     let r = s.repo.get(&id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(r.view((s.clock)())))
 }
@@ -141,9 +138,8 @@ fn filter(q: ListQuery) -> Result<(ListFilter, u32), ApiError> {
     security(("admin" = [])))]
 pub(super) async fn list_tokens(
     State(s): State<Shared>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<TokenList>, ApiError> {
-    let Query(q) = q?;
     let (filter, limit) = filter(q)?;
     let now = (s.clock)();
     let mut records = s.repo.list(&filter, now).await?;
