@@ -302,19 +302,20 @@ fn without_url(e: &reqwest::Error) -> String {
 
 /// The rustls error somewhere in an error's chain of sources, if any.
 fn tls_cause(e: &reqwest::Error) -> Option<String> {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        // An io::Error's `source` skips the error it wraps: look inside.
-        let inner = s
+    let mut next = std::error::Error::source(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // An io::Error's `source` skips the error it wraps (hyper and tokio-rustls nest two):
+        // step into it instead.
+        next = match err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(s), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return Some(tls.to_string());
-            }
-        }
-        source = inner.unwrap_or(s).source();
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }

@@ -15,6 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::operator::OperatorProcess;
 use support::store::{ADMIN, StoreProcess, sqlite_args};
+use support::tls::{make_ca, make_leaf, path_str};
 use support::{ControlPlane, eventually, with_namespace, within};
 
 struct Env {
@@ -30,6 +31,41 @@ async fn env(cp: ControlPlane, ns: String) -> Env {
     let data = tempfile::tempdir().unwrap();
     let store = start_store(data.path());
     let operator = OperatorProcess::builder(&cp, &store, &ns).start();
+    Env {
+        cp,
+        ns,
+        store,
+        operator,
+        _data: data,
+    }
+}
+
+/// As [`env`], with the store serving TLS (a certificate signed by a CA made for the test) and
+/// the operator given `trusted` as its `--store-ca-file` (the signing CA, unless a test wants
+/// another).
+async fn env_tls(cp: ControlPlane, ns: String, trust_the_signing_ca: bool) -> Env {
+    support::install_crd(&cp).await;
+    let data = tempfile::tempdir().unwrap();
+    let certs = data.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let ca = make_ca(&certs, "store-ca");
+    let leaf = make_leaf(&certs, &ca, "store");
+    let other = make_ca(&certs, "other-ca");
+    let db = data.path().join("db");
+    let store = StoreProcess::start_tls(
+        &[
+            "--data-dir",
+            path_str(&db),
+            "--usage-flush-interval",
+            "100ms",
+        ],
+        &leaf,
+        &ca.cert,
+    );
+    let trusted = if trust_the_signing_ca { &ca } else { &other };
+    let operator = OperatorProcess::builder(&cp, &store, &ns)
+        .args(&["--store-ca-file", path_str(&trusted.cert)])
+        .start();
     Env {
         cp,
         ns,
@@ -202,11 +238,13 @@ fn reason(t: &ApiToken, type_: &str) -> Option<String> {
 }
 
 /// Promises 1, 2, 4, 5, 6: issue, edit in place, rotate with and without grace, delete; and no
-/// token in logs, status or events.
+/// token in logs, status or events. Over TLS, as the chart runs it: the store serves HTTPS and
+/// the operator trusts its CA (`--store-ca-file`); the test's own calls are HTTPS too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_life_of_a_token() {
     with_namespace("e2e-life", |cp, ns| async move {
-        let e = env(cp, ns).await;
+        let e = env_tls(cp, ns, true).await;
+        assert!(e.store.url.starts_with("https://"), "{}", e.store.url);
         e.apply(&token_yaml("klaviyo-sync", ""));
         e.wait_ready("klaviyo-sync");
         let t = e.get("klaviyo-sync").await;
@@ -311,6 +349,42 @@ async fn the_life_of_a_token() {
             assert!(!events.contains(tok.as_str()), "a token appears in an event");
             assert!(!format!("{:?}", t.status).contains(tok.as_str()), "a token appears in the status");
         }
+    })
+    .await;
+}
+
+/// An operator that does not trust the store's certificate says so in the ApiToken's status,
+/// naming what to check, and registers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_certificate_the_operator_does_not_trust_is_named() {
+    with_namespace("e2e-wrong-ca", |cp, ns| async move {
+        let e = env_tls(cp, ns, false).await;
+        e.apply(&token_yaml("untrusted", ""));
+        let t = e
+            .wait_until("untrusted", "the TLS failure in the status", |t| {
+                reason(t, "Reconciling").as_deref() == Some("StoreUnavailable")
+            })
+            .await;
+        let ready = t
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            ready.contains("TLS handshake failed") && ready.contains("--store-ca-file"),
+            "{ready}"
+        );
+        assert!(!ready.contains("connection failed"), "{ready}");
+        assert!(
+            e.active_ids(&t).await.is_empty(),
+            "nothing may be registered"
+        );
+        assert!(
+            e.store.log_text().contains("handshake") || e.store.log_text().contains("TLS"),
+            "the store should have seen a failed handshake:\n{}",
+            e.store.log_text()
+        );
     })
     .await;
 }

@@ -12,6 +12,7 @@
 
 pub mod operator;
 pub mod store;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

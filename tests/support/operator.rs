@@ -48,6 +48,12 @@ impl<'a> OperatorBuilder<'a> {
         self
     }
 
+    /// Extra flags.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// Start the operator; returns once it has started (or waits for its lease).
     pub fn start(self) -> OperatorProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loop-token-operator"));

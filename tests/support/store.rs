@@ -45,6 +45,27 @@ impl StoreProcess {
         }
     }
 
+    /// Start `loop-store serve` over TLS with the certificate and key of `leaf`; the URL is
+    /// `https://localhost:PORT` and the test's client trusts only `ca` (a PEM file).
+    pub fn start_tls(args: &[&str], leaf: &super::tls::Pem, ca: &std::path::Path) -> StoreProcess {
+        let mut all = vec![
+            "--tls-cert-file",
+            super::tls::path_str(&leaf.cert),
+            "--tls-key-file",
+            super::tls::path_str(&leaf.key),
+        ];
+        all.extend(args);
+        let mut s = Self::start(&all, &[]);
+        s.url = s.url.replace("http://127.0.0.1", "https://localhost");
+        let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+        let cert = reqwest::Certificate::from_pem(&pem).unwrap_or_else(|e| panic!("CA: {e}"));
+        s.http = reqwest::Client::builder()
+            .tls_certs_only([cert])
+            .build()
+            .unwrap_or_else(|e| panic!("TLS client: {e}"));
+        s
+    }
+
     pub fn log_text(&self) -> String {
         self.logs
             .lock()
