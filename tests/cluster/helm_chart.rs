@@ -652,6 +652,15 @@ fn operator_store_trust(objs: &[Value], release: &str) -> (String, Option<String
 /// flags, the mount, the probes and the Service's port for that scheme.
 fn store_certificate(objs: &[Value], release: &str) -> Option<String> {
     let c = container(objs, release, "store");
+    // The credentials too are 0440: the store warns about a credential file every user may read.
+    for component in ["store", "operator"] {
+        let creds = volume(objs, release, component, "credentials");
+        assert_eq!(
+            creds.map(|v| v["secret"]["defaultMode"].clone()),
+            Some(json!(0o440)),
+            "{component}'s credentials volume"
+        );
+    }
     let tls = volume(objs, release, "store", "tls");
     let (port, scheme) = if tls.is_some() {
         ("https", "HTTPS")
