@@ -490,6 +490,7 @@ const OPERATOR_SA: &str = "lto-loop-token-operator-operator";
 const WRITE_REFUSED: &str =
     "may only create or update Secrets labelled app.kubernetes.io/managed-by=loop-token-operator";
 const TOUCH_REFUSED: &str = "may only update or delete Secrets that already carry the label app.kubernetes.io/managed-by=loop-token-operator";
+const CREATE_REFUSED: &str = "may only create Opaque Secrets that an ApiToken controls";
 
 /// kubectl as `user` (impersonated); returns (success, stderr).
 fn kubectl_as(cp: &ControlPlane, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
@@ -547,9 +548,23 @@ async fn helm_admission_policy_confines_the_operators_secret_writes_to_its_label
             Some(why) => assert!(!ok && err.contains(why), "{what}: expected {why:?}, got ok={ok} {err}"),
         };
 
-        // The operator's ServiceAccount: its own labelled Secrets only.
+        // An ApiToken to own the Secrets the operator creates (as it does).
+        support::install_crd(&cp).await;
+        let token = "apiVersion: loop.dev/v1alpha1\nkind: ApiToken\nmetadata: {name: owner}\nspec: {scopes: [orders:read]}\n";
+        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(token));
+        let uid = cp.kubectl_ok(&["get", "apitoken", "owner", "-n", &ns, "-o", "jsonpath={.metadata.uid}"]);
+        let owned_by = |name: &str, labels: &str, type_: &str| format!(
+            "apiVersion: v1\nkind: Secret\ntype: {type_}\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\n  ownerReferences: [{{apiVersion: loop.dev/v1alpha1, kind: ApiToken, name: owner, uid: {uid}, controller: true}}]\nstringData: {{k: v}}\n"
+        );
+
+        // The operator's ServiceAccount: its own labelled Secrets only, created as it creates
+        // them (Opaque, controlled by an ApiToken).
         expect(apply(&sa, &secret_yaml("unlabelled", "")), Some(WRITE_REFUSED), "create an unlabelled Secret");
-        expect(apply(&sa, &secret_yaml("mine", label)), None, "create a labelled Secret");
+        expect(apply(&sa, &secret_yaml("free", label)), Some(CREATE_REFUSED), "create a labelled Secret no ApiToken controls");
+        let sa_token = owned_by("sa-token", label, "kubernetes.io/service-account-token")
+            .replace("metadata:\n", "metadata:\n  annotations: {kubernetes.io/service-account.name: default}\n");
+        expect(apply(&sa, &sa_token), Some(CREATE_REFUSED), "create a ServiceAccount token Secret");
+        expect(apply(&sa, &owned_by("mine", label, "Opaque")), None, "create a labelled Secret an ApiToken controls");
         expect(kubectl_as(&cp, &sa, &["annotate", "-n", &ns, "secret/mine", "note=kept"], None), None, "update a labelled Secret");
         expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "secret/mine", "app.kubernetes.io/managed-by-"], None), Some(WRITE_REFUSED), "drop the label");
         expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "--overwrite", "secret/mine", "app.kubernetes.io/managed-by=someone"], None), Some(WRITE_REFUSED), "change the label");
@@ -558,14 +573,7 @@ async fn helm_admission_policy_confines_the_operators_secret_writes_to_its_label
         expect(kubectl_as(&cp, &sa, &["delete", "-n", &ns, "secret/mine"], None), None, "delete a labelled Secret");
 
         // A Secret an ApiToken controls, its label removed by hand: the operator restores it.
-        support::install_crd(&cp).await;
-        let token = "apiVersion: loop.dev/v1alpha1\nkind: ApiToken\nmetadata: {name: owner}\nspec: {scopes: [orders:read]}\n";
-        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(token));
-        let uid = cp.kubectl_ok(&["get", "apitoken", "owner", "-n", &ns, "-o", "jsonpath={.metadata.uid}"]);
-        let owned = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: owned\n  ownerReferences: [{{apiVersion: loop.dev/v1alpha1, kind: ApiToken, name: owner, uid: {uid}, controller: true}}]\nstringData: {{k: v}}\n"
-        );
-        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&owned));
+        cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&owned_by("owned", "", "Opaque")));
         expect(kubectl_as(&cp, &sa, &["label", "-n", &ns, "secret/owned", "app.kubernetes.io/managed-by=loop-token-operator"], None), None, "restore the label of a Secret an ApiToken controls");
         let labels = cp.kubectl_ok(&["get", "secret", "theirs", "-n", &ns, "-o", "jsonpath={.metadata.labels}"]);
         assert_eq!(labels, r#"{"team":"a"}"#, "the unlabelled Secret is untouched");
