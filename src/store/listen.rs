@@ -149,6 +149,12 @@ impl Activity {
     }
 }
 
+/// Largest request head (request line and headers) read into memory per connection. hyper's
+/// default is about 400 KiB, which times `--max-connections` (1024) is far beyond the chart's
+/// memory limit for a client that needs no credential; 32 KiB is ample for this API. A larger
+/// head is answered 431 and the connection closed.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
 /// Serve HTTP/1.1 on an established stream until the client leaves, the connection idles out,
 /// or shutdown closes it once its request is answered.
 async fn http1<S>(io: S, app: Router, limits: Limits, mut shutdown: watch::Receiver<bool>)
@@ -177,6 +183,8 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);

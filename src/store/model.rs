@@ -18,13 +18,15 @@ pub const MAX_NAME_LEN: usize = 100;
 pub const MAX_ID_LEN: usize = 128;
 
 /// A token id chosen by the caller: 1-128 characters of `[A-Za-z0-9._-]`, starting with a
-/// letter or digit. Ids are not secret; they name a registration in URLs and in status.
+/// letter or digit. Ids are not secret; they name a registration in URLs and in status, so an
+/// id that is itself a well-formed Loop token (a caller's mistake that would store a plaintext
+/// token) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenId(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid token id: use 1-{MAX_ID_LEN} characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+    "invalid token id: use 1-{MAX_ID_LEN} characters of letters, digits, '.', '_' or '-', starting with a letter or digit, and never a token"
 )]
 pub struct IdError;
 
@@ -35,6 +37,7 @@ impl TokenId {
         if first_ok
             && s.len() <= MAX_ID_LEN
             && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && crate::token::verify(s).is_err()
         {
             Ok(TokenId(s.to_owned()))
         } else {
@@ -272,6 +275,19 @@ mod tests {
         for bad in ["", "-a", ".a", "a/b", "a b", "é", &"x".repeat(129)] {
             assert!(TokenId::parse(bad).is_err(), "{bad}");
         }
+        // A token is never an id (it would be stored and shown in plaintext); a near-miss
+        // with a wrong checksum is an ordinary id.
+        let token = crate::token::Token::mint().expect("a token");
+        let e = TokenId::parse(token.expose()).expect_err("a token as an id");
+        assert!(!e.to_string().contains(token.expose()));
+        let mut tampered = token.expose().to_owned();
+        tampered.pop();
+        tampered.push(if token.expose().ends_with('a') {
+            'b'
+        } else {
+            'a'
+        });
+        assert!(TokenId::parse(&tampered).is_ok());
     }
 
     #[test]

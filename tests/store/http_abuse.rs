@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use loop_token_operator::token::Token;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -254,10 +254,15 @@ fn secrets() -> impl Strategy<Value = String> {
 fn http_error_answers_never_echo_submitted_values() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = rt.block_on(store());
-    let mut runner = TestRunner::new(Config {
-        cases: 256,
-        ..Config::default()
-    });
+    // A fixed seed: the same 256 cases on every run, so the suite stays deterministic (the
+    // secrets themselves still include freshly minted tokens).
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: 256,
+            ..Config::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
     let seen = std::cell::RefCell::new(Vec::new());
     let strategy = (0..ROUTES.len(), 0..PLACES.len(), secrets());
     let outcome = runner.run(&strategy, |(route, place, secret)| {
@@ -268,7 +273,12 @@ fn http_error_answers_never_echo_submitted_values() {
             "{} {:?} -> {status}: {text}",
             ROUTES[route].1, PLACES[place]
         );
-        prop_assert!(!echoes(&text, &secret), "body echoes the secret: {case}");
+        // A successful answer may name what the caller chose (a registration's id); an error
+        // answer never repeats what was sent.
+        prop_assert!(
+            status.as_u16() < 400 || !echoes(&text, &secret),
+            "body echoes the secret: {case}"
+        );
         for (name, value) in &headers {
             let v = String::from_utf8_lossy(value.as_bytes());
             prop_assert!(!echoes(&v, &secret), "header {name} echoes: {case}");

@@ -343,6 +343,29 @@ fn tls_start_up_errors_say_what_is_wrong() {
 // Timeouts, the connection limit, shutdown
 
 #[tokio::test]
+async fn an_oversized_request_head_is_refused_not_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sqlite_store(dir.path(), &[]);
+    // 48 KiB of headers: over the store's 32 KiB head limit, well under hyper's default.
+    let filler = "x".repeat(1000);
+    let headers: String = (0..48)
+        .map(|i| format!("X-Filler-{i}: {filler}\r\n"))
+        .collect();
+    let mut conn = TcpStream::connect(addr_of(&s)).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+    let _ = conn.write_all(request.as_bytes()).await;
+    let f = fate(&mut conn, Duration::from_secs(10)).await;
+    assert!(matches!(f, Fate::Closed | Fate::Answered(431)), "{f:?}");
+    // A head under the limit is served.
+    let headers: String = (0..8)
+        .map(|i| format!("X-Filler-{i}: {filler}\r\n"))
+        .collect();
+    let mut conn = TcpStream::connect(addr_of(&s)).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+    assert_eq!(exchange(&mut conn, &request).await, 200);
+}
+
+#[tokio::test]
 async fn a_half_sent_request_is_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let s = sqlite_store(dir.path(), &["--header-read-timeout", "1s"]);
