@@ -10,8 +10,9 @@
 //! - [`operator`]: the `loop-token-operator` controller (pure plan and status, store client,
 //!   reconcile shell);
 //! - [`cli`]: command-line helpers of both binaries (pure);
-//! - [`serve`]: start-up plumbing of both binaries: credentials from files, the shutdown
-//!   signal, the `/metrics` answer (files, signals);
+//! - [`serve`]: start-up plumbing of both binaries: credentials from files (with a permission
+//!   check), the shutdown signal, the `/metrics` answer, the process's rustls provider (files,
+//!   signals);
 //! - [`telemetry`]: log set-up (stderr).
 
 pub mod api;

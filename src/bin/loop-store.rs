@@ -191,6 +191,7 @@ fn generate_credential(output: Option<&Path>) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    loop_token_operator::serve::install_crypto_provider();
     match Cli::parse().command {
         Command::Serve(a) => {
             init_logging(a.log_format);

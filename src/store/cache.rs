@@ -1,4 +1,5 @@
-//! The introspection path: checksum, cache, database, usage.
+//! The introspection path: checksum, cache, database, usage. Reaches the database only through
+//! the repository, on a cache miss.
 //!
 //! Loop's API asks the store about every call it serves, so answers come from memory. The rule
 //! that makes that safe: **a revoked or expired token is never answered as active**.

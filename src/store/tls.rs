@@ -127,10 +127,20 @@ fn certified_key(
 /// The file contents a pair was last read from, to notice a change.
 type Contents = (Vec<u8>, Vec<u8>);
 
+/// What is kept of the contents to notice a change: their SHA-256, never the key itself.
+type Seen = [u8; 32];
+
+fn digest(c: &Contents) -> Seen {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((c.0.len() as u64).to_be_bytes());
+    h.update(&c.0);
+    h.update(&c.1);
+    h.finalize().into()
+}
+
 fn read_pair(files: &TlsFiles) -> Result<Contents, TlsError> {
-    let pair = (read("certificate", &files.cert)?, read("key", &files.key)?);
-    check_secret_file(&files.key, "TLS key")?;
-    Ok(pair)
+    Ok((read("certificate", &files.cert)?, read("key", &files.key)?))
 }
 
 /// The certificate handed to each new handshake; replaced when the files change.
@@ -138,18 +148,21 @@ fn read_pair(files: &TlsFiles) -> Result<Contents, TlsError> {
 pub struct ReloadingCert {
     files: TlsFiles,
     current: RwLock<Arc<CertifiedKey>>,
-    seen: RwLock<Contents>,
+    seen: RwLock<Seen>,
 }
 
 impl ReloadingCert {
     /// Load the pair; any problem is a start-up error.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let seen = read_pair(&files)?;
-        let key = certified_key(&files, &seen.0, &seen.1)?;
+        // The key file's permissions are checked once, here (a warning on every reload tick
+        // would drown the logs); a renewed file is written by the same mount.
+        check_secret_file(&files.key, "TLS key")?;
+        let contents = read_pair(&files)?;
+        let key = certified_key(&files, &contents.0, &contents.1)?;
         Ok(ReloadingCert {
             files,
             current: RwLock::new(Arc::new(key)),
-            seen: RwLock::new(seen),
+            seen: RwLock::new(digest(&contents)),
         })
     }
 
@@ -163,11 +176,12 @@ impl ReloadingCert {
                 return false;
             }
         };
-        if *self.seen.read().unwrap_or_else(|e| e.into_inner()) == contents {
+        let seen = digest(&contents);
+        if *self.seen.read().unwrap_or_else(|e| e.into_inner()) == seen {
             return false;
         }
         let parsed = certified_key(&self.files, &contents.0, &contents.1);
-        *self.seen.write().unwrap_or_else(|e| e.into_inner()) = contents;
+        *self.seen.write().unwrap_or_else(|e| e.into_inner()) = seen;
         match parsed {
             Ok(key) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);

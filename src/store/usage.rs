@@ -1,4 +1,4 @@
-//! Coalesced usage counters.
+//! Coalesced usage counters. Memory only; the flush writes through the repository.
 //!
 //! Recording a use is an in-memory increment; a background task flushes the sums to the database
 //! every few seconds (and once more at shutdown), so the hot path never writes to the database.

@@ -78,9 +78,12 @@ fn presented(headers: &HeaderMap) -> Option<Vec<[u8; 32]>> {
     let pair = String::from_utf8(decoded).ok()?;
     let (_user, password) = pair.split_once(':')?;
     let mut digests = vec![digest(password.as_bytes())];
-    let form_decoded: String = form_urlencoded::parse(format!("p={password}").as_bytes())
+    // As one form value: '&' would otherwise split it ('=' after the first is kept as is).
+    let as_value = format!("p={}", password.replace('&', "%26"));
+    let form_decoded: String = form_urlencoded::parse(as_value.as_bytes())
+        .next()
         .map(|(_, v)| v.into_owned())
-        .collect();
+        .unwrap_or_default();
     if form_decoded != password {
         digests.push(digest(form_decoded.as_bytes()));
     }
