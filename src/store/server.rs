@@ -375,10 +375,18 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
     tracing::info!(%addr, scheme, backend = parts.repo.backend(), database = %parts.backend_url, cache = cfg.introspection_cache, "listening");
     let app = http::app(parts.state);
     let writer = parts.writer;
+    let drain_deadline = cfg.limits.shutdown_deadline;
     let task = tokio::spawn(async move {
         listen::serve(listener, tls, app, cfg.limits, shutdown_rx).await;
         // Every connection is closed: writes whose request was dropped may still be running.
-        writer.drain().await;
+        // They get one more deadline (a write hung on the database must not hold the exit;
+        // its transaction is then rolled back by the database when the process goes).
+        if tokio::time::timeout(drain_deadline, writer.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!(deadline = ?drain_deadline, "writes still running at the shutdown deadline; exiting without them");
+        }
         let _ = flusher.await;
         Ok(())
     });
