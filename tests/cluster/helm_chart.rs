@@ -727,29 +727,12 @@ fn store_dns_names(release: &str, ns: &str) -> Vec<String> {
 /// that a server-side dry-run can check the chart's Certificate. Left installed: other tests
 /// may use it at the same time, and it serves nothing else.
 async fn install_certificate_crd(cp: &ControlPlane) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::runtime::wait::{await_condition, conditions};
-    let path = support::repo_root().join("tests/fixtures/cert-manager-certificate-crd.yaml");
-    cp.kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "--field-manager=loop-tests",
-        "-f",
-        path.to_str().unwrap_or_default(),
-    ]);
-    let crds: Api<CustomResourceDefinition> = Api::all(cp.client.clone());
-    let established = await_condition(
-        crds,
+    support::install_crd_file(
+        cp,
+        "tests/fixtures/cert-manager-certificate-crd.yaml",
         "certificates.cert-manager.io",
-        conditions::is_crd_established(),
-    );
-    support::within(
-        60,
-        "certificates.cert-manager.io to be Established",
-        established,
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .await;
 }
 
 #[tokio::test]

@@ -279,9 +279,15 @@ where
 
 /// Install the ApiToken CRD from `crds/` with server-side apply and wait until it is served.
 pub async fn install_crd(cp: &ControlPlane) {
+    install_crd_file(cp, "crds/apitoken.yaml", "apitokens.loop.dev").await;
+}
+
+/// Install the CRD in `path` (relative to the repository) with server-side apply and wait until
+/// `name` is Established.
+pub async fn install_crd_file(cp: &ControlPlane, path: &str, name: &str) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::runtime::wait::{await_condition, conditions};
-    let path = repo_root().join("crds/apitoken.yaml");
+    let path = repo_root().join(path);
     cp.kubectl_ok(&[
         "apply",
         "--server-side",
@@ -292,8 +298,8 @@ pub async fn install_crd(cp: &ControlPlane) {
     let crds: Api<CustomResourceDefinition> = Api::all(cp.client.clone());
     within(
         60,
-        "apitokens.loop.dev to be Established",
-        await_condition(crds, "apitokens.loop.dev", conditions::is_crd_established()),
+        &format!("{name} to be Established"),
+        await_condition(crds, name, conditions::is_crd_established()),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
