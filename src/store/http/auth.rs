@@ -61,13 +61,14 @@ fn digest(secret: &[u8]) -> [u8; 32] {
 }
 
 /// The digests of the presented secret: one for a bearer token; for HTTP Basic the password as
-/// sent and, when it differs, its form-decoded form. `None` without a usable header.
-fn presented(headers: &HeaderMap) -> Option<Vec<[u8; 32]>> {
+/// sent and, when it differs, its form-decoded form. `None` without a usable header. (No
+/// allocation for a bearer token: every introspection comes through here.)
+fn presented(headers: &HeaderMap) -> Option<([u8; 32], Option<[u8; 32]>)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, secret) = value.split_once(' ')?;
     let secret = secret.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(vec![digest(secret.as_bytes())]);
+        return Some((digest(secret.as_bytes()), None));
     }
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -77,25 +78,22 @@ fn presented(headers: &HeaderMap) -> Option<Vec<[u8; 32]>> {
         .ok()?;
     let pair = String::from_utf8(decoded).ok()?;
     let (_user, password) = pair.split_once(':')?;
-    let mut digests = vec![digest(password.as_bytes())];
     // As one form value: '&' would otherwise split it ('=' after the first is kept as is).
     let as_value = format!("p={}", password.replace('&', "%26"));
     let form_decoded: String = form_urlencoded::parse(as_value.as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    if form_decoded != password {
-        digests.push(digest(form_decoded.as_bytes()));
-    }
-    Some(digests)
+    let decoded = (form_decoded != password).then(|| digest(form_decoded.as_bytes()));
+    Some((digest(password.as_bytes()), decoded))
 }
 
 fn authorise(creds: &Credentials, headers: &HeaderMap, needed: Role) -> Result<(), ApiError> {
-    let presented = presented(headers).ok_or(ApiError::Unauthorized)?;
+    let (sent, decoded) = presented(headers).ok_or(ApiError::Unauthorized)?;
     // Both comparisons always run for every form presented, so timing tells nothing about
     // which one matched.
     let (mut is_admin, mut is_introspect) = (false, false);
-    for d in &presented {
+    for d in std::iter::once(&sent).chain(decoded.as_ref()) {
         is_admin |= creds.admin.matches(d);
         is_introspect |= creds.introspect.matches(d);
     }

@@ -140,17 +140,39 @@ fn parse_urlencoded<T: DeserializeOwned>(input: &[u8], what: &str) -> Result<T, 
 }
 
 /// The media type of the body, lower-cased, without parameters.
-fn media_type(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let essence = value.split(';').next().unwrap_or_default();
-    Some(essence.trim().to_ascii_lowercase())
+/// What a request body is, by its media type (compared without allocating: introspection is
+/// the hot path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+    Other,
 }
 
-fn is_json(media: &str) -> bool {
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return BodyKind::Other;
+    };
+    let m = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .as_bytes();
+    let json_suffix = m.len() > 17
+        && m[..12].eq_ignore_ascii_case(b"application/")
+        && m[m.len() - 5..].eq_ignore_ascii_case(b"+json");
+    if m.eq_ignore_ascii_case(b"application/json") || json_suffix {
+        BodyKind::Json
+    } else if m.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+        BodyKind::Form
+    } else {
+        BodyKind::Other
+    }
 }
-
-const FORM: &str = "application/x-www-form-urlencoded";
 
 async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|r| {
@@ -169,7 +191,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !media_type(req.headers()).is_some_and(|m| is_json(&m)) {
+        if body_kind(req.headers()) != BodyKind::Json {
             return Err(ApiError::UnsupportedMediaType(
                 "request body must be JSON (Content-Type: application/json)",
             ));
@@ -185,13 +207,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonOrForm<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match media_type(req.headers()).as_deref() {
-            Some(FORM) => Ok(JsonOrForm(parse_urlencoded(
+        match body_kind(req.headers()) {
+            BodyKind::Form => Ok(JsonOrForm(parse_urlencoded(
                 &body(req, state).await?,
                 "invalid request body",
             )?)),
-            Some(m) if is_json(m) => Ok(JsonOrForm(parse_json(&body(req, state).await?)?)),
-            _ => Err(ApiError::UnsupportedMediaType(
+            BodyKind::Json => Ok(JsonOrForm(parse_json(&body(req, state).await?)?)),
+            BodyKind::Other => Err(ApiError::UnsupportedMediaType(
                 "request body must be JSON (Content-Type: application/json) or a form (application/x-www-form-urlencoded)",
             )),
         }
