@@ -115,10 +115,6 @@ struct ServeArgs {
     /// Longest time to receive a request body, start to end.
     #[arg(long, env = "LOOP_STORE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     body_timeout: Duration,
-    /// Close a keep-alive connection that sent no request for this long (the header timeout
-    /// also runs while a connection waits for its next request: the shorter one applies).
-    #[arg(long, env = "LOOP_STORE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    idle_timeout: Duration,
     /// Most connections open at once; further clients wait to be accepted until one closes.
     #[arg(long, env = "LOOP_STORE_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
@@ -166,7 +162,6 @@ fn serve_config(a: ServeArgs) -> ServeConfig {
         limits: Limits {
             header_read_timeout: a.header_read_timeout,
             body_timeout: a.body_timeout,
-            idle_timeout: a.idle_timeout,
             max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
             shutdown_deadline: a.shutdown_deadline,
         },

@@ -8,13 +8,13 @@
 //! - a TLS handshake and each request's head must arrive within `header_read_timeout`;
 //! - each request body must arrive within `body_timeout` (total, not per chunk, so a client
 //!   dribbling a byte a second is cut too);
-//! - a keep-alive connection with no request for `idle_timeout` is closed;
+//! - a keep-alive connection with no request is closed after `header_read_timeout` too: hyper
+//!   starts that timer as soon as it waits for the next request, so it is also the idle timeout;
 //! - on shutdown: stop accepting, let in-flight requests finish and close idle connections;
 //!   after `shutdown_deadline` close whatever is left. [`serve`] returns once every
 //!   connection is gone, so the caller's drain of writes runs after the last request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,7 +25,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tower_http::timeout::DeadlineBody;
@@ -35,7 +34,6 @@ use tower_http::timeout::DeadlineBody;
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub body_timeout: Duration,
-    pub idle_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_deadline: Duration,
 }
@@ -45,7 +43,6 @@ impl Default for Limits {
         Limits {
             header_read_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             shutdown_deadline: Duration::from_secs(20),
         }
@@ -131,53 +128,22 @@ async fn connection(
     }
 }
 
-/// Requests in flight on one connection and when the last one ended.
-struct Activity {
-    in_flight: AtomicUsize,
-    last: std::sync::Mutex<Instant>,
-}
-
-impl Activity {
-    fn touch(&self) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-    }
-
-    /// When the connection counts as idle for good, if no request is running.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        (self.in_flight.load(Ordering::SeqCst) == 0)
-            .then(|| *self.last.lock().unwrap_or_else(|e| e.into_inner()) + idle)
-    }
-}
-
 /// Largest request head (request line and headers) read into memory per connection. hyper's
 /// default is about 400 KiB, which times `--max-connections` (1024) is far beyond the chart's
 /// memory limit for a client that needs no credential; 32 KiB is ample for this API. A larger
 /// head is answered 431 and the connection closed.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// Serve HTTP/1.1 on an established stream until the client leaves, the connection idles out,
-/// or shutdown closes it once its request is answered.
+/// Serve HTTP/1.1 on an established stream until the client leaves, the connection times out
+/// waiting for a request head, or shutdown closes it once its request is answered.
 async fn http1<S>(io: S, app: Router, limits: Limits, mut shutdown: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity {
-        in_flight: AtomicUsize::new(0),
-        last: std::sync::Mutex::new(Instant::now()),
-    });
-    let seen = Arc::clone(&activity);
     let body_timeout = limits.body_timeout;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let seen = Arc::clone(&seen);
-        let app = app.clone();
-        seen.in_flight.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let req = req.map(|b| Body::new(DeadlineBody::new(body_timeout, b)));
-            let answer = app.oneshot(req).await;
-            seen.touch();
-            seen.in_flight.fetch_sub(1, Ordering::SeqCst);
-            answer
-        }
+        let req = req.map(|b| Body::new(DeadlineBody::new(body_timeout, b)));
+        app.clone().oneshot(req)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -188,28 +154,16 @@ where
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        let idle_at = activity
-            .idle_deadline(limits.idle_timeout)
-            .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
-        tokio::select! {
-            done = conn.as_mut() => {
-                if let Err(e) = done {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
+    tokio::select! {
+        done = conn.as_mut() => {
+            if let Err(e) = done {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-            _ = shutdown.wait_for(|s| *s), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep_until(idle_at), if !closing => {
-                if activity.idle_deadline(limits.idle_timeout).is_some_and(|at| at <= Instant::now()) {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
+            return;
         }
+        _ = shutdown.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -407,10 +407,7 @@ async fn a_slow_body_is_cut() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let s = sqlite_store(
-        dir.path(),
-        &["--idle-timeout", "1s", "--header-read-timeout", "30s"],
-    );
+    let s = sqlite_store(dir.path(), &["--header-read-timeout", "1s"]);
     let mut conn = TcpStream::connect(addr_of(&s)).await.unwrap();
     assert_eq!(exchange(&mut conn, &get("/healthz", None)).await, 200);
     let started = Instant::now();
@@ -454,8 +451,6 @@ async fn sigterm_with_a_half_sent_request_exits_within_the_deadline() {
         "--usage-flush-interval",
         "1h",
         "--header-read-timeout",
-        "60s",
-        "--idle-timeout",
         "60s",
         "--shutdown-deadline",
         "1s",
