@@ -65,6 +65,11 @@ struct RunArgs {
     /// Wait before retrying a failed reconcile.
     #[arg(long, env = "LOOP_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
     retry_after: Duration,
+    /// Export two gauges per ApiToken, labelled with its namespace and name: when its token
+    /// expires and when it is next due to rotate (for alerts). Off by default: one series per
+    /// ApiToken.
+    #[arg(long, env = "LOOP_PER_TOKEN_METRICS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    per_token_metrics: bool,
     /// Log format.
     #[arg(long, env = "LOOP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -134,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         // Test hook for the crash tests (debug builds only); undocumented in --help on purpose.
         crash_at: loop_token_operator::operator::crash::configured(),
         leader_election,
+        per_token_metrics: a.per_token_metrics,
     };
     run(cfg).await.context("loop-token-operator failed")
 }

@@ -33,7 +33,11 @@ pub async fn execute(
     scene: &Scene<'_>,
 ) -> Result<Option<Secret>, Error> {
     match action {
-        Action::Issue { previous, reason } => issue(tg, ctx, scene, previous.as_deref(), *reason)
+        Action::Issue {
+            previous,
+            reason,
+            retired,
+        } => issue(tg, ctx, scene, previous.as_deref(), *reason, retired)
             .await
             .map(Some),
         Action::Reregister { id } => reregister(tg, ctx, scene, id).await.map(|()| None),
@@ -42,10 +46,10 @@ pub async fn execute(
             id,
             name,
             scopes,
-            clear_expiry,
+            expiry,
         } => {
             ctx.store
-                .update(id, Some(name), Some(scopes), clear_expiry.then_some(None))
+                .update(id, Some(name), Some(scopes), *expiry)
                 .await?;
             ctx.metrics.action("update");
             tg.publish(&ctx.recorder, events::updated(name, scopes))
@@ -73,21 +77,35 @@ async fn issue(
     scene: &Scene<'_>,
     previous: Option<&str>,
     reason: IssueReason,
+    retired: &[String],
 ) -> Result<Secret, Error> {
     let d = scene.d;
     let token = Token::mint()?;
     let id = new_token_id(&tg.uid)?;
     crash::point(ctx.crash_at.as_deref(), "after-mint");
     let owner = tg.owner(&ctx.cluster);
+    // Whole seconds: the issue time is written in the Secret and its expiry in the store, and
+    // both must give the same expiry when read back.
+    let now = Timestamp::now();
+    let issued_at = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let expires_at = d.aging.expiry_of(issued_at);
     ctx.store
-        .register(&id, &token.hash(), &d.display_name, &d.scopes, &owner)
+        .register(
+            &id,
+            &token.hash(),
+            &d.display_name,
+            &d.scopes,
+            &owner,
+            expires_at,
+        )
         .await?;
     crash::point(ctx.crash_at.as_deref(), "after-register");
     let record = Record {
         token_id: id.clone(),
         previous: previous.map(str::to_owned),
-        issued_at: Timestamp::now(),
+        issued_at,
         rotation: d.rotation_request.clone(),
+        retired: retired.to_vec(),
     };
     let desired = secret::desired(tg.t, d, &token, &record);
     let written = match tg.write_secret(&desired, scene.secret.is_some()).await {
@@ -101,12 +119,13 @@ async fn issue(
     };
     crash::point(ctx.crash_at.as_deref(), "after-secret");
     let fp = token.fingerprint();
-    ctx.metrics.action(if reason == IssueReason::Rotation {
+    ctx.metrics.action(if previous.is_some() {
         "rotate"
     } else {
         "issue"
     });
-    match events::issued(reason, &fp, d.grace, &d.secret_name) {
+    let grace = previous.map(|_| d.grace);
+    match events::issued(reason, &fp, grace, &d.aging, &d.secret_name) {
         Some(note) => tg.publish(&ctx.recorder, note).await,
         None => {
             tracing::info!(apitoken = %tg.name, namespace = %tg.ns, fingerprint = %fp, secret = %d.secret_name, "token issued");
@@ -126,6 +145,10 @@ async fn reregister(
         return Ok(());
     };
     let d = scene.d;
+    // The expiry counts from the issue time the Secret records: losing the store's data must
+    // not extend the token's life.
+    let issued_at = scene.secret.and_then(|s| Record::of(s, Timestamp::now()));
+    let expires_at = issued_at.and_then(|r| d.aging.expiry_of(r.issued_at));
     ctx.store
         .register(
             id,
@@ -133,6 +156,7 @@ async fn reregister(
             &d.display_name,
             &d.scopes,
             &tg.owner(&ctx.cluster),
+            expires_at,
         )
         .await?;
     ctx.metrics.action("reregister");

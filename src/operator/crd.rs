@@ -59,9 +59,23 @@ pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ms|s|m|h))+)$";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = "1"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "date",
+        json_path = ".status.expiresAt",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Next rotation",
+        type_ = "date",
+        json_path = ".status.nextRotationAt",
+        priority = "1"
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(EXPIRY_COVERS_EVERY).message(EXPIRY_COVERS_EVERY_MESSAGE))]
+#[x_kube(validation = Rule::new(EXPIRY_COVERS_RENEWAL).message(EXPIRY_COVERS_RENEWAL_MESSAGE))]
 pub struct ApiTokenSpec {
     /// The token's name in Loop, as shown in Loop's list of API tokens (1-100 characters, no
     /// leading or trailing spaces). Defaults to the resource's name. Editing it renames the
@@ -85,10 +99,25 @@ pub struct ApiTokenSpec {
     #[serde(default)]
     pub secret: SecretTarget,
 
-    /// How rotations behave.
+    /// How rotations behave: the previous token's grace period, and an optional schedule.
     #[serde(default)]
     pub rotation: RotationPolicy,
+
+    /// An expiry for each token, enforced by the Loop token store: a token stops working this
+    /// long after it was issued, even while the operator is down. Without it, tokens do not
+    /// expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<ExpiryPolicy>,
 }
+
+/// `expiry.after` must leave the previous token its grace period after a scheduled rotation.
+const EXPIRY_COVERS_EVERY: &str = "!has(self.expiry) || !has(self.rotation) || !has(self.rotation.every) || \
+     duration(self.expiry.after) >= duration(self.rotation.every) + duration(self.rotation.gracePeriod)";
+const EXPIRY_COVERS_EVERY_MESSAGE: &str = "expiry.after must be at least rotation.every + rotation.gracePeriod, so that a token replaced on schedule keeps its grace period before it expires";
+/// With `renew`, a token is replaced at 2/3 of `after`: the last third must hold the grace period.
+const EXPIRY_COVERS_RENEWAL: &str = "!has(self.expiry) || (has(self.expiry.renew) && !self.expiry.renew) || \
+     duration(self.expiry.after) >= duration(self.rotation.gracePeriod) + duration(self.rotation.gracePeriod) + duration(self.rotation.gracePeriod)";
+const EXPIRY_COVERS_RENEWAL_MESSAGE: &str = "with expiry.renew, expiry.after must be at least 3 x rotation.gracePeriod: a token is renewed at 2/3 of expiry.after and the previous one keeps its grace period until it expires";
 
 /// The Secret that receives the token.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
@@ -120,25 +149,63 @@ fn default_key() -> String {
 }
 
 /// Rotation settings. A rotation is requested by changing the `loop.dev/rotate` annotation
-/// (a timestamp is the convention, as with `kubectl rollout restart`).
+/// (a timestamp is the convention, as with `kubectl rollout restart`; between two RFC 3339
+/// timestamps only a later one rotates), or comes on schedule with `every`.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(EVERY_EXCEEDS_GRACE).message("rotation.every must be longer than rotation.gracePeriod"))]
 pub struct RotationPolicy {
     /// How long the previous token keeps working after a rotation, as a duration such as
     /// `1h`, `30m` or `90s`, at most `168h`. `0s` revokes the previous token at once (the
     /// "token leaked" path).
     #[serde(default = "default_grace")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('168h')").message("gracePeriod must be at most 168h"))]
     pub grace_period: String,
+
+    /// Rotate on a schedule: a new token this long after the current one was issued (at least
+    /// `1h`, and longer than `gracePeriod`), for example `720h`. An operator that was down past
+    /// the time rotates once when it is back. Without it, tokens rotate only when
+    /// `loop.dev/rotate` changes (or, with `expiry.renew`, before they expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("rotation.every must be at least 1h"))]
+    pub every: Option<String>,
 }
+
+/// `every` must be longer than the grace period, or tokens would pile up in grace.
+const EVERY_EXCEEDS_GRACE: &str = "!has(self.every) || duration(self.every) > duration(has(self.gracePeriod) ? self.gracePeriod : '1h')";
 
 impl Default for RotationPolicy {
     fn default() -> Self {
         RotationPolicy {
             grace_period: default_grace(),
+            every: None,
         }
     }
+}
+
+/// Token expiry.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiryPolicy {
+    /// How long each token works after it was issued, as a duration such as `2160h`, from `1h`
+    /// to `8760h` (one year). The expiry is registered with the Loop token store when the token
+    /// is issued. Changing it applies to the current token from its issue time.
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("expiry.after must be at least 1h"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('8760h')").message("expiry.after must be at most 8760h (one year)"))]
+    pub after: String,
+
+    /// `true` (the default): rotate before the token expires, at 2/3 of `after` (or on
+    /// `rotation.every` if that comes sooner). `false`: let it expire; the ApiToken then says
+    /// `Ready=False`, reason `Expired`, until a new `loop.dev/rotate` value issues a new token.
+    #[serde(default = "default_renew")]
+    pub renew: bool,
+}
+
+fn default_renew() -> bool {
+    true
 }
 
 fn default_grace() -> String {
@@ -170,6 +237,16 @@ pub struct ApiTokenStatus {
     /// When the current token was issued (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at: Option<String>,
+
+    /// When the current token stops working, as registered with the store (RFC 3339); absent
+    /// when it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+
+    /// When the current token is due to be replaced, on schedule or before it expires
+    /// (RFC 3339); absent when no rotation is scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<String>,
 
     /// The Secret holding the current token.
     #[serde(default, skip_serializing_if = "Option::is_none")]

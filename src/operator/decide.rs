@@ -11,8 +11,9 @@ use jiff::Timestamp;
 
 use super::crd::ApiTokenStatus;
 use super::error::Error;
+use super::names::{condition, reason};
 use super::plan::{self, Desired, Plan, RegObs};
-use super::status::{Readiness, readiness};
+use super::status::{self, Readiness, readiness};
 use super::store_client::StoreError;
 
 /// Whether a plan made from the watch cache may be acted on. The cache can lag the API server,
@@ -29,6 +30,20 @@ pub fn trust_cached_plan(p: &Plan, secret_cached: bool, registrations: &[RegObs]
 /// every reconcile while it lasts (the condition says it meanwhile).
 pub fn announce_stall(previous: Option<&ApiTokenStatus>) -> bool {
     previous.is_none_or(|s| readiness(s) != Readiness::Stalled)
+}
+
+/// The overdue rotation to announce: a rotation is due (as the status says) and the status does
+/// not say yet that it is overdue. Once per episode, like a stall.
+pub fn announce_overdue(
+    previous: Option<&ApiTokenStatus>,
+    now: Timestamp,
+) -> Option<status::Overdue<'_>> {
+    let s = previous?;
+    let said = s
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::READY && c.reason == reason::ROTATION_OVERDUE);
+    if said { None } else { status::overdue(s, now) }
 }
 
 /// How a newly computed status is written.
@@ -113,6 +128,8 @@ mod tests {
             in_grace: vec![],
             handled_rotation: None,
             issued_at: None,
+            expires_at: None,
+            next_rotation: None,
             wake_at: None,
         }
     }
@@ -127,6 +144,7 @@ mod tests {
             revoked: false,
             last_used_at: None,
             use_count: 0,
+            created_at: Timestamp::UNIX_EPOCH,
         }
     }
 
@@ -150,6 +168,7 @@ mod tests {
             vec![Action::Issue {
                 previous: None,
                 reason: IssueReason::First,
+                retired: vec![],
             }]
         };
         assert!(trust_cached_plan(&plan_with(vec![], None), true, &[reg()]));

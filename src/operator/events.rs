@@ -6,11 +6,12 @@
 //! per token when thousands are applied at once. Tokens are named by fingerprint or store id,
 //! never by value.
 
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
 use super::names::event;
 use super::plan::{IssueReason, RevokeReason};
+use super::schedule::Aging;
 
 /// One Event: its type, reason (also its action) and note.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,24 +37,37 @@ fn warning(reason: &'static str, note: String) -> Note {
     }
 }
 
-/// A token was issued and written to its Secret. `None` for a first issue.
+/// A token was issued and written to its Secret. `None` for a first issue. `grace` is the
+/// previous token's grace period, when one was replaced.
 pub fn issued(
     reason: IssueReason,
     fingerprint: &str,
-    grace: SignedDuration,
+    grace: Option<SignedDuration>,
+    aging: &Aging,
     secret: &str,
 ) -> Option<Note> {
-    let (r, what) = match reason {
+    let (r, why) = match reason {
         IssueReason::First => return None,
-        IssueReason::Rotation if grace.is_zero() => (
-            event::ROTATED,
-            "issued by rotation (no grace period: the previous token is revoked now)".to_owned(),
-        ),
         IssueReason::Rotation => (
             event::ROTATED,
-            format!(
-                "issued by rotation (the previous token stays active for its grace period, {grace:#})"
-            ),
+            "issued by rotation (loop.dev/rotate changed)".to_owned(),
+        ),
+        IssueReason::Scheduled => (
+            event::ROTATED,
+            match aging.every {
+                Some(every) => format!("issued on schedule (spec.rotation.every {every:#})"),
+                None => "issued on schedule".to_owned(),
+            },
+        ),
+        IssueReason::Renewal => (
+            event::ROTATED,
+            match aging.expiry {
+                Some(e) => format!(
+                    "issued before the previous token expires (spec.expiry.after {:#}, renewed at 2/3 of it)",
+                    e.after
+                ),
+                None => "issued before the previous token expires".to_owned(),
+            },
         ),
         IssueReason::SecretLost => (
             event::REISSUED,
@@ -63,11 +77,39 @@ pub fn issued(
             event::REISSUED,
             "issued because the previous token was revoked outside the operator".to_owned(),
         ),
+        IssueReason::Expired => (
+            event::REISSUED,
+            "issued because the previous token had expired (its renewal was due while the operator was not running)".to_owned(),
+        ),
+    };
+    let previous = match grace {
+        None => String::new(),
+        Some(g) if g.is_zero() => "; no grace period: the previous token is revoked now".to_owned(),
+        Some(g) => format!("; the previous token stays active for its grace period, {g:#}"),
     };
     Some(normal(
         r,
-        format!("token {fingerprint} {what}; written to Secret {secret}"),
+        format!("token {fingerprint} {why}{previous}; written to Secret {secret}"),
     ))
+}
+
+/// The current token expired and stays so (`spec.expiry.renew: false`).
+pub fn expired(fingerprint: &str, at: Timestamp) -> Note {
+    warning(
+        event::EXPIRED,
+        format!(
+            "token {fingerprint} expired at {at} and is not renewed (spec.expiry.renew is false); set a new loop.dev/rotate value to issue a new token"
+        ),
+    )
+}
+
+/// A rotation is due and could not happen.
+pub fn rotation_overdue(due: &str, expires: Option<&str>, error: &str) -> Note {
+    let expiry = expires.map_or_else(String::new, |e| format!("; the token expires at {e}"));
+    warning(
+        event::ROTATION_OVERDUE,
+        format!("the rotation due at {due} could not happen: {error}{expiry}; retrying"),
+    )
 }
 
 /// The store had lost the Secret's token, and it was registered again.
@@ -100,7 +142,7 @@ pub fn updated(name: &str, scopes: &[String]) -> Note {
 /// One token was revoked while the ApiToken lives on.
 pub fn revoked(id: &str, reason: RevokeReason) -> Note {
     let why = match reason {
-        RevokeReason::GraceOver => "its grace period is over",
+        RevokeReason::GraceOver => "its grace period or its expiry is over",
         RevokeReason::Orphan => {
             "it was registered but never reached the Secret (an interrupted issue)"
         }
@@ -141,31 +183,66 @@ pub fn store_rejected(code: &str, message: &str) -> Note {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::schedule::Expiry;
 
     #[test]
-    fn a_first_issue_has_no_event_and_a_rotation_says_how_long_the_old_token_lives() {
-        assert_eq!(
-            issued(IssueReason::First, "abc", SignedDuration::ZERO, "s"),
-            None
-        );
+    fn a_first_issue_has_no_event_and_a_rotation_says_why_and_how_long_the_old_token_lives() {
+        let none = Aging::default();
+        let hour = Some(SignedDuration::from_hours(1));
+        assert_eq!(issued(IssueReason::First, "abc", None, &none, "s"), None);
         let n = issued(
             IssueReason::Rotation,
             "abcdef012345",
-            SignedDuration::from_hours(1),
+            hour,
+            &none,
             "app-token",
         )
         .expect("a rotation has an event");
         assert_eq!((n.type_, n.reason), (EventType::Normal, "Rotated"));
         assert_eq!(
             n.note,
-            "token abcdef012345 issued by rotation (the previous token stays active for its grace period, 1h); written to Secret app-token"
+            "token abcdef012345 issued by rotation (loop.dev/rotate changed); the previous token stays active for its grace period, 1h; written to Secret app-token"
         );
-        let leaked =
-            issued(IssueReason::Rotation, "f", SignedDuration::ZERO, "s").expect("an event");
+        let leaked = issued(
+            IssueReason::Rotation,
+            "f",
+            Some(SignedDuration::ZERO),
+            &none,
+            "s",
+        )
+        .expect("an event");
         assert!(leaked.note.contains("revoked now"), "{}", leaked.note);
-        let lost =
-            issued(IssueReason::SecretLost, "f", SignedDuration::ZERO, "s").expect("an event");
+        let lost = issued(IssueReason::SecretLost, "f", hour, &none, "s").expect("an event");
         assert_eq!(lost.reason, "Reissued");
+    }
+
+    #[test]
+    fn scheduled_and_renewal_rotations_name_their_setting() {
+        let aging = Aging {
+            every: Some(SignedDuration::from_hours(720)),
+            expiry: Some(Expiry {
+                after: SignedDuration::from_hours(2160),
+                renew: true,
+            }),
+        };
+        let hour = Some(SignedDuration::from_hours(1));
+        let n = issued(IssueReason::Scheduled, "f", hour, &aging, "s").expect("an event");
+        assert_eq!(n.reason, "Rotated");
+        assert!(
+            n.note
+                .contains("issued on schedule (spec.rotation.every 720h)"),
+            "{}",
+            n.note
+        );
+        let n = issued(IssueReason::Renewal, "f", hour, &aging, "s").expect("an event");
+        assert!(
+            n.note.contains("spec.expiry.after 2160h, renewed at 2/3"),
+            "{}",
+            n.note
+        );
+        let n = issued(IssueReason::Expired, "f", None, &aging, "s").expect("an event");
+        assert_eq!(n.reason, "Reissued");
+        assert!(!n.note.contains("grace"), "{}", n.note);
     }
 
     #[test]
@@ -186,12 +263,14 @@ mod tests {
             reregistered("f"),
             secret_conflict("s"),
             store_rejected("unknown_scope", "m"),
+            expired("f", Timestamp::UNIX_EPOCH),
+            rotation_overdue("t", Some("e"), "m"),
         ] {
             assert_eq!(n.type_, EventType::Warning, "{n:?}");
         }
         assert_eq!(
             revoked("id-1", RevokeReason::GraceOver).note,
-            "token id-1 revoked: its grace period is over"
+            "token id-1 revoked: its grace period or its expiry is over"
         );
     }
 }

@@ -1,5 +1,9 @@
 //! Prometheus metrics of the operator. Labels are bounded: error kinds, action names, store
-//! operations and outcomes, condition states. Never a name, a namespace or a token.
+//! operations and outcomes, condition states. Never a token.
+//!
+//! The one exception to "bounded", opt-in (`--per-token-metrics`, off by default): two gauges
+//! per ApiToken, labelled with its namespace and name, for alerts on tokens expiring soon and
+//! rotations overdue. Their series go when the ApiToken goes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,6 +38,20 @@ struct StateLabels {
     state: String,
 }
 
+/// One ApiToken, in the opt-in per-token gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    namespace: String,
+    name: String,
+}
+
+/// The opt-in per-token gauges (Unix seconds), and which series each ApiToken (by uid) has.
+struct PerToken {
+    expiry: Family<TokenLabels, Gauge>,
+    next_rotation: Family<TokenLabels, Gauge>,
+    series: Mutex<HashMap<String, TokenLabels>>,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds() -> Histogram {
@@ -49,10 +67,12 @@ pub struct Metrics {
     store_seconds: Histograms<StoreLabels>,
     tokens: Family<StateLabels, Gauge>,
     states: Mutex<HashMap<String, Readiness>>,
+    per_token: Option<PerToken>,
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Self> {
+    /// `per_token`: also export the per-ApiToken expiry and next-rotation gauges.
+    pub fn new(per_token: bool) -> Arc<Self> {
         let mut registry = Registry::with_prefix("loop_operator");
         let reconciles = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -84,6 +104,25 @@ impl Metrics {
             "ApiTokens by state: ready, reconciling, stalled",
             tokens.clone(),
         );
+        let per_token = per_token.then(|| {
+            let expiry = Family::<TokenLabels, Gauge>::default();
+            registry.register(
+                "api_token_expiry_timestamp_seconds",
+                "When the current token of an ApiToken expires (opt-in: --per-token-metrics)",
+                expiry.clone(),
+            );
+            let next_rotation = Family::<TokenLabels, Gauge>::default();
+            registry.register(
+                "api_token_next_rotation_timestamp_seconds",
+                "When the current token of an ApiToken is due to be replaced (opt-in: --per-token-metrics)",
+                next_rotation.clone(),
+            );
+            PerToken {
+                expiry,
+                next_rotation,
+                series: Mutex::default(),
+            }
+        });
         Arc::new(Metrics {
             registry,
             reconciles,
@@ -92,7 +131,41 @@ impl Metrics {
             store_seconds,
             tokens,
             states: Mutex::default(),
+            per_token,
         })
+    }
+
+    /// Record an ApiToken's expiry and next rotation (Unix seconds; `None` removes the series).
+    /// Nothing when the per-token gauges are off.
+    pub fn set_times(
+        &self,
+        uid: &str,
+        namespace: &str,
+        name: &str,
+        expiry: Option<i64>,
+        next_rotation: Option<i64>,
+    ) {
+        let Some(pt) = &self.per_token else {
+            return;
+        };
+        let labels = TokenLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        for (family, value) in [(&pt.expiry, expiry), (&pt.next_rotation, next_rotation)] {
+            match value {
+                Some(v) => {
+                    family.get_or_create(&labels).set(v);
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
+        }
+        pt.series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uid.to_owned(), labels);
     }
 
     pub fn reconciled(&self, error: Option<&'static str>, seconds: f64) {
@@ -135,6 +208,17 @@ impl Metrics {
         if states.remove(uid).is_some() {
             self.refresh(&states);
         }
+        if let Some(pt) = &self.per_token {
+            let gone = pt
+                .series
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(uid);
+            if let Some(labels) = gone {
+                pt.expiry.remove(&labels);
+                pt.next_rotation.remove(&labels);
+            }
+        }
     }
 
     fn refresh(&self, states: &HashMap<String, Readiness>) {
@@ -152,5 +236,35 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_token_gauges_are_opt_in_and_go_with_their_api_token() {
+        let off = Metrics::new(false);
+        off.set_times("u", "ns", "a", Some(1_800_000_000), Some(1_700_000_000));
+        let text = off.encode().expect("encodes");
+        assert!(!text.contains("api_token_expiry"), "{text}");
+
+        let on = Metrics::new(true);
+        on.set_times("u", "ns", "a", Some(1_800_000_000), None);
+        let text = on.encode().expect("encodes");
+        assert!(
+            text.contains(
+                r#"loop_operator_api_token_expiry_timestamp_seconds{namespace="ns",name="a"} 1800000000"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"loop_operator_api_token_next_rotation_timestamp_seconds{"#),
+            "no series without a scheduled rotation: {text}"
+        );
+        on.forget("u");
+        let text = on.encode().expect("encodes");
+        assert!(!text.contains(r#"name="a""#), "{text}");
     }
 }

@@ -4,6 +4,7 @@
 //! - [`crd`]: the resource's types, schema and CEL rules;
 //! - [`names`]: every name other parts agree on (DESIGN.md §3), condition and Event reasons;
 //! - [`plan`]: the decision core (what to issue, update, expire, revoke);
+//! - [`schedule`]: how a token ages (expiry, when it is due, which rotate values rotate);
 //! - [`status`]: conditions and status from a plan and an outcome;
 //! - [`decide`]: the shell's own decisions (trusting the cache, announcing, writing status);
 //! - [`secret`]: the Secret record (the Secret to write, reading one back, the cache form);
@@ -34,6 +35,7 @@ pub mod names;
 pub mod plan;
 pub mod reconcile;
 pub mod run;
+pub mod schedule;
 pub mod secret;
 pub mod status;
 pub mod store_client;

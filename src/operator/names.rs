@@ -29,6 +29,8 @@ pub mod secret_annotations {
     pub const PREVIOUS_TOKEN_ID: &str = "loop.dev/previous-token-id";
     pub const ISSUED_AT: &str = "loop.dev/issued-at";
     pub const ROTATION_REQUEST: &str = "loop.dev/rotation-request";
+    /// Comma-separated store ids of the tokens kept in their grace period by this issue.
+    pub const RETIRED_TOKEN_IDS: &str = "loop.dev/retired-token-ids";
     pub const FINGERPRINT: &str = "loop.dev/fingerprint";
     pub const TOKEN_KEY: &str = "loop.dev/token-key";
 }
@@ -52,6 +54,10 @@ pub mod reason {
     pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
     pub const REVOCATION_PENDING: &str = "RevocationPending";
+    /// The token expired and `spec.expiry.renew` is off.
+    pub const EXPIRED: &str = "Expired";
+    /// A rotation is due and cannot happen (the store or the API server fails).
+    pub const ROTATION_OVERDUE: &str = "RotationOverdue";
 }
 
 /// Event reasons (the `reason` and `action` of each Event the operator publishes).
@@ -65,4 +71,6 @@ pub mod event {
     /// The same words as the condition reasons, on purpose: the Event marks the transition.
     pub const SECRET_CONFLICT: &str = super::reason::SECRET_CONFLICT;
     pub const STORE_REJECTED: &str = super::reason::STORE_REJECTED;
+    pub const EXPIRED: &str = super::reason::EXPIRED;
+    pub const ROTATION_OVERDUE: &str = super::reason::ROTATION_OVERDUE;
 }

@@ -11,12 +11,20 @@
 //!   edited by hand, token revoked behind our back) or a rotation is pending. The shell mints,
 //!   registers the hash, then writes the Secret (register first, so the Secret never holds an
 //!   unregistered token);
-//! - **update** the current registration in place when `displayName` or `scopes` differ;
+//! - **update** the current registration in place when `displayName`, `scopes` or its expiry
+//!   (issue time + `spec.expiry.after`, or none) differ;
 //! - **expire** the token the current one replaced, at `issuedAt + gracePeriod` (the store then
 //!   stops answering for it on its own, even while the operator is down), and **revoke** it once
 //!   that time has passed (or at once with a grace period of zero);
 //! - **revoke** every other active registration of this resource: orphans of a crash between
 //!   registering and writing the Secret.
+//!
+//! A token also ages ([`schedule`]): it is replaced when it is due (`spec.rotation.every`, or
+//! before its expiry with `spec.expiry.renew`) through the same issue, and with `renew: false`
+//! an expired token is left expired (the plan is blocked, `Expired`) until a new rotate value.
+//! Registrations with an expiry are told apart from orphans by the Secret record's list of
+//! retired tokens (older Secrets without the list: every registration with an expiry is taken
+//! to be in its grace period, as before).
 //!
 //! A Secret of the same name that the operator does not own is never touched (promise 7); the
 //! plan then only reports the conflict.
@@ -27,12 +35,13 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::crd::ApiToken;
+use super::schedule::{self, Aging, Due, Expiry};
 
 /// Why a spec cannot be acted on (the schema prevents these; this is defence in depth).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecProblem {
-    #[error("spec.rotation.gracePeriod {0:?} is not a duration such as 1h, 30m or 0s")]
-    GracePeriod(String),
+    #[error("spec.{field} {value:?} is not a duration such as 1h, 30m or 0s")]
+    Duration { field: &'static str, value: String },
     #[error("spec.scopes is empty")]
     NoScopes,
 }
@@ -48,17 +57,40 @@ pub struct Desired {
     pub grace: SignedDuration,
     /// The current `loop.dev/rotate` value, if any.
     pub rotation_request: Option<String>,
+    /// Schedule and expiry.
+    pub aging: Aging,
 }
 
-/// Parse a Go-style duration (`1h30m`, `90s`, `0s`, `0`).
-pub fn parse_grace(s: &str) -> Result<SignedDuration, SpecProblem> {
+/// Parse a Go-style duration (`1h30m`, `90s`, `0s`, `0`) of the spec field `field`.
+pub fn parse_duration(field: &'static str, s: &str) -> Result<SignedDuration, SpecProblem> {
     if s == "0" {
         return Ok(SignedDuration::ZERO);
     }
     match s.parse::<SignedDuration>() {
         Ok(d) if !d.is_negative() => Ok(d),
-        _ => Err(SpecProblem::GracePeriod(s.to_owned())),
+        _ => Err(SpecProblem::Duration {
+            field,
+            value: s.to_owned(),
+        }),
     }
+}
+
+fn aging(token: &ApiToken) -> Result<Aging, SpecProblem> {
+    let spec = &token.spec;
+    let every = spec
+        .rotation
+        .every
+        .as_deref()
+        .map(|e| parse_duration("rotation.every", e))
+        .transpose()?;
+    let expiry = match &spec.expiry {
+        Some(e) => Some(Expiry {
+            after: parse_duration("expiry.after", &e.after)?,
+            renew: e.renew,
+        }),
+        None => None,
+    };
+    Ok(Aging { every, expiry })
 }
 
 /// Apply defaults to a spec.
@@ -77,8 +109,9 @@ pub fn desired(
         secret_key: spec.secret.key.clone(),
         display_name: spec.display_name.clone().unwrap_or_else(|| name.to_owned()),
         scopes: scopes.into_iter().map(str::to_owned).collect(),
-        grace: parse_grace(&spec.rotation.grace_period)?,
+        grace: parse_duration("rotation.gracePeriod", &spec.rotation.grace_period)?,
         rotation_request: rotation_request.map(str::to_owned),
+        aging: aging(token)?,
     })
 }
 
@@ -101,6 +134,9 @@ pub struct SecretObs {
     pub fingerprint: Option<String>,
     /// Labels, key and annotations are as the operator writes them.
     pub shape_ok: bool,
+    /// Annotation: the tokens kept in their grace period when the current one was issued.
+    /// `None` in a record written before the list existed.
+    pub retired: Option<Vec<String>>,
 }
 
 /// A store registration of this resource (from `GET /v1/tokens?ownerUid=`).
@@ -115,6 +151,8 @@ pub struct RegObs {
     pub revoked: bool,
     pub last_used_at: Option<Timestamp>,
     pub use_count: i64,
+    /// When the store registered it.
+    pub created_at: Timestamp,
 }
 
 impl RegObs {
@@ -130,6 +168,12 @@ pub enum IssueReason {
     First,
     /// The `loop.dev/rotate` annotation changed.
     Rotation,
+    /// `spec.rotation.every` has passed since the current token was issued.
+    Scheduled,
+    /// The current token is close to its expiry (`spec.expiry.renew`).
+    Renewal,
+    /// The current token expired (the operator was down when it was due).
+    Expired,
     /// The Secret was deleted, or edited so that it no longer holds the registered token.
     SecretLost,
     /// The current token was revoked or expired in the store by someone else.
@@ -139,7 +183,7 @@ pub enum IssueReason {
 /// Why a registration is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeReason {
-    /// Its grace period is over (or was zero).
+    /// Its grace period or its expiry is over (or the grace period was zero).
     GraceOver,
     /// Not in the Secret and not in a grace period: left by an interrupted issue.
     Orphan,
@@ -150,10 +194,12 @@ pub enum RevokeReason {
 /// One step, in the order the shell must run them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Mint, register, write the Secret recording `previous` and the rotation value.
+    /// Mint, register, write the Secret recording `previous`, the rotation value and the
+    /// tokens that stay in their grace period (`retired`, `previous` included).
     Issue {
         previous: Option<String>,
         reason: IssueReason,
+        retired: Vec<String>,
     },
     /// The store lost the Secret's token: register it again (same token, same id).
     Reregister {
@@ -161,13 +207,13 @@ pub enum Action {
     },
     /// Write the Secret again with the token it holds (labels, key or annotations were edited).
     RewriteSecret,
-    /// Bring the current registration's name and scopes in line with the spec, and clear an
-    /// expiry it must not have.
+    /// Bring the current registration's name, scopes and expiry in line with the spec.
+    /// `expiry`: `None` leaves it, `Some(None)` clears it, `Some(Some(t))` sets it.
     Update {
         id: String,
         name: String,
         scopes: Vec<String>,
-        clear_expiry: bool,
+        expiry: Option<Option<Timestamp>>,
     },
     /// Start a previous token's grace period: it stops working at `at`.
     Expire {
@@ -187,6 +233,11 @@ pub enum Blocked {
     SecretConflict {
         secret: String,
     },
+    /// The current token expired and `spec.expiry.renew` is off: a new rotate value issues one.
+    Expired {
+        fingerprint: String,
+        at: Timestamp,
+    },
     Spec(SpecProblem),
 }
 
@@ -203,7 +254,12 @@ pub struct Plan {
     pub handled_rotation: Option<String>,
     /// When the current token was issued.
     pub issued_at: Option<Timestamp>,
-    /// Come back then even if nothing changes (the next grace period ending).
+    /// When the current token expires (as it must be registered).
+    pub expires_at: Option<Timestamp>,
+    /// When the current token is due to be replaced, and why.
+    pub next_rotation: Option<(Timestamp, Due)>,
+    /// Come back then even if nothing changes (a rotation due, an expiry, a grace period
+    /// ending).
     pub wake_at: Option<Timestamp>,
 }
 
@@ -227,6 +283,8 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         in_grace: Vec::new(),
         handled_rotation: None,
         issued_at: None,
+        expires_at: None,
+        next_rotation: None,
         wake_at: None,
     };
     if let Some(s) = o.secret
@@ -244,7 +302,29 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         None => return p,
     };
     plan_others(o, &mut p, issuing_previous.as_deref());
+    record_retired(&mut p);
     p
+}
+
+/// An issue records which tokens keep their grace period: those already in it, and those whose
+/// grace period starts now.
+fn record_retired(p: &mut Plan) {
+    let mut kept: Vec<String> = p.in_grace.iter().map(|g| g.0.clone()).collect();
+    kept.extend(p.actions.iter().filter_map(|a| match a {
+        Action::Expire { id, .. } => Some(id.clone()),
+        _ => None,
+    }));
+    for a in &mut p.actions {
+        if let Action::Issue { retired, .. } = a {
+            retired.clone_from(&kept);
+        }
+    }
+}
+
+impl Plan {
+    fn wake(&mut self, at: Timestamp) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
 }
 
 impl Observed<'_> {
@@ -259,41 +339,35 @@ struct Issuing(Option<String>);
 
 /// The current token: in our Secret, registered with the same fingerprint, still active.
 /// Keep it (repairing the Secret and the registration as needed), rotate it, or issue a new one.
-/// `None` when the Secret's token must be registered again.
+/// `None` when nothing else may be planned: the Secret's token must be registered again first,
+/// or it expired and stays so.
 fn plan_current(o: &Observed<'_>, p: &mut Plan) -> Option<Issuing> {
     let d = o.desired;
-    let secret = o.secret;
-    let named = secret.and_then(|s| s.token_id.as_deref().zip(s.fingerprint.as_deref()));
-    let current = named.and_then(|(id, fp)| {
-        o.find(id)
-            .filter(|r| r.fingerprint == fp && r.active(o.now))
-    });
-    match (current, named) {
-        (Some(cur), _) => {
-            let s = secret.map(|s| (s.rotation_request.clone(), s.issued_at, s.shape_ok));
-            let (handled, issued_at, shape_ok) = s.unwrap_or((None, None, false));
-            let rotation_pending = d.rotation_request.is_some() && d.rotation_request != handled;
-            if rotation_pending {
-                p.actions.push(Action::Issue {
-                    previous: Some(cur.id.clone()),
-                    reason: IssueReason::Rotation,
-                });
-                return Some(Issuing(Some(cur.id.clone())));
-            }
-            p.current = Some(cur.clone());
-            p.handled_rotation = handled;
-            p.issued_at = issued_at;
-            if !shape_ok {
-                p.actions.push(Action::RewriteSecret);
-            }
-            if cur.name != d.display_name || cur.scopes != d.scopes || cur.expires_at.is_some() {
-                p.actions.push(Action::Update {
-                    id: cur.id.clone(),
-                    name: d.display_name.clone(),
-                    scopes: d.scopes.clone(),
-                    clear_expiry: cur.expires_at.is_some(),
-                });
-            }
+    let named = o
+        .secret
+        .and_then(|s| s.token_id.as_deref().zip(s.fingerprint.as_deref()));
+    let held = named.and_then(|(id, fp)| o.find(id).filter(|r| r.fingerprint == fp && !r.revoked));
+    let handled = o.secret.and_then(|s| s.rotation_request.as_deref());
+    let requested = schedule::rotation_requested(d.rotation_request.as_deref(), handled);
+    match (held, named) {
+        (Some(cur), _) if cur.active(o.now) => Some(keep_or_rotate(o, p, cur, requested)),
+        (Some(cur), _) if !requested && d.aging.lets_expire() => {
+            p.blocked = Some(Blocked::Expired {
+                fingerprint: cur.fingerprint.clone(),
+                at: cur.expires_at.unwrap_or(o.now),
+            });
+            None
+        }
+        (Some(_), _) => {
+            // Expired while the operator was away (or `renew` is off and a new value asks).
+            let reason = if requested {
+                IssueReason::Rotation
+            } else if d.aging.expiry.is_some() {
+                IssueReason::Expired
+            } else {
+                IssueReason::RevokedElsewhere
+            };
+            p.actions.push(issue(None, reason));
             Some(Issuing(None))
         }
         (None, Some((id, _))) if o.find(id).is_none() => {
@@ -304,13 +378,67 @@ fn plan_current(o: &Observed<'_>, p: &mut Plan) -> Option<Issuing> {
         }
         (None, _) => {
             let previous = surviving_previous(o);
-            p.actions.push(Action::Issue {
-                previous: previous.clone(),
-                reason: issue_reason(o),
-            });
+            p.actions.push(issue(previous.clone(), issue_reason(o)));
             Some(Issuing(previous))
         }
     }
+}
+
+fn issue(previous: Option<String>, reason: IssueReason) -> Action {
+    Action::Issue {
+        previous,
+        reason,
+        retired: Vec::new(),
+    }
+}
+
+/// The current token is active: replace it when a rotation is asked for or due, else keep it
+/// and bring its registration and Secret in line.
+fn keep_or_rotate(o: &Observed<'_>, p: &mut Plan, cur: &RegObs, requested: bool) -> Issuing {
+    let d = o.desired;
+    let (handled, recorded_issue, shape_ok) = o.secret.map_or((None, None, false), |s| {
+        (s.rotation_request.clone(), s.issued_at, s.shape_ok)
+    });
+    let issued = recorded_issue.unwrap_or(cur.created_at);
+    let due = d.aging.due(issued);
+    let replace = if requested {
+        Some(IssueReason::Rotation)
+    } else {
+        due.filter(|(at, _)| *at <= o.now)
+            .map(|(_, why)| match why {
+                Due::Scheduled => IssueReason::Scheduled,
+                Due::Renewal => IssueReason::Renewal,
+            })
+    };
+    if let Some(reason) = replace {
+        p.actions.push(issue(Some(cur.id.clone()), reason));
+        return Issuing(Some(cur.id.clone()));
+    }
+    let expiry = d.aging.expiry_of(issued);
+    p.current = Some(cur.clone());
+    p.handled_rotation = handled;
+    p.issued_at = Some(issued);
+    p.expires_at = expiry;
+    p.next_rotation = due;
+    if let Some((at, _)) = due {
+        p.wake(at);
+    }
+    if let Some(at) = expiry.filter(|_| d.aging.lets_expire()) {
+        p.wake(at);
+    }
+    if !shape_ok {
+        p.actions.push(Action::RewriteSecret);
+    }
+    let expiry_wrong = cur.expires_at != expiry;
+    if cur.name != d.display_name || cur.scopes != d.scopes || expiry_wrong {
+        p.actions.push(Action::Update {
+            id: cur.id.clone(),
+            name: d.display_name.clone(),
+            scopes: d.scopes.clone(),
+            expiry: expiry_wrong.then_some(expiry),
+        });
+    }
+    Issuing(None)
 }
 
 /// Why a token must be issued when there is no usable current one.
@@ -337,7 +465,7 @@ fn surviving_previous(o: &Observed<'_>) -> Option<String> {
         .and_then(|s| s.token_id.as_deref())
         .or(o.status_token_id)
         .and_then(|id| o.find(id))
-        .filter(|r| r.active(o.now) && r.expires_at.is_none())
+        .filter(|r| r.active(o.now))
         .map(|r| r.id.clone())
 }
 
@@ -346,51 +474,68 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
     let current_id = p.current.as_ref().map(|c| c.id.clone());
     let current_id = current_id.as_deref();
     let replaced = o.secret.and_then(|s| s.previous_token_id.as_deref());
+    // Without a record of retired tokens (no Secret, or one from an older operator), a
+    // registration with an expiry is taken to be in its grace period.
+    let retired = o.secret.and_then(|s| s.retired.as_deref());
+    let listed = |id: &str| retired.is_none_or(|ids| ids.iter().any(|r| r == id));
     for r in o
         .registrations
         .iter()
         .filter(|r| !r.revoked && Some(r.id.as_str()) != current_id)
     {
-        match r.expires_at {
-            Some(at) if at <= o.now => p.actions.push(Action::Revoke {
+        let replaced_by_current = current_id.is_some() && replaced == Some(r.id.as_str());
+        let action = match r.expires_at {
+            Some(at) if at <= o.now => Some(Action::Revoke {
                 id: r.id.clone(),
                 reason: RevokeReason::GraceOver,
             }),
-            Some(at) => {
-                p.in_grace.push((r.id.clone(), r.fingerprint.clone(), at));
-                p.wake_at = Some(p.wake_at.map_or(at, |w| w.min(at)));
+            _ if issuing_previous == Some(r.id.as_str()) => {
+                grace_action(r, o.now, o.desired.grace, o.now)
             }
-            None if issuing_previous == Some(r.id.as_str()) => {
-                p.actions
-                    .push(grace_action(r, o.now, o.desired.grace, o.now));
-            }
-            None if current_id.is_some() && replaced == Some(r.id.as_str()) => {
-                // Replaced by the current token, but its grace period was never started (a
-                // crash right after the Secret was written): start it from the issue time.
+            _ if replaced_by_current => {
+                // Replaced by the current token: its grace period runs from the issue time (it
+                // may never have been started: a crash right after the Secret was written).
                 let since = o.secret.and_then(|s| s.issued_at).unwrap_or(o.now);
-                p.actions
-                    .push(grace_action(r, since, o.desired.grace, o.now));
+                grace_action(r, since, o.desired.grace, o.now)
             }
-            None => p.actions.push(Action::Revoke {
+            Some(_) if listed(&r.id) => None,
+            _ => Some(Action::Revoke {
                 id: r.id.clone(),
                 reason: RevokeReason::Orphan,
             }),
+        };
+        match (action, r.expires_at) {
+            (Some(a), _) => p.actions.push(a),
+            (None, Some(at)) => {
+                p.in_grace.push((r.id.clone(), r.fingerprint.clone(), at));
+                p.wake(at);
+            }
+            (None, None) => {}
         }
     }
     p.in_grace.sort_by_key(|g| g.2);
 }
 
-/// Start the grace period of `r` from `since`, or revoke it when that period is zero or over.
-fn grace_action(r: &RegObs, since: Timestamp, grace: SignedDuration, now: Timestamp) -> Action {
+/// Give `r` a grace period from `since`: expire it at `since + grace`, unless it expires sooner
+/// already (`None`: nothing to do), or revoke it when that time is now or past.
+fn grace_action(
+    r: &RegObs,
+    since: Timestamp,
+    grace: SignedDuration,
+    now: Timestamp,
+) -> Option<Action> {
     match since.checked_add(grace) {
-        Ok(at) if at > now => Action::Expire {
-            id: r.id.clone(),
-            at,
+        Ok(at) if at > now => match r.expires_at {
+            Some(sooner) if sooner <= at => None,
+            _ => Some(Action::Expire {
+                id: r.id.clone(),
+                at,
+            }),
         },
-        _ => Action::Revoke {
+        _ => Some(Action::Revoke {
             id: r.id.clone(),
             reason: RevokeReason::GraceOver,
-        },
+        }),
     }
 }
 
@@ -415,6 +560,7 @@ pub fn until(now: Timestamp, at: Timestamp) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::schedule::Expiry;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -430,6 +576,7 @@ mod tests {
             scopes: vec!["orders:read".into(), "subscriptions:read".into()],
             grace: SignedDuration::from_hours(1),
             rotation_request: None,
+            aging: Aging::default(),
         }
     }
 
@@ -444,6 +591,7 @@ mod tests {
             revoked: false,
             last_used_at: None,
             use_count: 0,
+            created_at: ts(NOW - 200),
         }
     }
 
@@ -457,6 +605,7 @@ mod tests {
             rotation_request: None,
             fingerprint: Some(format!("fp-{id}")),
             shape_ok: true,
+            retired: Some(vec![]),
         }
     }
 
@@ -477,7 +626,8 @@ mod tests {
             p.actions,
             vec![Action::Issue {
                 previous: None,
-                reason: IssueReason::First
+                reason: IssueReason::First,
+                retired: vec![]
             }]
         );
         assert_eq!(p.current, None);
@@ -505,7 +655,7 @@ mod tests {
                 id: "a".into(),
                 name: "Renamed".into(),
                 scopes: vec!["orders:write".into()],
-                clear_expiry: false
+                expiry: None
             }]
         );
     }
@@ -520,7 +670,8 @@ mod tests {
             vec![
                 Action::Issue {
                     previous: Some("a".into()),
-                    reason: IssueReason::Rotation
+                    reason: IssueReason::Rotation,
+                    retired: vec!["a".into()]
                 },
                 Action::Expire {
                     id: "a".into(),
@@ -554,7 +705,8 @@ mod tests {
             p.actions,
             vec![Action::Issue {
                 previous: None,
-                reason: IssueReason::First
+                reason: IssueReason::First,
+                retired: vec![]
             }]
         );
         let mut s = secret("a");
@@ -573,7 +725,8 @@ mod tests {
             vec![
                 Action::Issue {
                     previous: Some("a".into()),
-                    reason: IssueReason::Rotation
+                    reason: IssueReason::Rotation,
+                    retired: vec![]
                 },
                 Action::Revoke {
                     id: "a".into(),
@@ -649,7 +802,8 @@ mod tests {
             vec![
                 Action::Issue {
                     previous: Some("a".into()),
-                    reason: IssueReason::SecretLost
+                    reason: IssueReason::SecretLost,
+                    retired: vec!["a".into()]
                 },
                 Action::Expire {
                     id: "a".into(),
@@ -668,7 +822,8 @@ mod tests {
             p.actions[0],
             Action::Issue {
                 previous: Some("a".into()),
-                reason: IssueReason::SecretLost
+                reason: IssueReason::SecretLost,
+                retired: vec!["a".into()]
             }
         );
         s.fingerprint = None; // key deleted, or not a token at all
@@ -677,7 +832,8 @@ mod tests {
             p.actions[0],
             Action::Issue {
                 previous: Some("a".into()),
-                reason: IssueReason::SecretLost
+                reason: IssueReason::SecretLost,
+                retired: vec!["a".into()]
             }
         );
     }
@@ -699,7 +855,8 @@ mod tests {
             p.actions,
             vec![Action::Issue {
                 previous: None,
-                reason: IssueReason::RevokedElsewhere
+                reason: IssueReason::RevokedElsewhere,
+                retired: vec![]
             }]
         );
     }
@@ -735,7 +892,7 @@ mod tests {
                 id: "a".into(),
                 name: "App".into(),
                 scopes: desired().scopes,
-                clear_expiry: true
+                expiry: Some(None)
             }]
         );
     }
@@ -761,12 +918,300 @@ mod tests {
         );
     }
 
+    fn aging(every: Option<i64>, after: Option<(i64, bool)>) -> Desired {
+        let mut d = desired();
+        d.aging = Aging {
+            every: every.map(SignedDuration::from_hours),
+            expiry: after.map(|(h, renew)| Expiry {
+                after: SignedDuration::from_hours(h),
+                renew,
+            }),
+        };
+        d
+    }
+
+    /// Our Secret holding token `id`, issued `ago` seconds before now.
+    fn issued_ago(id: &str, ago: i64) -> SecretObs {
+        let mut s = secret(id);
+        s.issued_at = Some(ts(NOW - ago));
+        s
+    }
+
+    /// Registration `id` that expires at `at`.
+    fn expiring(id: &str, at: i64) -> RegObs {
+        let mut r = reg(id);
+        r.expires_at = Some(ts(at));
+        r
+    }
+
+    const HOUR: i64 = 3600;
+
+    #[test]
+    fn a_scheduled_token_rotates_when_due_and_the_old_one_keeps_its_grace() {
+        let d = aging(Some(24), None);
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 23 * HOUR)),
+            &[reg("a")],
+            Some("a"),
+        );
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(
+            p.next_rotation,
+            Some((ts(NOW + HOUR), schedule::Due::Scheduled))
+        );
+        assert_eq!(p.wake_at, Some(ts(NOW + HOUR)));
+
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 24 * HOUR)),
+            &[reg("a")],
+            Some("a"),
+        );
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Issue {
+                    previous: Some("a".into()),
+                    reason: IssueReason::Scheduled,
+                    retired: vec!["a".into()]
+                },
+                Action::Expire {
+                    id: "a".into(),
+                    at: ts(NOW + HOUR)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_operator_down_for_several_periods_rotates_once() {
+        let d = aging(Some(24), None);
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 75 * HOUR)),
+            &[reg("a")],
+            Some("a"),
+        );
+        assert_eq!(p.actions.len(), 2, "one issue, one grace: {:?}", p.actions);
+        // The new token counts its period from its own issue: nothing more is due.
+        let mut s = issued_ago("b", 0);
+        s.previous_token_id = Some("a".into());
+        s.retired = Some(vec!["a".into()]);
+        let p = run(
+            &d,
+            Some(&s),
+            &[expiring("a", NOW + HOUR), reg("b")],
+            Some("a"),
+        );
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.next_rotation.map(|n| n.0), Some(ts(NOW + 24 * HOUR)));
+    }
+
+    #[test]
+    fn a_token_that_expires_is_registered_with_its_expiry_and_kept_to_it() {
+        let d = aging(None, Some((90, true)));
+        let issued = NOW - 10 * HOUR;
+        let expiry = issued + 90 * HOUR;
+        // Registered without (an ApiToken that gained spec.expiry): set from the issue time.
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 10 * HOUR)),
+            &[reg("a")],
+            Some("a"),
+        );
+        assert_eq!(
+            p.actions,
+            vec![Action::Update {
+                id: "a".into(),
+                name: "App".into(),
+                scopes: desired().scopes,
+                expiry: Some(Some(ts(expiry)))
+            }]
+        );
+        // Registered with it: a legitimate expiry is kept, and the renewal is planned.
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 10 * HOUR)),
+            &[expiring("a", expiry)],
+            Some("a"),
+        );
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.expires_at, Some(ts(expiry)));
+        assert_eq!(
+            p.next_rotation,
+            Some((ts(issued + 60 * HOUR), schedule::Due::Renewal))
+        );
+    }
+
+    #[test]
+    fn renewal_comes_before_expiry_and_the_grace_never_outlives_the_old_token() {
+        let d = aging(None, Some((90, true)));
+        let issued = NOW - 60 * HOUR;
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 60 * HOUR)),
+            &[expiring("a", issued + 90 * HOUR)],
+            Some("a"),
+        );
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Issue {
+                    previous: Some("a".into()),
+                    reason: IssueReason::Renewal,
+                    retired: vec!["a".into()]
+                },
+                Action::Expire {
+                    id: "a".into(),
+                    at: ts(NOW + HOUR)
+                },
+            ]
+        );
+        // Renewed late (the operator was down): the old token keeps its own, sooner, expiry.
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 89 * HOUR + 1800)),
+            &[expiring("a", NOW + 1800)],
+            Some("a"),
+        );
+        assert_eq!(
+            p.actions,
+            vec![Action::Issue {
+                previous: Some("a".into()),
+                reason: IssueReason::Renewal,
+                retired: vec!["a".into()]
+            }]
+        );
+        assert_eq!(
+            p.in_grace,
+            vec![("a".into(), "fp-a".into(), ts(NOW + 1800))]
+        );
+    }
+
+    #[test]
+    fn an_expired_token_without_renew_stays_expired_until_a_new_rotate_value() {
+        let mut d = aging(None, Some((90, false)));
+        let s = issued_ago("a", 91 * HOUR);
+        let regs = [expiring("a", NOW - HOUR)];
+        let p = run(&d, Some(&s), &regs, Some("a"));
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(
+            p.blocked,
+            Some(Blocked::Expired {
+                fingerprint: "fp-a".into(),
+                at: ts(NOW - HOUR)
+            })
+        );
+        // Before it expires, the operator comes back at the expiry to say so.
+        let p = run(
+            &d,
+            Some(&issued_ago("a", HOUR)),
+            &[expiring("a", NOW + 89 * HOUR)],
+            Some("a"),
+        );
+        assert_eq!(
+            (p.next_rotation, p.wake_at),
+            (None, Some(ts(NOW + 89 * HOUR)))
+        );
+        d.rotation_request = Some("again".into());
+        let p = run(&d, Some(&s), &regs, Some("a"));
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Issue {
+                    previous: None,
+                    reason: IssueReason::Rotation,
+                    retired: vec![]
+                },
+                // Expired: revoked for good.
+                Action::Revoke {
+                    id: "a".into(),
+                    reason: RevokeReason::GraceOver
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_token_that_expired_while_the_operator_was_down_is_replaced_when_renew_is_on() {
+        let d = aging(None, Some((90, true)));
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 91 * HOUR)),
+            &[expiring("a", NOW - HOUR)],
+            Some("a"),
+        );
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Issue {
+                    previous: None,
+                    reason: IssueReason::Expired,
+                    retired: vec![]
+                },
+                // Expired: revoked for good.
+                Action::Revoke {
+                    id: "a".into(),
+                    reason: RevokeReason::GraceOver
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_registration_with_an_expiry_is_in_grace_only_when_the_record_retired_it() {
+        let d = aging(None, Some((90, true)));
+        let mut s = issued_ago("b", 1800);
+        s.previous_token_id = Some("a".into());
+        s.retired = Some(vec!["a".into(), "old".into()]);
+        let cur = expiring("b", NOW - 1800 + 90 * HOUR);
+        let regs = [
+            cur.clone(),
+            expiring("a", NOW + 60),
+            expiring("old", NOW + 30),
+            expiring("orphan", NOW + 89 * HOUR),
+        ];
+        let p = run(&d, Some(&s), &regs, Some("b"));
+        assert_eq!(
+            p.actions,
+            vec![Action::Revoke {
+                id: "orphan".into(),
+                reason: RevokeReason::Orphan
+            }]
+        );
+        assert_eq!(p.in_grace.len(), 2);
+        // A record from before the list: every registration with an expiry is in grace.
+        s.retired = None;
+        let p = run(&d, Some(&s), &regs, Some("b"));
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.in_grace.len(), 3);
+    }
+
+    #[test]
+    fn an_earlier_timestamp_put_back_by_gitops_does_not_rotate() {
+        let mut d = desired();
+        d.rotation_request = Some("2026-12-01T09:00:00Z".into());
+        let mut s = secret("a");
+        s.rotation_request = Some("2026-12-02T09:00:00Z".into());
+        let p = run(&d, Some(&s), &[reg("a")], Some("a"));
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.handled_rotation.as_deref(), Some("2026-12-02T09:00:00Z"));
+    }
+
     #[test]
     fn grace_periods_parse_like_go_durations() {
-        assert_eq!(parse_grace("1h30m").unwrap(), SignedDuration::from_mins(90));
-        assert_eq!(parse_grace("0").unwrap(), SignedDuration::ZERO);
-        assert_eq!(parse_grace("0s").unwrap(), SignedDuration::ZERO);
-        assert!(parse_grace("soon").is_err());
-        assert!(parse_grace("-1h").is_err());
+        assert_eq!(
+            parse_duration("f", "1h30m").unwrap(),
+            SignedDuration::from_mins(90)
+        );
+        assert_eq!(parse_duration("f", "0").unwrap(), SignedDuration::ZERO);
+        assert_eq!(parse_duration("f", "0s").unwrap(), SignedDuration::ZERO);
+        assert!(parse_duration("f", "soon").is_err());
+        assert!(parse_duration("f", "-1h").is_err());
+        assert_eq!(
+            parse_duration("f", "720h").unwrap(),
+            SignedDuration::from_hours(720)
+        );
     }
 }

@@ -115,11 +115,15 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     };
     match passes {
         Passes::Blocked(blocked) => {
-            if let Blocked::SecretConflict { secret } = &blocked
-                && decide::announce_stall(tg.status())
-            {
-                tg.publish(&ctx.recorder, events::secret_conflict(secret))
-                    .await;
+            if decide::announce_stall(tg.status()) {
+                let note = match &blocked {
+                    Blocked::SecretConflict { secret } => Some(events::secret_conflict(secret)),
+                    Blocked::Expired { fingerprint, at } => Some(events::expired(fingerprint, *at)),
+                    Blocked::Spec(_) => None,
+                };
+                if let Some(note) = note {
+                    tg.publish(&ctx.recorder, note).await;
+                }
             }
             write_status(&tg, ctx, &Outcome::Blocked(&blocked), Some(&d), None, false).await?;
             Ok(Requeue::requeue(ctx.usage_interval.min(CONFLICT_RECHECK)))
@@ -270,6 +274,12 @@ async fn fail(tg: &Target<'_>, ctx: &Context, d: &Desired, e: Error) -> Result<R
         tg.publish(&ctx.recorder, events::store_rejected(code, message))
             .await;
     }
+    if let Some(failure) = status::passing_failure(&outcome)
+        && let Some(o) = decide::announce_overdue(tg.status(), Timestamp::now())
+    {
+        let note = events::rotation_overdue(o.due, o.expires, &failure);
+        tg.publish(&ctx.recorder, note).await;
+    }
     write_status(tg, ctx, &outcome, Some(d), None, false).await?;
     match decide::after_failure(&e) {
         AfterFailure::WaitForHuman => Ok(Requeue::requeue(ctx.usage_interval)),
@@ -326,6 +336,18 @@ async fn write_status(
     let cached = tg.status().cloned().unwrap_or_default();
     let new = status::compute(&cached, outcome, d, p, generation, now);
     ctx.metrics.set_state(&tg.uid, status::readiness(&new));
+    let seconds = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|v| v.parse::<Timestamp>().ok())
+            .map(|t| t.as_second())
+    };
+    ctx.metrics.set_times(
+        &tg.uid,
+        &tg.ns,
+        &tg.name,
+        seconds(&new.expires_at),
+        seconds(&new.next_rotation_at),
+    );
     match decide::status_write(tg.status(), &new, acted) {
         StatusWrite::Unchanged => Ok(()),
         StatusWrite::Write => tg.patch_status(&new).await,

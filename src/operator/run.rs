@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub retry_after: Duration,
     pub crash_at: Option<String>,
     pub leader_election: Option<LeaderElection>,
+    /// Export per-ApiToken expiry and next-rotation gauges (labelled by namespace and name).
+    pub per_token_metrics: bool,
 }
 
 /// Leader election settings: one active operator per Lease.
@@ -129,7 +131,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     if !(cfg.store_url.starts_with("http://") || cfg.store_url.starts_with("https://")) {
         return Err(StartError::StoreUrl);
     }
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(cfg.per_token_metrics);
     let store = store_client(&cfg, Arc::clone(&metrics))?;
     let client = Client::try_default().await.map_err(StartError::Kube)?;
     let (secret_cache, secret_writer) = reflector::store::<Secret>();

@@ -30,6 +30,8 @@ pub struct Record {
     pub previous: Option<String>,
     pub issued_at: Timestamp,
     pub rotation: Option<String>,
+    /// Tokens kept in their grace period by this issue.
+    pub retired: Vec<String>,
 }
 
 impl Record {
@@ -46,8 +48,20 @@ impl Record {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(now),
             rotation: a.get(ann::ROTATION_REQUEST).cloned(),
+            retired: a
+                .get(ann::RETIRED_TOKEN_IDS)
+                .map(|v| ids(v))
+                .unwrap_or_default(),
         })
     }
+}
+
+/// The ids of a comma-separated list.
+fn ids(v: &str) -> Vec<String> {
+    v.split(',')
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Whether an object is controlled by the ApiToken with this uid.
@@ -66,6 +80,7 @@ pub fn desired(t: &ApiToken, d: &Desired, token: &Token, r: &Record) -> Secret {
         (ann::ISSUED_AT.to_owned(), r.issued_at.to_string()),
         (ann::FINGERPRINT.to_owned(), token.fingerprint()),
         (ann::TOKEN_KEY.to_owned(), d.secret_key.clone()),
+        (ann::RETIRED_TOKEN_IDS.to_owned(), r.retired.join(",")),
     ]);
     if let Some(p) = &r.previous {
         annotations.insert(ann::PREVIOUS_TOKEN_ID.to_owned(), p.clone());
@@ -142,6 +157,7 @@ pub fn read(s: &Secret, name: &str, uid: &str, d: &Desired) -> Read {
         rotation_request: annotations.get(ann::ROTATION_REQUEST).cloned(),
         fingerprint,
         shape_ok,
+        retired: annotations.get(ann::RETIRED_TOKEN_IDS).map(|v| ids(v)),
     };
     Read {
         obs,
@@ -195,6 +211,7 @@ mod tests {
             previous: Some("u.old".into()),
             issued_at: Timestamp::from_second(1_800_000_000).expect("a time"),
             rotation: Some("r1".into()),
+            retired: vec!["u.old".into(), "u.older".into()],
         }
     }
 
@@ -208,6 +225,10 @@ mod tests {
         assert_eq!(r.obs.token_id.as_deref(), Some("u.abc"));
         assert_eq!(r.obs.previous_token_id.as_deref(), Some("u.old"));
         assert_eq!(r.obs.rotation_request.as_deref(), Some("r1"));
+        assert_eq!(
+            r.obs.retired,
+            Some(vec!["u.old".to_owned(), "u.older".to_owned()])
+        );
         assert_eq!(r.token.map(|t| t.fingerprint()), Some(token.fingerprint()));
         assert_eq!(Record::of(&s, Timestamp::UNIX_EPOCH), Some(record()));
         let body = apply_body(&s).expect("encodes");

@@ -52,7 +52,17 @@ fn reconciling(reason: &'static str, msg: String) -> Vec<Cond> {
     ]
 }
 
-fn conditions_for(outcome: &Outcome<'_>, d: Option<&Desired>, plan: Option<&Plan>) -> Vec<Cond> {
+/// The conditions of an outcome. `overdue`: the rotation due then has not happened yet (a
+/// failure then says so first).
+fn conditions_for(
+    outcome: &Outcome<'_>,
+    d: Option<&Desired>,
+    plan: Option<&Plan>,
+    overdue: Option<&Overdue<'_>>,
+) -> Vec<Cond> {
+    if let (Some(o), Some(failure)) = (overdue, passing_failure(outcome)) {
+        return reconciling(reason::ROTATION_OVERDUE, o.message(&failure));
+    }
     match outcome {
         Outcome::Converged => vec![(READY, "True", reason::ISSUED, converged_message(d, plan))],
         Outcome::Pending => reconciling(
@@ -64,6 +74,13 @@ fn conditions_for(outcome: &Outcome<'_>, d: Option<&Desired>, plan: Option<&Plan
             format!(
                 "Secret {secret} already exists and is not managed by this ApiToken; the operator will not overwrite it. \
                  Delete or rename that Secret, or set spec.secret.name to an unused name."
+            ),
+        ),
+        Outcome::Blocked(Blocked::Expired { fingerprint, at }) => stalled(
+            reason::EXPIRED,
+            format!(
+                "token {fingerprint} expired at {at} and is not renewed (spec.expiry.renew is false); apps using it are refused. \
+                 Set a new loop.dev/rotate value to issue a new token."
             ),
         ),
         Outcome::Blocked(Blocked::Spec(problem)) => {
@@ -123,6 +140,45 @@ fn converged_message(d: Option<&Desired>, plan: Option<&Plan>) -> String {
     msg
 }
 
+/// What failed, when it is a failure that retrying may cure (the store or the API server is
+/// unavailable): then a rotation that is due is overdue, not refused.
+pub fn passing_failure(outcome: &Outcome<'_>) -> Option<String> {
+    match outcome {
+        Outcome::Store(e @ StoreError::Unavailable(_)) => Some(e.to_string()),
+        Outcome::Kubernetes(e) => Some(format!("Kubernetes API error: {e}")),
+        _ => None,
+    }
+}
+
+/// A rotation that was due and has not happened, as the last status recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue<'s> {
+    pub due: &'s str,
+    pub expires: Option<&'s str>,
+}
+
+impl Overdue<'_> {
+    fn message(&self, failure: &str) -> String {
+        let expiry = self.expires.map_or_else(String::new, |e| {
+            format!("; the current token expires at {e}")
+        });
+        format!(
+            "the rotation due at {} has not happened: {failure}{expiry}; retrying",
+            self.due
+        )
+    }
+}
+
+/// The rotation `s` says was due by `now`, if any.
+pub fn overdue(s: &ApiTokenStatus, now: Timestamp) -> Option<Overdue<'_>> {
+    let due = s.next_rotation_at.as_deref()?;
+    let at: Timestamp = due.parse().ok()?;
+    (at <= now).then_some(Overdue {
+        due,
+        expires: s.expires_at.as_deref(),
+    })
+}
+
 /// The status to write. Token fields come from the plan when it knows the current token, and
 /// are otherwise kept from `old` (a failed pass does not erase what is known).
 pub fn compute(
@@ -133,7 +189,7 @@ pub fn compute(
     generation: Option<i64>,
     now: Timestamp,
 ) -> ApiTokenStatus {
-    let conditions = conditions_for(outcome, d, plan)
+    let conditions = conditions_for(outcome, d, plan, overdue(old, now).as_ref())
         .into_iter()
         .map(|(type_, status, reason, message)| {
             let since = old
@@ -162,6 +218,8 @@ pub fn compute(
         s.token_id = Some(c.id.clone());
         s.fingerprint = Some(c.fingerprint.clone());
         s.issued_at = p.issued_at.map(ts);
+        s.expires_at = p.expires_at.map(ts);
+        s.next_rotation_at = p.next_rotation.map(|(at, _)| ts(at));
         s.last_rotation_request.clone_from(&p.handled_rotation);
         s.previous_tokens = p
             .in_grace
@@ -238,10 +296,13 @@ mod tests {
                 revoked: false,
                 last_used_at: None,
                 use_count: 4,
+                created_at: now(),
             }),
             in_grace: vec![],
             handled_rotation: Some("r1".into()),
             issued_at: Some(now()),
+            expires_at: None,
+            next_rotation: None,
             wake_at: None,
         }
     }

@@ -222,7 +222,8 @@ impl StoreClient {
         }
     }
 
-    /// Register a token hash (idempotent for the same id and hash).
+    /// Register a token hash (idempotent for the same id and hash), with its expiry if it has
+    /// one.
     pub async fn register(
         &self,
         id: &str,
@@ -230,13 +231,14 @@ impl StoreClient {
         name: &str,
         scopes: &[String],
         owner: &Owner,
+        expires_at: Option<Timestamp>,
     ) -> Result<RegObs, StoreError> {
         let body = RegisterRequest {
             hash: hash.clone(),
             name: name.to_owned(),
             scopes: scopes.to_vec(),
             owner: owner.clone(),
-            expires_at: None,
+            expires_at,
         };
         let resp = self
             .send("register", self.http.put(self.url(id)).json(&body))
@@ -332,6 +334,7 @@ fn reg_obs(v: &TokenView) -> RegObs {
         revoked: v.revoked_at.is_some(),
         last_used_at: v.last_used_at,
         use_count: v.use_count,
+        created_at: v.created_at,
     }
 }
 
@@ -413,7 +416,14 @@ mod tests {
         assert_eq!(listed[0].use_count, 3);
         let scopes = vec!["orders:read".to_owned()];
         let reg = client
-            .register("t1", &TokenHash::of("x"), "Klaviyo", &scopes, &owner())
+            .register(
+                "t1",
+                &TokenHash::of("x"),
+                "Klaviyo",
+                &scopes,
+                &owner(),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(reg.fingerprint, "0123456789ab");
@@ -427,10 +437,13 @@ mod tests {
             StoreClient::new(&base, "cred", Duration::from_secs(5), &Trust::SystemRoots).unwrap();
         let hash = TokenHash::of("x");
         let scopes = vec!["orders:read".to_owned()];
-        let _ = client
-            .register("t1", &hash, "Klaviyo", &scopes, &owner())
-            .await;
         let expiry: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let _ = client
+            .register("t1", &hash, "Klaviyo", &scopes, &owner(), None)
+            .await;
+        let _ = client
+            .register("t2", &hash, "Klaviyo", &scopes, &owner(), Some(expiry))
+            .await;
         client.update("t1", Some("New"), None, None).await.unwrap();
         client
             .update("t1", None, Some(&scopes), Some(None))
@@ -449,6 +462,13 @@ mod tests {
                     "PUT",
                     json!({"hash": hash.as_str(), "name": "Klaviyo", "scopes": ["orders:read"],
                         "owner": {"cluster": "c", "namespace": "n", "name": "t", "uid": "u"}})
+                ),
+                // A token that expires is registered with its expiry.
+                (
+                    "PUT",
+                    json!({"hash": hash.as_str(), "name": "Klaviyo", "scopes": ["orders:read"],
+                        "owner": {"cluster": "c", "namespace": "n", "name": "t", "uid": "u"},
+                        "expiresAt": "2030-01-01T00:00:00Z"})
                 ),
                 ("PATCH", json!({"name": "New"})),
                 // An explicit null clears the expiry; an absent field leaves it.
