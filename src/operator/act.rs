@@ -52,8 +52,7 @@ pub async fn execute(
                 .update(id, Some(name), Some(scopes), *expiry)
                 .await?;
             ctx.metrics.action("update");
-            tg.publish(&ctx.recorder, events::updated(name, scopes))
-                .await;
+            tg.publish(&ctx.events, events::updated(name, scopes)).await;
             Ok(None)
         }
         Action::Expire { id, at } => {
@@ -126,7 +125,7 @@ async fn issue(
     });
     let grace = previous.map(|_| d.grace);
     match events::issued(reason, &fp, grace, &d.aging, &d.secret_name) {
-        Some(note) => tg.publish(&ctx.recorder, note).await,
+        Some(note) => tg.publish(&ctx.events, note).await,
         None => {
             tracing::info!(apitoken = %tg.name, namespace = %tg.ns, fingerprint = %fp, secret = %d.secret_name, "token issued");
         }
@@ -160,7 +159,7 @@ async fn reregister(
         )
         .await?;
     ctx.metrics.action("reregister");
-    tg.publish(&ctx.recorder, events::reregistered(&token.fingerprint()))
+    tg.publish(&ctx.events, events::reregistered(&token.fingerprint()))
         .await;
     Ok(())
 }
@@ -180,7 +179,7 @@ async fn rewrite_secret(
     let desired = secret::desired(tg.t, scene.d, token, &record);
     let written = tg.write_secret(&desired, true).await?;
     ctx.metrics.action("repair_secret");
-    tg.publish(&ctx.recorder, events::secret_repaired(&scene.d.secret_name))
+    tg.publish(&ctx.events, events::secret_repaired(&scene.d.secret_name))
         .await;
     Ok(Some(written))
 }
@@ -193,7 +192,7 @@ async fn revoke(
 ) -> Result<(), Error> {
     ctx.store.revoke(id).await?;
     ctx.metrics.action("revoke");
-    tg.publish(&ctx.recorder, events::revoked(id, reason)).await;
+    tg.publish(&ctx.events, events::revoked(id, reason)).await;
     Ok(())
 }
 

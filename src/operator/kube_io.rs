@@ -8,7 +8,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, Recorder};
+use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::crd::{ApiToken, ApiTokenStatus};
@@ -143,7 +143,7 @@ impl<'a> Target<'a> {
     }
 
     /// Publish an Event on the ApiToken. A failure is logged, never fatal: Events are hints.
-    pub async fn publish(&self, recorder: &Recorder, n: Note) {
+    pub async fn publish(&self, events: &Publisher, n: Note) {
         let ev = Event {
             type_: n.type_,
             reason: n.reason.to_owned(),
@@ -151,8 +151,33 @@ impl<'a> Target<'a> {
             action: n.reason.to_owned(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&ev, &self.t.object_ref(&())).await {
+        if let Err(e) = events
+            .recorder()
+            .publish(&ev, &self.t.object_ref(&()))
+            .await
+        {
             tracing::warn!(error = %describe(&e), reason = n.reason, "could not publish an event");
         }
+    }
+}
+
+/// Publishes the operator's Events, each as a new Event. kube's [`Recorder`] folds Events of the
+/// same reason on the same object into one series that keeps the first note: a second rotation
+/// within minutes would be shown with the first one's fingerprint and cause. Every Event the
+/// operator publishes marks one change, so none may be folded: a fresh recorder (and its empty
+/// cache) per Event. This also keeps no per-object cache in memory.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+    reporter: Reporter,
+}
+
+impl Publisher {
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        Publisher { client, reporter }
+    }
+
+    fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
     }
 }

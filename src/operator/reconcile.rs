@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -25,7 +24,7 @@ use super::crd::ApiToken;
 use super::decide::{self, AfterFailure, StatusWrite};
 use super::error::Error;
 use super::events;
-use super::kube_io::Target;
+use super::kube_io::{Publisher, Target};
 use super::metrics::Metrics;
 use super::names::{FINALIZER, ROTATE_ANNOTATION};
 use super::plan::{self, Action, Blocked, Desired, Observed, Plan, RegObs};
@@ -46,7 +45,8 @@ pub struct Context {
     pub secrets: Store<Secret>,
     pub store: StoreClient,
     pub cluster: String,
-    pub recorder: Recorder,
+    /// Publishes Events.
+    pub events: Publisher,
     pub metrics: Arc<Metrics>,
     /// How often usage figures are refreshed from the store.
     pub usage_interval: Duration,
@@ -122,7 +122,7 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
                     Blocked::Spec(_) => None,
                 };
                 if let Some(note) = note {
-                    tg.publish(&ctx.recorder, note).await;
+                    tg.publish(&ctx.events, note).await;
                 }
             }
             write_status(&tg, ctx, &Outcome::Blocked(&blocked), Some(&d), None, false).await?;
@@ -142,6 +142,9 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             }
             if issued {
                 crash::point(ctx.crash_at.as_deref(), "before-status");
+            }
+            if d.rotation_request.is_some() && d.rotation_request != plan.handled_rotation {
+                tracing::debug!(apitoken = %tg.name, namespace = %tg.ns, value = d.rotation_request.as_deref().unwrap_or_default(), handled = plan.handled_rotation.as_deref().unwrap_or_default(), "loop.dev/rotate holds a timestamp no later than the one the current token answered: no rotation");
             }
             write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&plan), acted).await?;
             let next = decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
@@ -271,14 +274,14 @@ async fn fail(tg: &Target<'_>, ctx: &Context, d: &Desired, e: Error) -> Result<R
     if let Error::Store(StoreError::Rejected { code, message, .. }) = &e
         && decide::announce_stall(tg.status())
     {
-        tg.publish(&ctx.recorder, events::store_rejected(code, message))
+        tg.publish(&ctx.events, events::store_rejected(code, message))
             .await;
     }
     if let Some(failure) = status::passing_failure(&outcome)
         && let Some(o) = decide::announce_overdue(tg.status(), Timestamp::now())
     {
         let note = events::rotation_overdue(o.due, o.expires, &failure);
-        tg.publish(&ctx.recorder, note).await;
+        tg.publish(&ctx.events, note).await;
     }
     write_status(tg, ctx, &outcome, Some(d), None, false).await?;
     match decide::after_failure(&e) {
@@ -307,7 +310,7 @@ async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     .await;
     // One Event for all the tokens revoked (the current one and any still in grace).
     if let Some(note) = events::revoked_on_deletion(&revoked) {
-        tg.publish(&ctx.recorder, note).await;
+        tg.publish(&ctx.events, note).await;
     }
     match result {
         Ok(()) => {

@@ -12,12 +12,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 
 use super::crd::ApiToken;
+use super::kube_io::Publisher;
 use super::leader;
 use super::metrics::Metrics;
 use super::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -140,7 +141,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         secrets: secret_cache,
         store,
         cluster: cfg.cluster_name.clone(),
-        recorder: Recorder::new(client.clone(), reporter()),
+        events: Publisher::new(client.clone(), reporter()),
         metrics: Arc::clone(&metrics),
         usage_interval: cfg.usage_interval,
         retry_after: cfg.retry_after,

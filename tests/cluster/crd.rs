@@ -35,6 +35,15 @@ async fn invalid_specs_are_refused_by_the_api_server() {
             ("{scopes: [a:read], secret: {key: 'a/b'}}", "spec.secret.key in body should match"),
             ("{scopes: [a:read], rotation: {gracePeriod: soon}}", "spec.rotation.gracePeriod in body should match"),
             ("{scopes: [a:read], rotation: {gracePeriod: 200h}}", "gracePeriod must be at most 168h"),
+            ("{scopes: [a:read], rotation: {every: 30m, gracePeriod: 0s}}", "rotation.every must be at least 1h"),
+            ("{scopes: [a:read], rotation: {every: 1h}}", "rotation.every must be longer than rotation.gracePeriod"),
+            ("{scopes: [a:read], rotation: {every: 2d}}", "spec.rotation.every in body should match"),
+            ("{scopes: [a:read], rotation: {every: 24h}, expiry: {after: 24h}}", "expiry.after must be at least rotation.every + rotation.gracePeriod"),
+            ("{scopes: [a:read], expiry: {after: 8761h}}", "expiry.after must be at most 8760h (one year)"),
+            ("{scopes: [a:read], expiry: {after: 30m, renew: false}}", "expiry.after must be at least 1h"),
+            ("{scopes: [a:read], expiry: {after: 2h}}", "with expiry.renew, expiry.after must be at least 3 x rotation.gracePeriod"),
+            ("{scopes: [a:read], expiry: {after: soon}}", "spec.expiry.after in body should match"),
+            ("{scopes: [a:read], expiry: {renew: false}}", "spec.expiry.after: Required value"),
         ];
         for (i, (spec, expected)) in cases.iter().enumerate() {
             let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&token(&ns, &format!("bad-{i}"), spec)));
@@ -42,12 +51,29 @@ async fn invalid_specs_are_refused_by_the_api_server() {
             assert!(!out.status.success(), "accepted: {spec}");
             assert!(err.contains(expected), "for {spec}: expected {expected:?} in:\n{err}");
         }
+        // Aging at its limits is accepted: every just over the grace period, an expiry of a year
+        // that covers every + gracePeriod, and an expiry that is not renewed.
+        for (name, spec) in [
+            ("aging", "{scopes: [a:read], rotation: {every: 720h, gracePeriod: 1h}, expiry: {after: 8760h}}"),
+            ("lapsing", "{scopes: [a:read], expiry: {after: 1h, renew: false}}"),
+        ] {
+            let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&token(&ns, name, spec)));
+            assert!(out.status.success(), "{spec}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let listed = cp.kubectl_ok(&["get", "apitokens", "-n", &ns, "-o", "name"]);
-        assert_eq!(listed.trim(), "apitoken.loop.dev/good", "only the valid resource exists");
+        let mut listed: Vec<&str> = listed.lines().collect();
+        listed.sort_unstable();
+        assert_eq!(
+            listed,
+            ["apitoken.loop.dev/aging", "apitoken.loop.dev/good", "apitoken.loop.dev/lapsing"],
+            "only the valid resources exist"
+        );
 
         // Defaults are applied by the API server.
         let stored = cp.kubectl_ok(&["get", "lat", "good", "-n", &ns, "-o", "jsonpath={.spec.secret.key} {.spec.rotation.gracePeriod}"]);
         assert_eq!(stored, "token 1h30m");
+        let renew = cp.kubectl_ok(&["get", "lat", "aging", "-n", &ns, "-o", "jsonpath={.spec.expiry.renew}"]);
+        assert_eq!(renew, "true", "expiry.renew defaults to true");
 
         // Printer columns and the short name.
         let table = cp.kubectl_ok(&["get", "lat", "-n", &ns]);
@@ -56,7 +82,11 @@ async fn invalid_specs_are_refused_by_the_api_server() {
             assert!(header.contains(col), "missing column {col}: {header}");
         }
         let wide = cp.kubectl_ok(&["get", "lat", "-n", &ns, "-o", "wide"]);
-        assert!(wide.lines().next().unwrap_or_default().contains("FINGERPRINT"), "{wide}");
+        let wide_header = wide.lines().next().unwrap_or_default();
+        for col in ["FINGERPRINT", "EXPIRES", "NEXT ROTATION"] {
+            assert!(wide_header.contains(col), "missing wide column {col}: {wide}");
+        }
+        assert!(!header.contains("EXPIRES"), "expiry only in -o wide: {header}");
     })
     .await;
 }

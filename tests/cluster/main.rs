@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod aging;
 mod crd;
 mod foundation;
 mod helm_chart;

@@ -18,12 +18,12 @@ use support::store::{ADMIN, StoreProcess, sqlite_args};
 use support::tls::{make_ca, make_leaf, path_str};
 use support::{ControlPlane, eventually, with_namespace, within};
 
-struct Env {
-    cp: ControlPlane,
-    ns: String,
-    store: StoreProcess,
-    operator: OperatorProcess,
-    _data: tempfile::TempDir,
+pub(crate) struct Env {
+    pub(crate) cp: ControlPlane,
+    pub(crate) ns: String,
+    pub(crate) store: StoreProcess,
+    pub(crate) operator: OperatorProcess,
+    pub(crate) data: tempfile::TempDir,
 }
 
 async fn env(cp: ControlPlane, ns: String) -> Env {
@@ -36,7 +36,7 @@ async fn env(cp: ControlPlane, ns: String) -> Env {
         ns,
         store,
         operator,
-        _data: data,
+        data,
     }
 }
 
@@ -71,19 +71,25 @@ async fn env_tls(cp: ControlPlane, ns: String, trust_the_signing_ca: bool) -> En
         ns,
         store,
         operator,
-        _data: data,
+        data,
     }
 }
 
 fn start_store(dir: &std::path::Path) -> StoreProcess {
+    start_store_with(dir, &[])
+}
+
+/// A store on SQLite in `dir`, with these environment variables (e.g. a fake clock's).
+pub(crate) fn start_store_with(dir: &std::path::Path, envs: &[(String, String)]) -> StoreProcess {
     let args = sqlite_args(dir);
     let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
     argv.extend(["--usage-flush-interval", "100ms"]);
-    StoreProcess::start(&argv, &[])
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    StoreProcess::start(&argv, &envs)
 }
 
 impl Env {
-    fn apply(&self, yaml: &str) {
+    pub(crate) fn apply(&self, yaml: &str) {
         let out = self
             .cp
             .kubectl_stdin(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml));
@@ -94,13 +100,13 @@ impl Env {
         );
     }
 
-    fn kubectl(&self, args: &[&str]) -> String {
+    pub(crate) fn kubectl(&self, args: &[&str]) -> String {
         let mut all = args.to_vec();
         all.extend(["-n", &self.ns]);
         self.cp.kubectl_ok(&all)
     }
 
-    fn wait_ready(&self, name: &str) {
+    pub(crate) fn wait_ready(&self, name: &str) {
         self.kubectl(&[
             "wait",
             "--for=condition=Ready",
@@ -109,11 +115,11 @@ impl Env {
         ]);
     }
 
-    fn tokens(&self) -> Api<ApiToken> {
+    pub(crate) fn tokens(&self) -> Api<ApiToken> {
         Api::namespaced(self.cp.client.clone(), &self.ns)
     }
 
-    async fn get(&self, name: &str) -> ApiToken {
+    pub(crate) async fn get(&self, name: &str) -> ApiToken {
         self.tokens()
             .get(name)
             .await
@@ -121,7 +127,7 @@ impl Env {
     }
 
     /// Wait until the ApiToken satisfies `pred`.
-    async fn wait_until(
+    pub(crate) async fn wait_until(
         &self,
         name: &str,
         what: &str,
@@ -140,7 +146,7 @@ impl Env {
     }
 
     /// Wait until the ApiToken is Stalled with `why`; returns it and the condition's message.
-    async fn wait_stalled(&self, name: &str, why: &'static str) -> (ApiToken, String) {
+    pub(crate) async fn wait_stalled(&self, name: &str, why: &'static str) -> (ApiToken, String) {
         let t = self
             .wait_until(name, why, move |t| {
                 reason(t, "Stalled").as_deref() == Some(why)
@@ -156,7 +162,7 @@ impl Env {
     }
 
     /// Wait until the rotation asked for with `value` is handled and the token Ready.
-    async fn wait_rotated(&self, name: &str, value: &str) -> ApiToken {
+    pub(crate) async fn wait_rotated(&self, name: &str, value: &str) -> ApiToken {
         let value = value.to_owned();
         self.wait_until(name, "the rotation to be handled", move |t| {
             ready(t)
@@ -168,7 +174,7 @@ impl Env {
         .await
     }
 
-    async fn secret_token(&self, secret: &str) -> String {
+    pub(crate) async fn secret_token(&self, secret: &str) -> String {
         let api: Api<Secret> = Api::namespaced(self.cp.client.clone(), &self.ns);
         let s = api
             .get(secret)
@@ -181,14 +187,14 @@ impl Env {
         String::from_utf8(bytes.0.clone()).unwrap()
     }
 
-    async fn introspect(&self, token: &str) -> Value {
+    pub(crate) async fn introspect(&self, token: &str) -> Value {
         let (status, v) = self.store.introspect(token).await;
         assert_eq!(status, 200, "{v}");
         v
     }
 
     /// Ids of the store's active registrations of this ApiToken.
-    async fn active_ids(&self, t: &ApiToken) -> Vec<String> {
+    pub(crate) async fn active_ids(&self, t: &ApiToken) -> Vec<String> {
         let uid = t.metadata.uid.clone().unwrap_or_default();
         let (_, v) = self
             .store
@@ -209,18 +215,18 @@ impl Env {
         ids
     }
 
-    fn events(&self) -> String {
+    pub(crate) fn events(&self) -> String {
         self.kubectl(&["get", "events", "-o", "json"])
     }
 }
 
-fn token_yaml(name: &str, extra: &str) -> String {
+pub(crate) fn token_yaml(name: &str, extra: &str) -> String {
     format!(
         "apiVersion: loop.dev/v1alpha1\nkind: ApiToken\nmetadata:\n  name: {name}\n{extra}spec:\n  displayName: Klaviyo sync\n  scopes: [subscriptions:read, customers:read]\n"
     )
 }
 
-fn ready(t: &ApiToken) -> bool {
+pub(crate) fn ready(t: &ApiToken) -> bool {
     t.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
@@ -228,7 +234,7 @@ fn ready(t: &ApiToken) -> bool {
     })
 }
 
-fn reason(t: &ApiToken, type_: &str) -> Option<String> {
+pub(crate) fn reason(t: &ApiToken, type_: &str) -> Option<String> {
     t.status
         .as_ref()?
         .conditions
@@ -651,7 +657,7 @@ async fn a_store_outage_delays_but_loses_nothing() {
         );
 
         // The store comes back on the same data and address.
-        let argv_owned = sqlite_args(e._data.path());
+        let argv_owned = sqlite_args(e.data.path());
         let mut argv: Vec<&str> = argv_owned.iter().map(String::as_str).collect();
         argv.extend(["--listen", listen.as_str()]);
         e.store = StoreProcess::start(&argv, &[]);

@@ -10,6 +10,7 @@
 //! A missing service is a failure, never a skip: these tests are the proof.
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod operator;
 pub mod store;
 pub mod tls;

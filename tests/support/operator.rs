@@ -26,6 +26,8 @@ pub struct OperatorBuilder<'a> {
     crash_at: Option<&'a str>,
     leader_election: bool,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
+    usage_interval: &'a str,
 }
 
 impl<'a> OperatorBuilder<'a> {
@@ -48,6 +50,18 @@ impl<'a> OperatorBuilder<'a> {
         self
     }
 
+    /// Extra environment variables (e.g. a [`super::clock::FakeClock`]'s).
+    pub fn envs(mut self, envs: &[(String, String)]) -> Self {
+        self.envs.extend(envs.iter().cloned());
+        self
+    }
+
+    /// `--usage-interval` (1h by default here: tests wake the operator by changing things).
+    pub fn usage_interval(mut self, every: &'a str) -> Self {
+        self.usage_interval = every;
+        self
+    }
+
     /// Extra flags.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| (*a).to_owned()));
@@ -65,7 +79,12 @@ impl<'a> OperatorBuilder<'a> {
             self.ns,
         ])
         .args(["--metrics-addr", "127.0.0.1:0", "--cluster-name", "e2e"])
-        .args(["--retry-after", "500ms", "--usage-interval", "1h"])
+        .args([
+            "--retry-after",
+            "500ms",
+            "--usage-interval",
+            self.usage_interval,
+        ])
         .env("KUBECONFIG", self.kubeconfig)
         .env("LOOP_STORE_TOKEN", ADMIN)
         .env(
@@ -77,6 +96,7 @@ impl<'a> OperatorBuilder<'a> {
             cmd.arg("--leader-election=false");
         }
         cmd.args(&self.args);
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         if let Some(step) = self.crash_at {
             cmd.env("LOOP_OPERATOR_CRASH_AT", step);
         }
@@ -109,6 +129,8 @@ impl OperatorProcess {
             crash_at: None,
             leader_election: false,
             args: Vec::new(),
+            envs: Vec::new(),
+            usage_interval: "1h",
         }
     }
 
