@@ -971,3 +971,94 @@ async fn helm_install_generates_a_store_certificate_for_its_service_and_keeps_it
     })
     .await;
 }
+
+/// The metric names a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names: Vec<String> = expr
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("loop_"))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// With `prometheusRule.enabled` (and the per-token gauges it needs), the chart renders a
+/// PrometheusRule the API server accepts, whose alert expressions are valid PromQL over metrics
+/// the operator exports; without the gauges it refuses to render; by default neither is there.
+#[tokio::test]
+async fn helm_prometheus_rule_alerts_on_metrics_the_operator_exports() {
+    with_namespace("helm-alerts", |cp, ns| async move {
+        support::install_crd_file(
+            &cp,
+            "tests/fixtures/prometheusrule-crd.yaml",
+            "prometheusrules.monitoring.coreos.com",
+        )
+        .await;
+        let on = [
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "operator.perTokenMetrics=true",
+        ];
+        let rendered = render(&cp, "r", &ns, &on);
+        server_accepts(&cp, &rendered, "prometheusRule.enabled");
+        let objs = objects(&rendered);
+        assert!(has_arg(
+            container(&objs, "r", "operator"),
+            "--per-token-metrics=true"
+        ));
+        let rule = object(&objs, "PrometheusRule", "r-loop-token-operator");
+        let rules = rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let alerts: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+        assert_eq!(
+            alerts,
+            [
+                "LoopApiTokenExpiringSoon",
+                "LoopApiTokenRotationOverdue",
+                "LoopApiTokensStalled"
+            ]
+        );
+
+        // What the operator exports with --per-token-metrics, for one ApiToken with a schedule.
+        let metrics = loop_token_operator::operator::metrics::Metrics::new(true);
+        metrics.set_state(
+            "u",
+            loop_token_operator::operator::status::Readiness::Stalled,
+        );
+        metrics.set_times("u", "ns", "a", Some(1_800_000_000), Some(1_700_000_000));
+        let exported = metrics.encode().unwrap_or_default();
+        for r in &rules {
+            let expr = r["expr"].as_str().unwrap_or_default();
+            if let Err(e) = promql_parser::parser::parse(expr) {
+                panic!("{}: not PromQL ({e}):\n{expr}", r["alert"]);
+            }
+            for name in metric_names(expr) {
+                assert!(
+                    exported
+                        .lines()
+                        .any(|l| l.starts_with(&format!("{name}{{"))),
+                    "{}: the operator exports no {name}:\n{exported}",
+                    r["alert"]
+                );
+            }
+        }
+
+        render_refused(
+            &cp,
+            &["--set", "prometheusRule.enabled=true"],
+            &["prometheusRule.enabled needs operator.perTokenMetrics=true"],
+        );
+        let objs = objects(&render(&cp, "r", &ns, &[]));
+        assert!(objs.iter().all(|o| o["kind"] != "PrometheusRule"));
+        assert!(!has_arg(
+            container(&objs, "r", "operator"),
+            "--per-token-metrics=true"
+        ));
+    })
+    .await;
+}

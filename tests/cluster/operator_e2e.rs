@@ -956,7 +956,12 @@ async fn the_examples_work() {
     with_namespace("e2e-examples", |cp, ns| async move {
         let e = env(cp, ns).await;
         let root = support::repo_root().join("examples");
-        for f in ["basic.yaml", "rotation.yaml", "two-integrations.yaml"] {
+        for f in [
+            "basic.yaml",
+            "rotation.yaml",
+            "two-integrations.yaml",
+            "aging.yaml",
+        ] {
             e.kubectl(&["apply", "-f", root.join(f).to_str().unwrap_or_default()]);
         }
         // The kustomization names its own namespace, as a GitOps repo would; retarget it.
@@ -1004,6 +1009,18 @@ async fn the_examples_work() {
                 "token",
                 "orders:read reports:read",
             ),
+            (
+                "partner-export",
+                "partner-export",
+                "token",
+                "customers:read orders:read",
+            ),
+            (
+                "backfill-job",
+                "backfill-job",
+                "token",
+                "subscriptions:read",
+            ),
         ];
         let secrets: Api<Secret> = Api::namespaced(e.cp.client.clone(), &e.ns);
         for (name, secret, key, scopes) in expected {
@@ -1036,6 +1053,21 @@ async fn the_examples_work() {
                 .as_deref(),
             Some("2026-11-29T12:00:00Z"),
             "an annotation present at creation is handled without a second rotation"
+        );
+        // The aging example: its expiry and schedule reach the status, 90 and 30 days out.
+        let s = e.get("partner-export").await.status.unwrap_or_default();
+        let at = |v: Option<&String>| -> jiff::Timestamp {
+            v.and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("not a time: {v:?}"))
+        };
+        let issued = at(s.issued_at.as_ref());
+        assert_eq!(
+            at(s.expires_at.as_ref()),
+            issued + jiff::SignedDuration::from_hours(2160)
+        );
+        assert_eq!(
+            at(s.next_rotation_at.as_ref()),
+            issued + jiff::SignedDuration::from_hours(720)
         );
         let labels = e.kubectl(&[
             "get",
