@@ -202,6 +202,26 @@ mod tests {
     }
 
     #[test]
+    fn an_overdue_rotation_is_announced_once() {
+        let now = Timestamp::from_second(1_800_000_000).expect("a time");
+        let mut s = status("Ready");
+        assert!(
+            announce_overdue(Some(&s), now).is_none(),
+            "nothing scheduled"
+        );
+        s.next_rotation_at = Some("2027-01-15T08:00:01Z".into());
+        assert!(announce_overdue(Some(&s), now).is_none(), "not due yet");
+        s.next_rotation_at = Some("2027-01-15T07:59:00Z".into());
+        let o = announce_overdue(Some(&s), now).expect("due");
+        assert_eq!(o.due, "2027-01-15T07:59:00Z");
+        s.conditions[0].reason = reason::ROTATION_OVERDUE.into();
+        assert!(
+            announce_overdue(Some(&s), now).is_none(),
+            "the status already says so"
+        );
+    }
+
+    #[test]
     fn status_writes_compare_live_unless_the_token_changed() {
         let a = status("Ready");
         let b = status("Stalled");

@@ -492,12 +492,14 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
             _ if issuing_previous == Some(r.id.as_str()) => {
                 grace_action(r, o.now, o.desired.grace, o.now)
             }
-            _ if replaced_by_current => {
-                // Replaced by the current token: its grace period runs from the issue time (it
-                // may never have been started: a crash right after the Secret was written).
+            _ if replaced_by_current && !grace_started(r, &o.desired.aging) => {
+                // Replaced by the current token, but its grace period was never started (a crash
+                // right after the Secret was written): start it from the issue time.
                 let since = o.secret.and_then(|s| s.issued_at).unwrap_or(o.now);
                 grace_action(r, since, o.desired.grace, o.now)
             }
+            // A grace period runs as it was started, whatever gracePeriod says now.
+            _ if replaced_by_current => None,
             Some(_) if listed(&r.id) => None,
             _ => Some(Action::Revoke {
                 id: r.id.clone(),
@@ -514,6 +516,22 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
         }
     }
     p.in_grace.sort_by_key(|g| g.2);
+}
+
+/// Whether the grace period of `r` (the token the current one replaced) was started: it has an
+/// expiry, and not the one it was registered with. That one is its issue time plus
+/// `expiry.after`; the store's creation time stands in for the issue time, which it follows by
+/// the length of the register call, hence the margin.
+fn grace_started(r: &RegObs, aging: &Aging) -> bool {
+    const MARGIN: SignedDuration = SignedDuration::from_secs(5);
+    match (r.expires_at, aging.expiry) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(at), Some(e)) => r
+            .created_at
+            .checked_add(e.after - MARGIN)
+            .is_ok_and(|registered| at < registered),
+    }
 }
 
 /// Give `r` a grace period from `since`: expire it at `since + grace`, unless it expires sooner
@@ -1157,6 +1175,48 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_running_grace_period_is_not_shortened_by_a_new_grace_period() {
+        let mut d = desired();
+        d.grace = SignedDuration::ZERO;
+        let mut s = issued_ago("b", 600);
+        s.previous_token_id = Some("a".into());
+        let p = run(
+            &d,
+            Some(&s),
+            &[expiring("a", NOW + 3000), reg("b")],
+            Some("b"),
+        );
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(
+            p.in_grace,
+            vec![("a".into(), "fp-a".into(), ts(NOW + 3000))]
+        );
+    }
+
+    #[test]
+    fn with_an_expiry_a_grace_period_never_started_is_started_from_the_issue_time() {
+        let d = aging(None, Some((90, true)));
+        let mut s = issued_ago("b", 600);
+        s.previous_token_id = Some("a".into());
+        s.retired = Some(vec!["a".into()]);
+        // "a" still has the expiry it was registered with: the crash came before its grace.
+        let mut a = expiring("a", NOW - 60 * HOUR + 90 * HOUR);
+        a.created_at = ts(NOW - 60 * HOUR);
+        let b = expiring("b", NOW - 600 + 90 * HOUR);
+        let p = run(&d, Some(&s), &[a.clone(), b.clone()], Some("b"));
+        assert_eq!(
+            p.actions,
+            vec![Action::Expire {
+                id: "a".into(),
+                at: ts(NOW - 600 + HOUR)
+            }]
+        );
+        // Once started, it runs.
+        a.expires_at = Some(ts(NOW - 600 + HOUR));
+        assert_eq!(run(&d, Some(&s), &[a, b], Some("b")).actions, vec![]);
     }
 
     #[test]

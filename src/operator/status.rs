@@ -402,6 +402,42 @@ mod tests {
     }
 
     #[test]
+    fn an_outage_when_a_rotation_is_due_says_the_rotation_is_overdue() {
+        let mut p = plan_with_current();
+        let due = Timestamp::from_second(1_800_000_100).unwrap();
+        p.next_rotation = Some((due, crate::operator::schedule::Due::Scheduled));
+        p.expires_at = Some(Timestamp::from_second(1_800_009_000).unwrap());
+        let ok = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Converged,
+            None,
+            Some(&p),
+            Some(1),
+            now(),
+        );
+        assert_eq!(ok.next_rotation_at.as_deref(), Some("2027-01-15T08:01:40Z"));
+        let down = StoreError::Unavailable("connection failed".into());
+        // Before it is due: an ordinary outage.
+        let s = compute(&ok, &Outcome::Store(&down), None, None, Some(1), now());
+        let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.reason, reason::STORE_UNAVAILABLE);
+        // Once due: overdue, with when it was due, what fails and when the token expires.
+        let later = Timestamp::from_second(1_800_000_200).unwrap();
+        let s = compute(&ok, &Outcome::Store(&down), None, None, Some(1), later);
+        let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.reason, reason::ROTATION_OVERDUE);
+        assert_eq!(
+            ready.message,
+            "the rotation due at 2027-01-15T08:01:40Z has not happened: the Loop token store is unavailable: connection failed; the current token expires at 2027-01-15T10:30:00Z; retrying"
+        );
+        assert_eq!(readiness(&s), Readiness::Reconciling);
+        // A refusal is not an outage: it stalls as before.
+        let refused = StoreError::Unauthorized { status: 401 };
+        let s = compute(&ok, &Outcome::Store(&refused), None, None, Some(1), later);
+        assert_eq!(readiness(&s), Readiness::Stalled);
+    }
+
+    #[test]
     fn a_failed_pass_keeps_the_known_token() {
         let ok = compute(
             &ApiTokenStatus::default(),

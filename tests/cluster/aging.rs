@@ -299,6 +299,71 @@ async fn an_expiring_token_is_renewed_in_time_and_refused_by_the_store_once_expi
     .await;
 }
 
+/// A rotation that is due while the store is down: the ApiToken says it is overdue (once, with a
+/// Warning), the current token keeps working, and the rotation happens once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_due_during_a_store_outage_is_reported_overdue_then_done() {
+    with_namespace("age-overdue", |cp, ns| async move {
+        let mut a = aged(cp, ns).await;
+        a.e.apply(&spec(
+            "late",
+            "  rotation: {every: 2h}
+  expiry: {after: 6h}
+",
+        ));
+        a.e.wait_ready("late");
+        let fp0 = a.fingerprint("late").await;
+        let token0 = a.e.secret_token("late").await;
+
+        let listen = a.e.store.url.trim_start_matches("http://").to_owned();
+        a.e.store.kill();
+        a.clock.advance(mins(121));
+        let t =
+            a.e.wait_until("late", "RotationOverdue", |t| {
+                crate::operator_e2e::reason(t, "Reconciling").as_deref() == Some("RotationOverdue")
+            })
+            .await;
+        let msg = t
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("has not happened: the Loop token store is unavailable")
+                && msg.contains("the current token expires at"),
+            "{msg}"
+        );
+        a.settle(5.0).await;
+        assert_eq!(
+            a.notes("late", "RotationOverdue").len(),
+            1,
+            "one Warning per episode"
+        );
+
+        // The store is back (same data, same address, same clock): the rotation happens.
+        let args = support::store::sqlite_args(a.e.data.path());
+        let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        argv.extend([
+            "--listen",
+            listen.as_str(),
+            "--usage-flush-interval",
+            "100ms",
+        ]);
+        let envs = a.clock.envs();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        a.e.store = support::store::StoreProcess::start(&argv, &envs);
+        let t = a.wait_new_token("late", &fp0).await;
+        assert!(
+            a.active(&token0).await,
+            "the overdue token keeps its grace period"
+        );
+        a.settle(3.0).await;
+        assert_eq!(a.registrations(&t).await.len(), 2, "one rotation");
+    })
+    .await;
+}
+
 /// Reads the Secret's token and asks the store about it, over and over, recording every refusal.
 struct SecretWatcher {
     stop: Arc<AtomicBool>,
