@@ -40,7 +40,7 @@ async fn aged(cp: ControlPlane, ns: String) -> Aged {
     support::install_crd(&cp).await;
     let clock = FakeClock::new();
     let data = tempfile::tempdir().unwrap();
-    let store = start_store_with(data.path(), &clock.envs());
+    let store = start_store_with(data.path(), None, &clock.envs());
     let operator = start_operator(&cp, &store, &ns, &clock);
     Aged {
         e: Env {
@@ -249,6 +249,12 @@ async fn an_expiring_token_is_renewed_in_time_and_refused_by_the_store_once_expi
         assert_eq!(time_of(s.expires_at.as_ref()), issued + hours(3));
         assert_eq!(time_of(s.next_rotation_at.as_ref()), issued + hours(2));
         let fp0 = fingerprint(&t);
+        // The store has the expiry since the issue (RFC 7662's `exp`, in seconds).
+        let token0 = a.e.secret_token("renewed").await;
+        assert_eq!(
+            a.e.introspect(&token0).await["exp"],
+            (issued + hours(3)).as_second()
+        );
 
         // Watch the Secret's token the whole time: every answer must be active.
         let watcher = SecretWatcher::start(&a, "renewed");
@@ -342,17 +348,7 @@ async fn a_rotation_due_during_a_store_outage_is_reported_overdue_then_done() {
         );
 
         // The store is back (same data, same address, same clock): the rotation happens.
-        let args = support::store::sqlite_args(a.e.data.path());
-        let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        argv.extend([
-            "--listen",
-            listen.as_str(),
-            "--usage-flush-interval",
-            "100ms",
-        ]);
-        let envs = a.clock.envs();
-        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        a.e.store = support::store::StoreProcess::start(&argv, &envs);
+        a.e.store = start_store_with(a.e.data.path(), Some(&listen), &a.clock.envs());
         let t = a.wait_new_token("late", &fp0).await;
         assert!(
             a.active(&token0).await,

@@ -76,14 +76,22 @@ async fn env_tls(cp: ControlPlane, ns: String, trust_the_signing_ca: bool) -> En
 }
 
 fn start_store(dir: &std::path::Path) -> StoreProcess {
-    start_store_with(dir, &[])
+    start_store_with(dir, None, &[])
 }
 
-/// A store on SQLite in `dir`, with these environment variables (e.g. a fake clock's).
-pub(crate) fn start_store_with(dir: &std::path::Path, envs: &[(String, String)]) -> StoreProcess {
+/// A store on SQLite in `dir`, on `listen` (an address it had before) or a free port, with these
+/// environment variables (e.g. a fake clock's).
+pub(crate) fn start_store_with(
+    dir: &std::path::Path,
+    listen: Option<&str>,
+    envs: &[(String, String)],
+) -> StoreProcess {
     let args = sqlite_args(dir);
     let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
     argv.extend(["--usage-flush-interval", "100ms"]);
+    if let Some(addr) = listen {
+        argv.extend(["--listen", addr]);
+    }
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     StoreProcess::start(&argv, &envs)
 }
@@ -657,10 +665,7 @@ async fn a_store_outage_delays_but_loses_nothing() {
         );
 
         // The store comes back on the same data and address.
-        let argv_owned = sqlite_args(e.data.path());
-        let mut argv: Vec<&str> = argv_owned.iter().map(String::as_str).collect();
-        argv.extend(["--listen", listen.as_str()]);
-        e.store = StoreProcess::start(&argv, &[]);
+        e.store = start_store_with(e.data.path(), Some(&listen), &[]);
         e.wait_ready("during");
         let during = e.secret_token("during").await;
         assert_eq!(e.introspect(&during).await["active"], true);
