@@ -65,7 +65,8 @@ struct RunArgs {
     /// Wait before retrying a failed reconcile.
     #[arg(long, env = "LOOP_RETRY_AFTER", default_value = "5s", value_parser = parse_duration)]
     retry_after: Duration,
-    /// Export two gauges per ApiToken, labelled with its namespace and name: when its token
+    /// Export two gauges per ApiToken, labelled with its namespace and name (`apitoken_namespace`,
+    /// `apitoken`): when its token
     /// expires and when it is next due to rotate (for alerts). Off by default: one series per
     /// ApiToken.
     #[arg(long, env = "LOOP_PER_TOKEN_METRICS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

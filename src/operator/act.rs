@@ -7,12 +7,14 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 
 use super::crash;
 use super::error::Error;
 use super::events;
 use super::kube_io::Target;
-use super::plan::{Action, Desired, IssueReason, RevokeReason};
+use super::names::secret_annotations;
+use super::plan::{Action, Desired, IssueReason, Retired, RevokeReason};
 use super::reconcile::Context;
 use super::secret::{self, Record};
 use crate::token::Token;
@@ -37,11 +39,17 @@ pub async fn execute(
             previous,
             reason,
             retired,
-        } => issue(tg, ctx, scene, previous.as_deref(), *reason, retired)
-            .await
-            .map(Some),
+            answers,
+        } => {
+            let chain = Chain {
+                previous: previous.as_deref(),
+                retired,
+                answers: answers.as_deref(),
+            };
+            issue(tg, ctx, scene, &chain, *reason).await.map(Some)
+        }
         Action::Reregister { id } => reregister(tg, ctx, scene, id).await.map(|()| None),
-        Action::RewriteSecret => rewrite_secret(tg, ctx, scene).await,
+        Action::RewriteSecret { issued_at } => rewrite_secret(tg, ctx, scene, *issued_at).await,
         Action::Update {
             id,
             name,
@@ -69,15 +77,23 @@ pub async fn execute(
     }
 }
 
+/// What a new token's Secret records besides the token: the token it replaces, the tokens left
+/// in their grace period, the rotate value it answers.
+struct Chain<'a> {
+    previous: Option<&'a str>,
+    retired: &'a [Retired],
+    answers: Option<&'a str>,
+}
+
 /// Mint, register, write the Secret; the Event names the new token by fingerprint.
 async fn issue(
     tg: &Target<'_>,
     ctx: &Context,
     scene: &Scene<'_>,
-    previous: Option<&str>,
+    chain: &Chain<'_>,
     reason: IssueReason,
-    retired: &[String],
 ) -> Result<Secret, Error> {
+    let previous = chain.previous;
     let d = scene.d;
     let token = Token::mint()?;
     let id = new_token_id(&tg.uid)?;
@@ -103,8 +119,8 @@ async fn issue(
         token_id: id.clone(),
         previous: previous.map(str::to_owned),
         issued_at,
-        rotation: d.rotation_request.clone(),
-        retired: retired.to_vec(),
+        rotation: chain.answers.map(str::to_owned),
+        retired: chain.retired.to_vec(),
     };
     let desired = secret::desired(tg.t, d, &token, &record);
     let written = match tg.write_secret(&desired, scene.secret.is_some()).await {
@@ -146,8 +162,11 @@ async fn reregister(
     let d = scene.d;
     // The expiry counts from the issue time the Secret records: losing the store's data must
     // not extend the token's life.
-    let issued_at = scene.secret.and_then(|s| Record::of(s, Timestamp::now()));
-    let expires_at = issued_at.and_then(|r| d.aging.expiry_of(r.issued_at));
+    let issued_at = scene
+        .secret
+        .and_then(|s| s.annotations().get(secret_annotations::ISSUED_AT))
+        .and_then(|v| v.parse::<Timestamp>().ok());
+    let expires_at = issued_at.and_then(|t| d.aging.expiry_of(t));
     ctx.store
         .register(
             id,
@@ -164,16 +183,18 @@ async fn reregister(
     Ok(())
 }
 
-/// Write the Secret again with the token and record it holds (it was edited by hand).
+/// Write the Secret again with the token and record it holds (it was edited by hand), and the
+/// issue time the plan decided.
 async fn rewrite_secret(
     tg: &Target<'_>,
     ctx: &Context,
     scene: &Scene<'_>,
+    issued_at: Timestamp,
 ) -> Result<Option<Secret>, Error> {
     let (Some(token), Some(existing)) = (scene.held, scene.secret) else {
         return Ok(None);
     };
-    let Some(record) = Record::of(existing, Timestamp::now()) else {
+    let Some(record) = Record::of(existing, issued_at) else {
         return Ok(None);
     };
     let desired = secret::desired(tg.t, scene.d, token, &record);

@@ -163,13 +163,14 @@ pub struct RotationPolicy {
     #[x_kube(validation = Rule::new("duration(self) <= duration('168h')").message("gracePeriod must be at most 168h"))]
     pub grace_period: String,
 
-    /// Rotate on a schedule: a new token this long after the current one was issued (at least
-    /// `1h`, and longer than `gracePeriod`), for example `720h`. An operator that was down past
+    /// Rotate on a schedule: a new token this long after the current one was issued (`1h` to
+    /// `8760h`, and longer than `gracePeriod`), for example `720h`. An operator that was down past
     /// the time rotates once when it is back. Without it, tokens rotate only when
     /// `loop.dev/rotate` changes (or, with `expiry.renew`, before they expire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("rotation.every must be at least 1h"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('8760h')").message("rotation.every must be at most 8760h (one year)"))]
     pub every: Option<String>,
 }
 

@@ -169,6 +169,7 @@ mod tests {
                 previous: None,
                 reason: IssueReason::First,
                 retired: vec![],
+                answers: None,
             }]
         };
         assert!(trust_cached_plan(&plan_with(vec![], None), true, &[reg()]));
@@ -181,7 +182,12 @@ mod tests {
             &[reg()]
         ));
         assert!(!trust_cached_plan(
-            &plan_with(vec![Action::RewriteSecret], None),
+            &plan_with(
+                vec![Action::RewriteSecret {
+                    issued_at: Timestamp::UNIX_EPOCH
+                }],
+                None
+            ),
             true,
             &[reg()]
         ));

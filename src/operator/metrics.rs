@@ -2,8 +2,8 @@
 //! operations and outcomes, condition states. Never a token.
 //!
 //! The one exception to "bounded", opt-in (`--per-token-metrics`, off by default): two gauges
-//! per ApiToken, labelled with its namespace and name, for alerts on tokens expiring soon and
-//! rotations overdue. Their series go when the ApiToken goes.
+//! per ApiToken, labelled with its namespace and name (`apitoken_namespace`, `apitoken`), for
+//! alerts on tokens expiring soon and rotations overdue. Their series go when the ApiToken goes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,11 +38,12 @@ struct StateLabels {
     state: String,
 }
 
-/// One ApiToken, in the opt-in per-token gauges.
+/// One ApiToken, in the opt-in per-token gauges. Not `namespace`: Prometheus gives every scraped
+/// series the operator pod's own `namespace` label, and would rename ours.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
-    namespace: String,
-    name: String,
+    apitoken_namespace: String,
+    apitoken: String,
 }
 
 /// The opt-in per-token gauges (Unix seconds), and which series each ApiToken (by uid) has.
@@ -149,8 +150,8 @@ impl Metrics {
             return;
         };
         let labels = TokenLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            apitoken_namespace: namespace.to_owned(),
+            apitoken: name.to_owned(),
         };
         for (family, value) in [(&pt.expiry, expiry), (&pt.next_rotation, next_rotation)] {
             match value {
@@ -209,12 +210,11 @@ impl Metrics {
             self.refresh(&states);
         }
         if let Some(pt) = &self.per_token {
-            let gone = pt
-                .series
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(uid);
-            if let Some(labels) = gone {
+            let mut series = pt.series.lock().unwrap_or_else(PoisonError::into_inner);
+            // Unless an ApiToken of the same name (a new one, another uid) has the series now.
+            if let Some(labels) = series.remove(uid)
+                && !series.values().any(|l| *l == labels)
+            {
                 pt.expiry.remove(&labels);
                 pt.next_rotation.remove(&labels);
             }
@@ -255,7 +255,7 @@ mod tests {
         let text = on.encode().expect("encodes");
         assert!(
             text.contains(
-                r#"loop_operator_api_token_expiry_timestamp_seconds{namespace="ns",name="a"} 1800000000"#
+                r#"loop_operator_api_token_expiry_timestamp_seconds{apitoken_namespace="ns",apitoken="a"} 1800000000"#
             ),
             "{text}"
         );
@@ -263,8 +263,13 @@ mod tests {
             !text.contains(r#"loop_operator_api_token_next_rotation_timestamp_seconds{"#),
             "no series without a scheduled rotation: {text}"
         );
+        // Deleted and created again under the same name: the old uid's end keeps the new series.
+        on.set_times("u2", "ns", "a", Some(1_900_000_000), None);
         on.forget("u");
         let text = on.encode().expect("encodes");
-        assert!(!text.contains(r#"name="a""#), "{text}");
+        assert!(text.contains(r#"apitoken="a"} 1900000000"#), "{text}");
+        on.forget("u2");
+        let text = on.encode().expect("encodes");
+        assert!(!text.contains(r#"apitoken="a""#), "{text}");
     }
 }

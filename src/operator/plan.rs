@@ -23,8 +23,8 @@
 //! before its expiry with `spec.expiry.renew`) through the same issue, and with `renew: false`
 //! an expired token is left expired (the plan is blocked, `Expired`) until a new rotate value.
 //! Registrations with an expiry are told apart from orphans by the Secret record's list of
-//! retired tokens (older Secrets without the list: every registration with an expiry is taken
-//! to be in its grace period, as before).
+//! retired tokens, each with the end of its grace period (a Secret written before the list
+//! existed follows the rules from before it: a registration with an expiry is in grace).
 //!
 //! A Secret of the same name that the operator does not own is never touched (promise 7); the
 //! plan then only reports the conflict.
@@ -136,7 +136,15 @@ pub struct SecretObs {
     pub shape_ok: bool,
     /// Annotation: the tokens kept in their grace period when the current one was issued.
     /// `None` in a record written before the list existed.
-    pub retired: Option<Vec<String>>,
+    pub retired: Option<Vec<Retired>>,
+}
+
+/// A token an issue left in its grace period, as the Secret record lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    pub id: String,
+    /// The end of its grace period (`None` if the record does not say).
+    pub until: Option<Timestamp>,
 }
 
 /// A store registration of this resource (from `GET /v1/tokens?ownerUid=`).
@@ -194,19 +202,24 @@ pub enum RevokeReason {
 /// One step, in the order the shell must run them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Mint, register, write the Secret recording `previous`, the rotation value and the
-    /// tokens that stay in their grace period (`retired`, `previous` included).
+    /// Mint, register, write the Secret recording `previous`, the tokens that stay in their
+    /// grace period (`retired`, `previous` included) and the rotate value the new token
+    /// `answers`.
     Issue {
         previous: Option<String>,
         reason: IssueReason,
-        retired: Vec<String>,
+        retired: Vec<Retired>,
+        answers: Option<String>,
     },
     /// The store lost the Secret's token: register it again (same token, same id).
     Reregister {
         id: String,
     },
-    /// Write the Secret again with the token it holds (labels, key or annotations were edited).
-    RewriteSecret,
+    /// Write the Secret again with the token it holds and this issue time (labels, key or
+    /// annotations were edited).
+    RewriteSecret {
+        issued_at: Timestamp,
+    },
     /// Bring the current registration's name, scopes and expiry in line with the spec.
     /// `expiry`: `None` leaves it, `Some(None)` clears it, `Some(Some(t))` sets it.
     Update {
@@ -271,6 +284,11 @@ pub struct Observed<'a> {
     pub registrations: &'a [RegObs],
     /// `status.tokenId` as last written (a hint for which token a lost Secret held).
     pub status_token_id: Option<&'a str>,
+    /// `status.lastRotationRequest` (a hint for the value a lost Secret answered).
+    pub status_handled: Option<&'a str>,
+    /// The ids of `status.previousTokens` (a hint for which tokens are in grace when the Secret
+    /// is lost).
+    pub status_in_grace: &'a [String],
     pub now: Timestamp,
 }
 
@@ -309,9 +327,13 @@ pub fn plan(o: &Observed<'_>) -> Plan {
 /// An issue records which tokens keep their grace period: those already in it, and those whose
 /// grace period starts now.
 fn record_retired(p: &mut Plan) {
-    let mut kept: Vec<String> = p.in_grace.iter().map(|g| g.0.clone()).collect();
+    let retired = |id: &String, until: &Timestamp| Retired {
+        id: id.clone(),
+        until: Some(*until),
+    };
+    let mut kept: Vec<Retired> = p.in_grace.iter().map(|g| retired(&g.0, &g.2)).collect();
     kept.extend(p.actions.iter().filter_map(|a| match a {
-        Action::Expire { id, .. } => Some(id.clone()),
+        Action::Expire { id, at } => Some(retired(id, at)),
         _ => None,
     }));
     for a in &mut p.actions {
@@ -347,27 +369,24 @@ fn plan_current(o: &Observed<'_>, p: &mut Plan) -> Option<Issuing> {
         .secret
         .and_then(|s| s.token_id.as_deref().zip(s.fingerprint.as_deref()));
     let held = named.and_then(|(id, fp)| o.find(id).filter(|r| r.fingerprint == fp && !r.revoked));
-    let handled = o.secret.and_then(|s| s.rotation_request.as_deref());
+    let handled = o
+        .secret
+        .and_then(|s| s.rotation_request.as_deref())
+        .or(o.status_handled);
     let requested = schedule::rotation_requested(d.rotation_request.as_deref(), handled);
+    let answers = if requested {
+        d.rotation_request.clone()
+    } else {
+        handled.map(str::to_owned)
+    };
     match (held, named) {
-        (Some(cur), _) if cur.active(o.now) => Some(keep_or_rotate(o, p, cur, requested)),
-        (Some(cur), _) if !requested && d.aging.lets_expire() => {
-            p.blocked = Some(Blocked::Expired {
-                fingerprint: cur.fingerprint.clone(),
-                at: cur.expires_at.unwrap_or(o.now),
-            });
-            None
-        }
-        (Some(_), _) => {
-            // Expired while the operator was away (or `renew` is off and a new value asks).
-            let reason = if requested {
-                IssueReason::Rotation
-            } else if d.aging.expiry.is_some() {
-                IssueReason::Expired
-            } else {
-                IssueReason::RevokedElsewhere
+        (Some(cur), _) if cur.active(o.now) => Some(keep_or_rotate(o, p, cur, requested, answers)),
+        (Some(cur), _) => {
+            let Some(reason) = expired_reason(o, cur, requested) else {
+                p.blocked = Some(expired(cur, o.now));
+                return None;
             };
-            p.actions.push(issue(None, reason));
+            p.actions.push(issue(None, reason, answers));
             Some(Issuing(None))
         }
         (None, Some((id, _))) if o.find(id).is_none() => {
@@ -377,29 +396,94 @@ fn plan_current(o: &Observed<'_>, p: &mut Plan) -> Option<Issuing> {
             None
         }
         (None, _) => {
+            if let Some(lapsed) = lapsed_under_no_renew(o).filter(|_| !requested) {
+                // Losing the Secret must not renew a token that was left to expire.
+                p.blocked = Some(expired(lapsed, o.now));
+                return None;
+            }
             let previous = surviving_previous(o);
-            p.actions.push(issue(previous.clone(), issue_reason(o)));
+            p.actions
+                .push(issue(previous.clone(), issue_reason(o), answers));
             Some(Issuing(previous))
         }
     }
 }
 
-fn issue(previous: Option<String>, reason: IssueReason) -> Action {
+fn issue(previous: Option<String>, reason: IssueReason, answers: Option<String>) -> Action {
     Action::Issue {
         previous,
         reason,
         retired: Vec::new(),
+        answers,
     }
 }
 
+fn expired(r: &RegObs, now: Timestamp) -> Blocked {
+    Blocked::Expired {
+        fingerprint: r.fingerprint.clone(),
+        at: r.expires_at.unwrap_or(now),
+    }
+}
+
+/// Why the Secret's expired token is replaced, or `None` when it stays expired: `renew` is off,
+/// no new rotate value asks, and no scheduled rotation fell due before it expired.
+fn expired_reason(o: &Observed<'_>, cur: &RegObs, requested: bool) -> Option<IssueReason> {
+    let d = o.desired;
+    let issued = issue_time(o.secret.and_then(|s| s.issued_at), cur);
+    let scheduled_in_time = d
+        .aging
+        .due(issued)
+        .is_some_and(|(at, why)| why == Due::Scheduled && cur.expires_at.is_none_or(|e| at < e));
+    if requested {
+        Some(IssueReason::Rotation)
+    } else if scheduled_in_time {
+        Some(IssueReason::Scheduled)
+    } else if d.aging.lets_expire() {
+        None
+    } else if d.aging.expiry.is_some() {
+        Some(IssueReason::Expired)
+    } else {
+        Some(IssueReason::RevokedElsewhere)
+    }
+}
+
+/// With `renew` off: the token a lost or unusable Secret held (by its annotation, else by
+/// status), when it expired.
+fn lapsed_under_no_renew<'o>(o: &Observed<'o>) -> Option<&'o RegObs> {
+    if !o.desired.aging.lets_expire() {
+        return None;
+    }
+    o.secret
+        .and_then(|s| s.token_id.as_deref())
+        .or(o.status_token_id)
+        .and_then(|id| o.registrations.iter().find(|r| r.id == id))
+        .filter(|r| !r.revoked && r.expires_at.is_some_and(|e| e <= o.now))
+}
+
+/// When a token was issued: the Secret's record, but never after the store registered it (an
+/// edited annotation must not extend its life).
+fn issue_time(recorded: Option<Timestamp>, r: &RegObs) -> Timestamp {
+    recorded.map_or(r.created_at, |t| t.min(r.created_at))
+}
+
+/// How far the Secret's issue time may be after the store's registration time (the operator's
+/// and the store's clocks differ a little) before it is taken as edited and written again.
+const CLOCK_MARGIN: SignedDuration = SignedDuration::from_secs(5);
+
 /// The current token is active: replace it when a rotation is asked for or due, else keep it
 /// and bring its registration and Secret in line.
-fn keep_or_rotate(o: &Observed<'_>, p: &mut Plan, cur: &RegObs, requested: bool) -> Issuing {
+fn keep_or_rotate(
+    o: &Observed<'_>,
+    p: &mut Plan,
+    cur: &RegObs,
+    requested: bool,
+    answers: Option<String>,
+) -> Issuing {
     let d = o.desired;
-    let (handled, recorded_issue, shape_ok) = o.secret.map_or((None, None, false), |s| {
-        (s.rotation_request.clone(), s.issued_at, s.shape_ok)
-    });
-    let issued = recorded_issue.unwrap_or(cur.created_at);
+    let (recorded, shape_ok) = o
+        .secret
+        .map_or((None, false), |s| (s.issued_at, s.shape_ok));
+    let issued = issue_time(recorded, cur);
     let due = d.aging.due(issued);
     let replace = if requested {
         Some(IssueReason::Rotation)
@@ -411,12 +495,12 @@ fn keep_or_rotate(o: &Observed<'_>, p: &mut Plan, cur: &RegObs, requested: bool)
             })
     };
     if let Some(reason) = replace {
-        p.actions.push(issue(Some(cur.id.clone()), reason));
+        p.actions.push(issue(Some(cur.id.clone()), reason, answers));
         return Issuing(Some(cur.id.clone()));
     }
     let expiry = d.aging.expiry_of(issued);
     p.current = Some(cur.clone());
-    p.handled_rotation = handled;
+    p.handled_rotation = answers;
     p.issued_at = Some(issued);
     p.expires_at = expiry;
     p.next_rotation = due;
@@ -426,8 +510,9 @@ fn keep_or_rotate(o: &Observed<'_>, p: &mut Plan, cur: &RegObs, requested: bool)
     if let Some(at) = expiry.filter(|_| d.aging.lets_expire()) {
         p.wake(at);
     }
-    if !shape_ok {
-        p.actions.push(Action::RewriteSecret);
+    let edited_issue = recorded.is_none_or(|t| t > cur.created_at + CLOCK_MARGIN);
+    if !shape_ok || edited_issue {
+        p.actions.push(Action::RewriteSecret { issued_at: issued });
     }
     let expiry_wrong = cur.expires_at != expiry;
     if cur.name != d.display_name || cur.scopes != d.scopes || expiry_wrong {
@@ -469,21 +554,14 @@ fn surviving_previous(o: &Observed<'_>) -> Option<String> {
         .map(|r| r.id.clone())
 }
 
-/// Every other registration: in grace, grace over, the replaced one, or an orphan.
+/// Every other registration: in grace, grace over, retired, or an orphan.
 fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
     let current_id = p.current.as_ref().map(|c| c.id.clone());
-    let current_id = current_id.as_deref();
-    let replaced = o.secret.and_then(|s| s.previous_token_id.as_deref());
-    // Without a record of retired tokens (no Secret, or one from an older operator), a
-    // registration with an expiry is taken to be in its grace period.
-    let retired = o.secret.and_then(|s| s.retired.as_deref());
-    let listed = |id: &str| retired.is_none_or(|ids| ids.iter().any(|r| r == id));
     for r in o
         .registrations
         .iter()
-        .filter(|r| !r.revoked && Some(r.id.as_str()) != current_id)
+        .filter(|r| !r.revoked && Some(r.id.as_str()) != current_id.as_deref())
     {
-        let replaced_by_current = current_id.is_some() && replaced == Some(r.id.as_str());
         let action = match r.expires_at {
             Some(at) if at <= o.now => Some(Action::Revoke {
                 id: r.id.clone(),
@@ -492,19 +570,10 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
             _ if issuing_previous == Some(r.id.as_str()) => {
                 grace_action(r, o.now, o.desired.grace, o.now)
             }
-            _ if replaced_by_current && !grace_started(r, &o.desired.aging) => {
-                // Replaced by the current token, but its grace period was never started (a crash
-                // right after the Secret was written): start it from the issue time.
-                let since = o.secret.and_then(|s| s.issued_at).unwrap_or(o.now);
-                grace_action(r, since, o.desired.grace, o.now)
-            }
-            // A grace period runs as it was started, whatever gracePeriod says now.
-            _ if replaced_by_current => None,
-            Some(_) if listed(&r.id) => None,
-            _ => Some(Action::Revoke {
-                id: r.id.clone(),
-                reason: RevokeReason::Orphan,
-            }),
+            _ => match o.secret.and_then(|s| s.retired.as_deref()) {
+                Some(list) => by_record(o, r, list),
+                None => without_record(o, r, current_id.is_some()),
+            },
         };
         match (action, r.expires_at) {
             (Some(a), _) => p.actions.push(a),
@@ -518,19 +587,51 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
     p.in_grace.sort_by_key(|g| g.2);
 }
 
-/// Whether the grace period of `r` (the token the current one replaced) was started: it has an
-/// expiry, and not the one it was registered with. That one is its issue time plus
-/// `expiry.after`; the store's creation time stands in for the issue time, which it follows by
-/// the length of the register call, hence the margin.
-fn grace_started(r: &RegObs, aging: &Aging) -> bool {
-    const MARGIN: SignedDuration = SignedDuration::from_secs(5);
-    match (r.expires_at, aging.expiry) {
-        (None, _) => false,
-        (Some(_), None) => true,
-        (Some(at), Some(e)) => r
-            .created_at
-            .checked_add(e.after - MARGIN)
-            .is_ok_and(|registered| at < registered),
+/// By the Secret record's list: a retired token keeps its grace period until the time the
+/// list gives (an expiry the store does not have yet is set: a crash came between the Secret
+/// and the expiry); a registration not in the list is an orphan.
+fn by_record(o: &Observed<'_>, r: &RegObs, list: &[Retired]) -> Option<Action> {
+    match list.iter().find(|x| x.id == r.id).map(|x| x.until) {
+        Some(Some(until)) if until <= o.now => Some(Action::Revoke {
+            id: r.id.clone(),
+            reason: RevokeReason::GraceOver,
+        }),
+        Some(Some(until)) => r
+            .expires_at
+            .is_none_or(|e| e > until)
+            .then(|| Action::Expire {
+                id: r.id.clone(),
+                at: until,
+            }),
+        Some(None) if r.expires_at.is_some() => None,
+        Some(None) => {
+            let since = o.secret.and_then(|s| s.issued_at).unwrap_or(o.now);
+            grace_action(r, since, o.desired.grace, o.now)
+        }
+        None => Some(Action::Revoke {
+            id: r.id.clone(),
+            reason: RevokeReason::Orphan,
+        }),
+    }
+}
+
+/// Without the list (no Secret, or one written before the list existed), the rules from before
+/// it: the token the current one replaced starts its grace period from the issue time if it has
+/// none; a registration with an expiry is in grace (without a Secret and with `spec.expiry`,
+/// where every registration has an expiry, only those the status lists); the rest are orphans.
+fn without_record(o: &Observed<'_>, r: &RegObs, has_current: bool) -> Option<Action> {
+    let replaced = o.secret.and_then(|s| s.previous_token_id.as_deref());
+    let hinted = o.status_in_grace.contains(&r.id);
+    match r.expires_at {
+        None if has_current && replaced == Some(r.id.as_str()) => {
+            let since = o.secret.and_then(|s| s.issued_at).unwrap_or(o.now);
+            grace_action(r, since, o.desired.grace, o.now)
+        }
+        Some(_) if o.secret.is_some() || o.desired.aging.expiry.is_none() || hinted => None,
+        _ => Some(Action::Revoke {
+            id: r.id.clone(),
+            reason: RevokeReason::Orphan,
+        }),
     }
 }
 
@@ -609,7 +710,7 @@ mod tests {
             revoked: false,
             last_used_at: None,
             use_count: 0,
-            created_at: ts(NOW - 200),
+            created_at: ts(NOW),
         }
     }
 
@@ -633,6 +734,8 @@ mod tests {
             secret: s,
             registrations: regs,
             status_token_id: status,
+            status_handled: None,
+            status_in_grace: &[],
             now: ts(NOW),
         })
     }
@@ -645,7 +748,8 @@ mod tests {
             vec![Action::Issue {
                 previous: None,
                 reason: IssueReason::First,
-                retired: vec![]
+                retired: vec![],
+                answers: None
             }]
         );
         assert_eq!(p.current, None);
@@ -689,7 +793,8 @@ mod tests {
                 Action::Issue {
                     previous: Some("a".into()),
                     reason: IssueReason::Rotation,
-                    retired: vec!["a".into()]
+                    retired: vec![until("a", NOW + HOUR)],
+                    answers: d.rotation_request.clone()
                 },
                 Action::Expire {
                     id: "a".into(),
@@ -702,6 +807,7 @@ mod tests {
         s.rotation_request = d.rotation_request.clone();
         s.previous_token_id = Some("a".into());
         s.issued_at = Some(ts(NOW));
+        s.retired = Some(vec![until("a", NOW + 3600)]);
         let mut old = reg("a");
         old.expires_at = Some(ts(NOW + 3600));
         let p = run(&d, Some(&s), &[old, reg("b")], Some("a"));
@@ -724,7 +830,8 @@ mod tests {
             vec![Action::Issue {
                 previous: None,
                 reason: IssueReason::First,
-                retired: vec![]
+                retired: vec![],
+                answers: Some("v1".into())
             }]
         );
         let mut s = secret("a");
@@ -744,7 +851,8 @@ mod tests {
                 Action::Issue {
                     previous: Some("a".into()),
                     reason: IssueReason::Rotation,
-                    retired: vec![]
+                    retired: vec![],
+                    answers: Some("leaked".into())
                 },
                 Action::Revoke {
                     id: "a".into(),
@@ -788,10 +896,12 @@ mod tests {
 
     #[test]
     fn crash_after_secret_before_expiry_starts_the_grace_from_the_issue_time() {
-        // Rotated to "b" (Secret written) but the old token's expiry was never set.
+        // Rotated to "b" (Secret written, listing "a" as retired until the end of its grace
+        // period) but the old token's expiry was never set.
         let mut s = secret("b");
         s.previous_token_id = Some("a".into());
         s.issued_at = Some(ts(NOW - 600));
+        s.retired = Some(vec![until("a", NOW - 600 + 3600)]);
         let p = run(&desired(), Some(&s), &[reg("a"), reg("b")], Some("a"));
         assert_eq!(
             p.actions,
@@ -801,6 +911,17 @@ mod tests {
             }]
         );
         // ... and if the grace period has already passed since then, revoke.
+        s.retired = Some(vec![until("a", NOW - 7200 + 3600)]);
+        let p = run(&desired(), Some(&s), &[reg("a"), reg("b")], Some("a"));
+        assert_eq!(
+            p.actions,
+            vec![Action::Revoke {
+                id: "a".into(),
+                reason: RevokeReason::GraceOver
+            }]
+        );
+        // A Secret from before the list: the grace period runs from the issue time.
+        s.retired = None;
         s.issued_at = Some(ts(NOW - 7200));
         let p = run(&desired(), Some(&s), &[reg("a"), reg("b")], Some("a"));
         assert_eq!(
@@ -808,6 +929,15 @@ mod tests {
             vec![Action::Revoke {
                 id: "a".into(),
                 reason: RevokeReason::GraceOver
+            }]
+        );
+        s.issued_at = Some(ts(NOW - 600));
+        let p = run(&desired(), Some(&s), &[reg("a"), reg("b")], Some("a"));
+        assert_eq!(
+            p.actions,
+            vec![Action::Expire {
+                id: "a".into(),
+                at: ts(NOW - 600 + 3600)
             }]
         );
     }
@@ -821,7 +951,8 @@ mod tests {
                 Action::Issue {
                     previous: Some("a".into()),
                     reason: IssueReason::SecretLost,
-                    retired: vec!["a".into()]
+                    retired: vec![until("a", NOW + HOUR)],
+                    answers: None
                 },
                 Action::Expire {
                     id: "a".into(),
@@ -841,7 +972,8 @@ mod tests {
             Action::Issue {
                 previous: Some("a".into()),
                 reason: IssueReason::SecretLost,
-                retired: vec!["a".into()]
+                retired: vec![until("a", NOW + HOUR)],
+                answers: None
             }
         );
         s.fingerprint = None; // key deleted, or not a token at all
@@ -851,7 +983,8 @@ mod tests {
             Action::Issue {
                 previous: Some("a".into()),
                 reason: IssueReason::SecretLost,
-                retired: vec!["a".into()]
+                retired: vec![until("a", NOW + HOUR)],
+                answers: None
             }
         );
     }
@@ -861,7 +994,12 @@ mod tests {
         let mut s = secret("a");
         s.shape_ok = false;
         let p = run(&desired(), Some(&s), &[reg("a")], Some("a"));
-        assert_eq!(p.actions, vec![Action::RewriteSecret]);
+        assert_eq!(
+            p.actions,
+            vec![Action::RewriteSecret {
+                issued_at: ts(NOW - 100)
+            }]
+        );
     }
 
     #[test]
@@ -874,7 +1012,8 @@ mod tests {
             vec![Action::Issue {
                 previous: None,
                 reason: IssueReason::RevokedElsewhere,
-                retired: vec![]
+                retired: vec![],
+                answers: None
             }]
         );
     }
@@ -964,6 +1103,14 @@ mod tests {
 
     const HOUR: i64 = 3600;
 
+    /// A retired-list entry: `id` in grace until `at`.
+    fn until(id: &str, at: i64) -> Retired {
+        Retired {
+            id: id.into(),
+            until: Some(ts(at)),
+        }
+    }
+
     #[test]
     fn a_scheduled_token_rotates_when_due_and_the_old_one_keeps_its_grace() {
         let d = aging(Some(24), None);
@@ -992,7 +1139,8 @@ mod tests {
                 Action::Issue {
                     previous: Some("a".into()),
                     reason: IssueReason::Scheduled,
-                    retired: vec!["a".into()]
+                    retired: vec![until("a", NOW + HOUR)],
+                    answers: None
                 },
                 Action::Expire {
                     id: "a".into(),
@@ -1015,7 +1163,7 @@ mod tests {
         // The new token counts its period from its own issue: nothing more is due.
         let mut s = issued_ago("b", 0);
         s.previous_token_id = Some("a".into());
-        s.retired = Some(vec!["a".into()]);
+        s.retired = Some(vec![until("a", NOW + HOUR)]);
         let p = run(
             &d,
             Some(&s),
@@ -1078,7 +1226,8 @@ mod tests {
                 Action::Issue {
                     previous: Some("a".into()),
                     reason: IssueReason::Renewal,
-                    retired: vec!["a".into()]
+                    retired: vec![until("a", NOW + HOUR)],
+                    answers: None
                 },
                 Action::Expire {
                     id: "a".into(),
@@ -1098,7 +1247,8 @@ mod tests {
             vec![Action::Issue {
                 previous: Some("a".into()),
                 reason: IssueReason::Renewal,
-                retired: vec!["a".into()]
+                retired: vec![until("a", NOW + 1800)],
+                answers: None
             }]
         );
         assert_eq!(
@@ -1140,7 +1290,8 @@ mod tests {
                 Action::Issue {
                     previous: None,
                     reason: IssueReason::Rotation,
-                    retired: vec![]
+                    retired: vec![],
+                    answers: Some("again".into())
                 },
                 // Expired: revoked for good.
                 Action::Revoke {
@@ -1166,7 +1317,8 @@ mod tests {
                 Action::Issue {
                     previous: None,
                     reason: IssueReason::Expired,
-                    retired: vec![]
+                    retired: vec![],
+                    answers: None
                 },
                 // Expired: revoked for good.
                 Action::Revoke {
@@ -1183,6 +1335,7 @@ mod tests {
         d.grace = SignedDuration::ZERO;
         let mut s = issued_ago("b", 600);
         s.previous_token_id = Some("a".into());
+        s.retired = Some(vec![until("a", NOW + 3000)]);
         let p = run(
             &d,
             Some(&s),
@@ -1201,7 +1354,7 @@ mod tests {
         let d = aging(None, Some((90, true)));
         let mut s = issued_ago("b", 600);
         s.previous_token_id = Some("a".into());
-        s.retired = Some(vec!["a".into()]);
+        s.retired = Some(vec![until("a", NOW - 600 + HOUR)]);
         // "a" still has the expiry it was registered with: the crash came before its grace.
         let mut a = expiring("a", NOW - 60 * HOUR + 90 * HOUR);
         a.created_at = ts(NOW - 60 * HOUR);
@@ -1224,7 +1377,7 @@ mod tests {
         let d = aging(None, Some((90, true)));
         let mut s = issued_ago("b", 1800);
         s.previous_token_id = Some("a".into());
-        s.retired = Some(vec!["a".into(), "old".into()]);
+        s.retired = Some(vec![until("a", NOW + 60), until("old", NOW + 30)]);
         let cur = expiring("b", NOW - 1800 + 90 * HOUR);
         let regs = [
             cur.clone(),
@@ -1257,6 +1410,137 @@ mod tests {
         let p = run(&d, Some(&s), &[reg("a")], Some("a"));
         assert_eq!(p.actions, vec![]);
         assert_eq!(p.handled_rotation.as_deref(), Some("2026-12-02T09:00:00Z"));
+    }
+
+    #[test]
+    fn an_edited_issue_time_cannot_extend_a_token_s_life() {
+        let d = aging(Some(24), Some((90, true)));
+        let mut s = secret("a");
+        s.issued_at = Some(ts(NOW + 1000 * HOUR)); // edited into the future
+        let mut a = expiring("a", NOW - 23 * HOUR + 90 * HOUR);
+        a.created_at = ts(NOW - 23 * HOUR);
+        let p = run(&d, Some(&s), &[a.clone()], Some("a"));
+        // The store's registration time bounds it: due in an hour, and the record repaired.
+        assert_eq!(p.next_rotation.map(|n| n.0), Some(ts(NOW + HOUR)));
+        assert_eq!(
+            p.actions,
+            vec![Action::RewriteSecret {
+                issued_at: ts(NOW - 23 * HOUR)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_schedule_that_fell_due_before_the_expiry_rotates_even_without_renew() {
+        // every 24h, expiry 72h not renewed; the operator was away from hour 23 to hour 73.
+        let d = aging(Some(24), Some((72, false)));
+        let p = run(
+            &d,
+            Some(&issued_ago("a", 73 * HOUR)),
+            &[expiring("a", NOW - HOUR)],
+            Some("a"),
+        );
+        assert_eq!(p.blocked, None);
+        assert!(
+            matches!(
+                p.actions.first(),
+                Some(Action::Issue {
+                    reason: IssueReason::Scheduled,
+                    previous: None,
+                    ..
+                })
+            ),
+            "{:?}",
+            p.actions
+        );
+    }
+
+    #[test]
+    fn a_retired_token_whose_expiry_failed_keeps_only_its_grace_through_another_issue() {
+        // Rotated a -> b (the Secret lists a until NOW + 10 min), the expiry of a failed, and a
+        // new rotate value comes before the next pass.
+        let mut d = aging(None, Some((90, true)));
+        d.rotation_request = Some("again".into());
+        let mut s = issued_ago("b", 50 * 60);
+        s.previous_token_id = Some("a".into());
+        s.retired = Some(vec![until("a", NOW + 600)]);
+        let a = expiring("a", NOW + 80 * HOUR); // still its registered expiry
+        let b = expiring("b", NOW + 89 * HOUR);
+        let p = run(&d, Some(&s), &[a, b], Some("b"));
+        assert!(
+            p.actions.contains(&Action::Expire {
+                id: "a".into(),
+                at: ts(NOW + 600)
+            }),
+            "{:?}",
+            p.actions
+        );
+    }
+
+    #[test]
+    fn losing_the_secret_does_not_renew_a_token_left_to_expire() {
+        let d = aging(None, Some((2, false)));
+        let p = run(&d, None, &[expiring("a", NOW - 60)], Some("a"));
+        assert_eq!(p.actions, vec![]);
+        assert!(matches!(p.blocked, Some(Blocked::Expired { .. })));
+        // A new rotate value (the status says which one was handled) does issue.
+        let mut d = d;
+        d.rotation_request = Some("r2".into());
+        let p = plan(&Observed {
+            desired: &d,
+            secret: None,
+            registrations: &[expiring("a", NOW - 60)],
+            status_token_id: Some("a"),
+            status_handled: Some("r1"),
+            status_in_grace: &[],
+            now: ts(NOW),
+        });
+        assert_eq!(p.blocked, None);
+        assert!(matches!(p.actions.first(), Some(Action::Issue { .. })));
+    }
+
+    #[test]
+    fn without_a_secret_only_the_tokens_status_lists_are_kept_in_grace() {
+        let d = aging(None, Some((90, true)));
+        let regs = [
+            expiring("cur", NOW + 80 * HOUR),
+            expiring("grace", NOW + 600),
+            expiring("orphan", NOW + 89 * HOUR),
+        ];
+        let p = plan(&Observed {
+            desired: &d,
+            secret: None,
+            registrations: &regs,
+            status_token_id: Some("cur"),
+            status_handled: None,
+            status_in_grace: &["grace".to_owned()],
+            now: ts(NOW),
+        });
+        assert!(p.actions.contains(&Action::Revoke {
+            id: "orphan".into(),
+            reason: RevokeReason::Orphan
+        }));
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Revoke { id, .. } if id == "grace"))
+        );
+    }
+
+    #[test]
+    fn an_issue_for_another_reason_keeps_the_later_rotate_value() {
+        // Handled t2; Git put back t1; a scheduled rotation records t2, not t1 (which would let
+        // t2 rotate again later).
+        let mut d = aging(Some(24), None);
+        d.rotation_request = Some("2026-12-01T09:00:00Z".into());
+        let mut s = issued_ago("a", 25 * HOUR);
+        s.rotation_request = Some("2026-12-02T09:00:00Z".into());
+        let p = run(&d, Some(&s), &[reg("a")], Some("a"));
+        assert!(
+            matches!(p.actions.first(), Some(Action::Issue { reason: IssueReason::Scheduled, answers: Some(v), .. }) if v == "2026-12-02T09:00:00Z"),
+            "{:?}",
+            p.actions
+        );
     }
 
     #[test]

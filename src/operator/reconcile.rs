@@ -126,7 +126,12 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
                 }
             }
             write_status(&tg, ctx, &Outcome::Blocked(&blocked), Some(&d), None, false).await?;
-            Ok(Requeue::requeue(ctx.usage_interval.min(CONFLICT_RECHECK)))
+            // Other Secrets are not watched: a clash is looked at again soon. An expired token
+            // waits for a change of the ApiToken (or its Secret), which wakes it anyway.
+            Ok(Requeue::requeue(match blocked {
+                Blocked::SecretConflict { .. } => ctx.usage_interval.min(CONFLICT_RECHECK),
+                _ => ctx.usage_interval,
+            }))
         }
         Passes::Unfinished => {
             write_status(&tg, ctx, &Outcome::Pending, Some(&d), None, false).await?;
@@ -142,9 +147,6 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             }
             if issued {
                 crash::point(ctx.crash_at.as_deref(), "before-status");
-            }
-            if d.rotation_request.is_some() && d.rotation_request != plan.handled_rotation {
-                tracing::debug!(apitoken = %tg.name, namespace = %tg.ns, value = d.rotation_request.as_deref().unwrap_or_default(), handled = plan.handled_rotation.as_deref().unwrap_or_default(), "loop.dev/rotate holds a timestamp no later than the one the current token answered: no rotation");
             }
             write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&plan), acted).await?;
             let next = decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
@@ -207,11 +209,22 @@ async fn run_passes(tg: &Target<'_>, ctx: &Context, d: &Desired) -> Result<Passe
         };
         let from_cache = matches!(source, Source::Cache);
         let seen = observe(tg, ctx, d, source).await?;
+        let status = tg.status();
+        let in_grace: Vec<String> = status
+            .map(|s| {
+                s.previous_tokens
+                    .iter()
+                    .map(|p| p.token_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         let p = plan::plan(&Observed {
             desired: d,
             secret: seen.read.as_ref().map(|r| &r.obs),
             registrations: &seen.registrations,
-            status_token_id: tg.status().and_then(|s| s.token_id.as_deref()),
+            status_token_id: status.and_then(|s| s.token_id.as_deref()),
+            status_handled: status.and_then(|s| s.last_rotation_request.as_deref()),
+            status_in_grace: &in_grace,
             now: Timestamp::now(),
         });
         if from_cache && !decide::trust_cached_plan(&p, seen.secret.is_some(), &seen.registrations)

@@ -9,7 +9,10 @@
 //!   down across several periods rotates once when it is back, and the period starts again.
 //! - **Rotate values**: when the new value and the one the current token answered are both
 //!   RFC 3339 timestamps, only a later timestamp rotates (a GitOps tool putting back the value
-//!   from Git after an action set a newer one does nothing); any other change rotates once.
+//!   from Git after an action set a newer one does nothing); any other change rotates once. (A
+//!   mistyped far-future timestamp would hold back every later timestamp: the status says when
+//!   a value is ignored, and a value that is not a timestamp, such as `leaked-1`, always
+//!   rotates.)
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -181,13 +184,26 @@ mod tests {
         );
     }
 
+    fn rq(new: Option<&str>, handled: Option<&str>) -> bool {
+        rotation_requested(new, handled)
+    }
+
+    #[test]
+    fn a_word_always_gets_past_a_far_future_timestamp() {
+        assert!(!rq(
+            Some("2026-12-09T09:00:00Z"),
+            Some("2062-01-01T00:00:00Z")
+        ));
+        assert!(rq(Some("leaked-1"), Some("2062-01-01T00:00:00Z")));
+    }
+
     #[test]
     fn a_later_timestamp_rotates_and_an_earlier_or_equal_one_does_not() {
         let t1 = "2026-12-01T09:00:00Z";
         let t2 = "2026-12-02T09:00:00Z";
-        assert!(rotation_requested(Some(t2), Some(t1)));
-        assert!(!rotation_requested(Some(t1), Some(t2)));
-        assert!(!rotation_requested(Some(t1), Some(t1)));
+        assert!(rq(Some(t2), Some(t1)));
+        assert!(!rq(Some(t1), Some(t2)));
+        assert!(!rq(Some(t1), Some(t1)));
         // The same instant written with another offset is not later.
         assert!(!rotation_requested(
             Some("2026-12-01T10:00:00+01:00"),
@@ -201,19 +217,19 @@ mod tests {
 
     #[test]
     fn any_other_change_of_value_rotates_once() {
-        assert!(rotation_requested(Some("a"), None));
-        assert!(rotation_requested(Some("b"), Some("a")));
-        assert!(rotation_requested(Some("a"), Some("b")));
-        assert!(!rotation_requested(Some("a"), Some("a")));
-        assert!(!rotation_requested(None, Some("a")));
+        assert!(rq(Some("a"), None));
+        assert!(rq(Some("b"), Some("a")));
+        assert!(rq(Some("a"), Some("b")));
+        assert!(!rq(Some("a"), Some("a")));
+        assert!(!rq(None, Some("a")));
         // A timestamp after a word, a word after a timestamp: a change, so a rotation.
-        assert!(rotation_requested(Some("2026-12-01T09:00:00Z"), Some("r1")));
-        assert!(rotation_requested(Some("r1"), Some("2026-12-01T09:00:00Z")));
+        assert!(rq(Some("2026-12-01T09:00:00Z"), Some("r1")));
+        assert!(rq(Some("r1"), Some("2026-12-01T09:00:00Z")));
         // Not RFC 3339 (no seconds, no offset, a bare date): compared as words.
         assert!(rotation_requested(
             Some("2026-12-01T09:00"),
             Some("2026-12-02T09:00")
         ));
-        assert!(rotation_requested(Some("2026-12-01"), Some("2026-12-02")));
+        assert!(rq(Some("2026-12-01"), Some("2026-12-02")));
     }
 }

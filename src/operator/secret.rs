@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use super::crd::ApiToken;
 use super::names::secret_annotations as ann;
 use super::names::{API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use super::plan::{Desired, SecretObs};
+use super::plan::{Desired, Retired, SecretObs};
 use crate::token::Token;
 
 /// What the Secret cache keeps in place of a token: this prefix and the token's fingerprint.
@@ -30,38 +30,55 @@ pub struct Record {
     pub previous: Option<String>,
     pub issued_at: Timestamp,
     pub rotation: Option<String>,
-    /// Tokens kept in their grace period by this issue.
-    pub retired: Vec<String>,
+    /// Tokens kept in their grace period by this issue, with the end of it.
+    pub retired: Vec<Retired>,
 }
 
 impl Record {
-    /// The record a Secret carries, to write its token again unchanged; an issue time lost to
-    /// a hand edit becomes `now`. `None` without a token id (then it is not a record the
-    /// operator can restore).
-    pub fn of(s: &Secret, now: Timestamp) -> Option<Record> {
+    /// The record a Secret carries, to write its token again with the issue time the plan
+    /// decided (`issued_at`). `None` without a token id (then it is not a record the operator
+    /// can restore).
+    pub fn of(s: &Secret, issued_at: Timestamp) -> Option<Record> {
         let a = s.metadata.annotations.as_ref()?;
         Some(Record {
             token_id: a.get(ann::TOKEN_ID)?.clone(),
             previous: a.get(ann::PREVIOUS_TOKEN_ID).cloned(),
-            issued_at: a
-                .get(ann::ISSUED_AT)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(now),
+            issued_at,
             rotation: a.get(ann::ROTATION_REQUEST).cloned(),
             retired: a
                 .get(ann::RETIRED_TOKEN_IDS)
-                .map(|v| ids(v))
+                .map(|v| parse_retired(v))
                 .unwrap_or_default(),
         })
     }
 }
 
-/// The ids of a comma-separated list.
-fn ids(v: &str) -> Vec<String> {
+/// The retired list as written: `id@until` entries, comma-separated (an entry without a
+/// readable time keeps its id).
+fn parse_retired(v: &str) -> Vec<Retired> {
     v.split(',')
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
+        .filter(|e| !e.is_empty())
+        .map(|e| match e.split_once('@') {
+            Some((id, until)) => Retired {
+                id: id.to_owned(),
+                until: until.parse().ok(),
+            },
+            None => Retired {
+                id: e.to_owned(),
+                until: None,
+            },
+        })
         .collect()
+}
+
+fn format_retired(list: &[Retired]) -> String {
+    list.iter()
+        .map(|r| match r.until {
+            Some(t) => format!("{}@{t}", r.id),
+            None => r.id.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Whether an object is controlled by the ApiToken with this uid.
@@ -80,7 +97,10 @@ pub fn desired(t: &ApiToken, d: &Desired, token: &Token, r: &Record) -> Secret {
         (ann::ISSUED_AT.to_owned(), r.issued_at.to_string()),
         (ann::FINGERPRINT.to_owned(), token.fingerprint()),
         (ann::TOKEN_KEY.to_owned(), d.secret_key.clone()),
-        (ann::RETIRED_TOKEN_IDS.to_owned(), r.retired.join(",")),
+        (
+            ann::RETIRED_TOKEN_IDS.to_owned(),
+            format_retired(&r.retired),
+        ),
     ]);
     if let Some(p) = &r.previous {
         annotations.insert(ann::PREVIOUS_TOKEN_ID.to_owned(), p.clone());
@@ -157,7 +177,9 @@ pub fn read(s: &Secret, name: &str, uid: &str, d: &Desired) -> Read {
         rotation_request: annotations.get(ann::ROTATION_REQUEST).cloned(),
         fingerprint,
         shape_ok,
-        retired: annotations.get(ann::RETIRED_TOKEN_IDS).map(|v| ids(v)),
+        retired: annotations
+            .get(ann::RETIRED_TOKEN_IDS)
+            .map(|v| parse_retired(v)),
     };
     Read {
         obs,
@@ -211,7 +233,16 @@ mod tests {
             previous: Some("u.old".into()),
             issued_at: Timestamp::from_second(1_800_000_000).expect("a time"),
             rotation: Some("r1".into()),
-            retired: vec!["u.old".into(), "u.older".into()],
+            retired: vec![
+                Retired {
+                    id: "u.old".into(),
+                    until: Some(Timestamp::from_second(1_800_003_600).expect("a time")),
+                },
+                Retired {
+                    id: "u.older".into(),
+                    until: Some(Timestamp::from_second(1_800_000_600).expect("a time")),
+                },
+            ],
         }
     }
 
@@ -225,12 +256,9 @@ mod tests {
         assert_eq!(r.obs.token_id.as_deref(), Some("u.abc"));
         assert_eq!(r.obs.previous_token_id.as_deref(), Some("u.old"));
         assert_eq!(r.obs.rotation_request.as_deref(), Some("r1"));
-        assert_eq!(
-            r.obs.retired,
-            Some(vec!["u.old".to_owned(), "u.older".to_owned()])
-        );
+        assert_eq!(r.obs.retired, Some(record().retired));
         assert_eq!(r.token.map(|t| t.fingerprint()), Some(token.fingerprint()));
-        assert_eq!(Record::of(&s, Timestamp::UNIX_EPOCH), Some(record()));
+        assert_eq!(Record::of(&s, record().issued_at), Some(record()));
         let body = apply_body(&s).expect("encodes");
         assert_eq!(
             (body["apiVersion"].as_str(), body["kind"].as_str()),

@@ -126,6 +126,16 @@ fn converged_message(d: Option<&Desired>, plan: Option<&Plan>) -> String {
         ),
         None => format!("token is in Secret {secret}"),
     };
+    if let Some((d, p)) = d.zip(plan)
+        && d.rotation_request.is_some()
+        && d.rotation_request != p.handled_rotation
+    {
+        msg.push_str(&format!(
+            "; loop.dev/rotate {:?} is not later than {:?}, the value the current token answered, so it does not rotate (a value that is not a timestamp always does)",
+            d.rotation_request.as_deref().unwrap_or_default(),
+            p.handled_rotation.as_deref().unwrap_or_default()
+        ));
+    }
     if let Some(p) = plan.filter(|p| !p.in_grace.is_empty()) {
         let list: Vec<String> = p
             .in_grace
@@ -212,6 +222,10 @@ pub fn compute(
         conditions,
         ..old.clone()
     };
+    if let Outcome::Blocked(Blocked::Expired { .. }) = outcome {
+        // Nothing is due: the token stays expired until a new rotate value.
+        s.next_rotation_at = None;
+    }
     if let Some(p) = plan
         && let Some(c) = &p.current
     {

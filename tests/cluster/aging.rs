@@ -481,12 +481,28 @@ async fn rotate_values_rotate_forward_in_time_and_once_per_other_change() {
         let t = a.e.wait_rotated("ordered", t2).await;
         let fp = fingerprint(&t);
         annotate(t1);
-        eventually(60, "the operator to see the earlier value", || async {
-            a.e.operator
-                .logged("no later than the one the current token answered")
-                .then_some(())
-        })
-        .await;
+        let t =
+            a.e.wait_until(
+                "ordered",
+                "Ready to say the earlier value is ignored",
+                |t| {
+                    t.status.as_ref().is_some_and(|s| {
+                        s.conditions.iter().any(|c| {
+                            c.type_ == "Ready"
+                                && c.status == "True"
+                                && c.message.contains("is not later than")
+                        })
+                    })
+                },
+            )
+            .await;
+        assert_eq!(
+            t.status
+                .as_ref()
+                .and_then(|s| s.last_rotation_request.as_deref()),
+            Some(t2),
+            "the handled value stays the later one"
+        );
         assert_eq!(
             a.fingerprint("ordered").await,
             fp,
@@ -530,7 +546,10 @@ async fn converged_scheduled_tokens_are_quiet_between_rotations() {
         }
         let writes = || writes_in(&a);
         let before = writes().await;
-        a.settle(20.0).await;
+        a.settle(10.0).await;
+        // Time passes (not yet due): still nothing to write.
+        a.clock.advance(hours(12));
+        a.settle(10.0).await;
         assert_eq!(writes().await, before, "writes while nothing was due");
 
         // Due: one rotation each, then quiet again.
