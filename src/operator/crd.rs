@@ -233,7 +233,7 @@ pub fn crd_yaml() -> Result<String, serde_norway::Error> {
 
 /// Doc comments are wrapped at source width; `kubectl explain` wraps again. Join wrapped lines
 /// (single newlines) and keep paragraph breaks.
-fn unwrap_descriptions(v: &mut serde_json::Value) {
+pub(crate) fn unwrap_descriptions(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, child) in map.iter_mut() {
