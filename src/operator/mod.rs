@@ -3,6 +3,7 @@
 //! Pure (no I/O; unit-tested without a cluster):
 //! - [`crd`]: the resource's types, schema and CEL rules;
 //! - [`policy_crd`]: the `ApiTokenPolicy` resource (which namespaces may ask for which scopes);
+//! - [`policy`]: how policies select namespaces and combine, checking an ApiToken, the admission digest;
 //! - [`names`]: every name other parts agree on (DESIGN.md §3), condition and Event reasons;
 //! - [`plan`]: the decision core (what to issue, update, expire, revoke);
 //! - [`status`]: conditions and status from a plan and an outcome;
@@ -33,6 +34,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod plan;
+pub mod policy;
 pub mod policy_crd;
 pub mod reconcile;
 pub mod run;
