@@ -88,6 +88,26 @@ pub struct ApiTokenSpec {
     /// How rotations behave.
     #[serde(default)]
     pub rotation: RotationPolicy,
+
+    /// What deleting this ApiToken does to its token. `Revoke` (the default): every token it
+    /// registered is revoked, and the Secret goes with it. `Orphan`: its current token stays
+    /// registered and its Secret stays (without the owner reference), and a later ApiToken of
+    /// the same name in this namespace adopts both without issuing a new token. In a namespace
+    /// that is being deleted, `Orphan` revokes as well: the Secret goes with the namespace.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What deleting an ApiToken does to its token.
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum DeletionPolicy {
+    /// Revoke every token the ApiToken registered.
+    #[default]
+    Revoke,
+    /// Keep the current token registered and its Secret, for a later ApiToken of the same name.
+    Orphan,
 }
 
 /// The Secret that receives the token.

@@ -7,6 +7,7 @@
 //! - [`names`]: every name other parts agree on (DESIGN.md §3), condition and Event reasons;
 //! - [`plan`]: the decision core (what to issue, update, expire, revoke);
 //! - [`status`]: conditions and status from a plan and an outcome;
+//! - [`deletion`]: what deleting an ApiToken does (Revoke, Orphan, Abandon) and when one adopts an orphan;
 //! - [`decide`]: the shell's own decisions (trusting the cache, announcing, writing status);
 //! - [`secret`]: the Secret record (the Secret to write, reading one back, the cache form);
 //! - [`events`]: the wording of every Event;
@@ -27,6 +28,7 @@ pub mod act;
 pub mod crash;
 pub mod crd;
 pub mod decide;
+pub mod deletion;
 pub mod error;
 pub mod events;
 pub mod kube_io;

@@ -20,6 +20,9 @@ pub const FIELD_MANAGER: &str = "loop-token-operator";
 pub const DEFAULT_SECRET_KEY: &str = "token";
 /// Default grace period of the previous token after a rotation.
 pub const DEFAULT_GRACE_PERIOD: &str = "1h";
+/// Annotation on an ApiToken that is being deleted: release it without reaching the store (the
+/// store is gone for good); the value says why. Ignored on an ApiToken not being deleted.
+pub const ABANDON_ANNOTATION: &str = "loop.dev/abandon-revocation";
 /// The client-side-apply copy of an object, which the operator never reads.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -31,6 +34,8 @@ pub mod secret_annotations {
     pub const ROTATION_REQUEST: &str = "loop.dev/rotation-request";
     pub const FINGERPRINT: &str = "loop.dev/fingerprint";
     pub const TOKEN_KEY: &str = "loop.dev/token-key";
+    /// On a Secret its ApiToken left behind (`deletionPolicy: Orphan`): that ApiToken's uid.
+    pub const ORPHANED_FROM: &str = "loop.dev/orphaned-from";
 }
 
 /// Condition types (kstatus conventions).
@@ -52,6 +57,8 @@ pub mod reason {
     pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
     pub const REVOCATION_PENDING: &str = "RevocationPending";
+    /// Outside the ApiTokenPolicies of its namespace (Stalled).
+    pub const POLICY_VIOLATION: &str = "PolicyViolation";
 }
 
 /// Event reasons (the `reason` and `action` of each Event the operator publishes).
@@ -65,4 +72,11 @@ pub mod event {
     /// The same words as the condition reasons, on purpose: the Event marks the transition.
     pub const SECRET_CONFLICT: &str = super::reason::SECRET_CONFLICT;
     pub const STORE_REJECTED: &str = super::reason::STORE_REJECTED;
+    pub const POLICY_VIOLATION: &str = super::reason::POLICY_VIOLATION;
+    /// Released without revoking (`loop.dev/abandon-revocation`).
+    pub const REVOCATION_ABANDONED: &str = "RevocationAbandoned";
+    /// Deleted with `deletionPolicy: Orphan`: the token and its Secret were kept.
+    pub const ORPHANED: &str = "Orphaned";
+    /// A token and Secret an earlier ApiToken of the same name left behind were taken over.
+    pub const ADOPTED: &str = "Adopted";
 }
