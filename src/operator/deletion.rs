@@ -173,7 +173,9 @@ pub fn may_adopt(
 ) -> Result<(), NotAdoptable> {
     let id = || o.token_id.clone();
     let v = view.ok_or_else(|| NotAdoptable::Unknown(id()))?;
-    let same_place = v.owner.uid == o.from_uid
+    // Handed over already, by an adoption interrupted before the Secret was taken over.
+    let from = v.owner.uid == o.from_uid || v.owner.uid == adopter.uid;
+    let same_place = from
         && v.owner.cluster == adopter.cluster
         && v.owner.namespace == adopter.namespace
         && v.owner.name == adopter.name;
@@ -361,6 +363,18 @@ mod tests {
         assert_eq!(
             may_adopt(Some(&view(true, "ns")), &o, &adopter, Some("fp")),
             Ok(())
+        );
+        let mut handed = view(true, "ns");
+        handed.owner.uid = "new-uid".into();
+        assert_eq!(
+            may_adopt(Some(&handed), &o, &adopter, Some("fp")),
+            Ok(()),
+            "an adoption interrupted after the handover goes on"
+        );
+        handed.owner.uid = "third-uid".into();
+        assert_eq!(
+            may_adopt(Some(&handed), &o, &adopter, Some("fp")),
+            Err(NotAdoptable::OtherOwner("old-uid.abc".into()))
         );
         assert_eq!(
             may_adopt(None, &o, &adopter, Some("fp")),

@@ -1,12 +1,13 @@
 //! The operator's Kubernetes calls for one ApiToken: read, create and apply its Secret, remove
-//! Secrets it left under a former name, read it live, write its status, publish Events. I/O
-//! module; each failure becomes the [`Error`] variant named after the call.
+//! Secrets it left under a former name, release its Secret to a later ApiToken or adopt one
+//! left by an earlier one, read it live, write its status, publish Events. I/O module; each
+//! failure becomes the [`Error`] variant named after the call.
 //!
 //! A Secret that does not exist yet is created with a plain create, never applied: if another
 //! party created one of that name in the meantime, the create fails instead of taking it over.
 //! Only a Secret this ApiToken controls is updated, by server-side apply (promise 7).
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -14,6 +15,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use super::crd::{ApiToken, ApiTokenStatus};
 use super::error::{Error, describe};
 use super::events::Note;
+use super::names::secret_annotations::ORPHANED_FROM;
 use super::names::{API_TOKEN_LABEL, FIELD_MANAGER};
 use super::secret;
 use crate::api::Owner;
@@ -142,17 +144,59 @@ impl<'a> Target<'a> {
         Ok(())
     }
 
+    /// Leave the Secret `name` behind (`deletionPolicy: Orphan`): remove this ApiToken's owner
+    /// reference, so the garbage collector keeps it, and mark it with this ApiToken's uid. A
+    /// strategic merge patch: the reference goes whichever field manager set it.
+    pub async fn release_secret(&self, name: &str) -> Result<Secret, Error> {
+        let patch = serde_json::json!({"metadata": {
+            "ownerReferences": [{"$patch": "delete", "uid": self.uid}],
+            "annotations": {ORPHANED_FROM: self.uid},
+        }});
+        self.patch_secret(name, &patch).await
+    }
+
+    /// Take over the Secret `s` that an earlier ApiToken of this name left behind: this
+    /// ApiToken becomes its controller and the orphan mark goes. Only the version read
+    /// (`resourceVersion`): a Secret changed in the meantime is read again first.
+    pub async fn adopt_secret(&self, s: &Secret) -> Result<Secret, Error> {
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": s.metadata.resource_version,
+            "ownerReferences": self.t.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+            "annotations": {ORPHANED_FROM: null},
+        }});
+        self.patch_secret(&s.name_any(), &patch).await
+    }
+
+    async fn patch_secret(&self, name: &str, patch: &serde_json::Value) -> Result<Secret, Error> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        self.secrets
+            .patch(name, &pp, &Patch::Strategic(patch))
+            .await
+            .map_err(|source| Error::ApplySecret {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
     /// Publish an Event on the ApiToken. A failure is logged, never fatal: Events are hints.
     pub async fn publish(&self, recorder: &Recorder, n: Note) {
-        let ev = Event {
-            type_: n.type_,
-            reason: n.reason.to_owned(),
-            note: Some(n.note),
-            action: n.reason.to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&ev, &self.t.object_ref(&())).await {
-            tracing::warn!(error = %describe(&e), reason = n.reason, "could not publish an event");
-        }
+        publish_on(recorder, &self.t.object_ref(&()), n).await;
+    }
+}
+
+/// Publish an Event about `regarding`. A failure is logged, never fatal: Events are hints.
+pub async fn publish_on(recorder: &Recorder, regarding: &ObjectReference, n: Note) {
+    let ev = Event {
+        type_: n.type_,
+        reason: n.reason.to_owned(),
+        note: Some(n.note),
+        action: n.reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, regarding).await {
+        tracing::warn!(error = %describe(&e), reason = n.reason, "could not publish an event");
     }
 }

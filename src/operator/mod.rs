@@ -17,6 +17,8 @@
 //! I/O shell:
 //! - [`reconcile`]: observe → plan → act passes, status writes, deletion;
 //! - [`act`]: carrying out one planned action;
+//! - [`handover`]: orphaning a token on deletion, adopting it later, abandoning revocation;
+//! - [`tenancy`]: policy and namespace watches, holding violations, the admission digest, the cluster's name;
 //! - [`kube_io`]: the Kubernetes calls for one ApiToken;
 //! - [`store_client`]: the client of `loop-store`;
 //! - [`metrics`]: Prometheus metrics;
@@ -31,6 +33,7 @@ pub mod decide;
 pub mod deletion;
 pub mod error;
 pub mod events;
+pub mod handover;
 pub mod kube_io;
 pub mod leader;
 pub mod metrics;
@@ -43,4 +46,5 @@ pub mod run;
 pub mod secret;
 pub mod status;
 pub mod store_client;
+pub mod tenancy;
 pub mod watch;
