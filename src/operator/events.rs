@@ -146,27 +146,33 @@ pub fn policy_violation(message: &str) -> Note {
     )
 }
 
-/// A token revoked because an ApiTokenPolicy with `enforcement: Revoke` no longer allows it.
-pub fn revoked_by_policy(fingerprint: &str) -> Note {
-    warning(
+/// The tokens revoked because an ApiTokenPolicy with `enforcement: Revoke` no longer allows
+/// the ApiToken, in one Event. `None` when there were none.
+pub fn revoked_by_policy(fingerprints: &[String]) -> Option<Note> {
+    let which = match fingerprints {
+        [] => return None,
+        [one] => format!("token {one}"),
+        many => format!("tokens {}", many.join(", ")),
+    };
+    Some(warning(
         event::REVOKED,
         format!(
-            "token {fingerprint} revoked: the ApiToken is outside its ApiTokenPolicies (enforcement Revoke)"
+            "{which} revoked: the ApiToken is outside its ApiTokenPolicies (enforcement Revoke)"
         ),
-    )
+    ))
 }
 
 /// Deleted with `loop.dev/abandon-revocation`: the finalizer went without the store.
 pub fn revocation_abandoned(what: &str, reason: &str, fingerprints: &[String]) -> Note {
     let which = match fingerprints {
-        [] => "no token the operator knows of".to_owned(),
-        [one] => format!("token {one}"),
-        many => format!("tokens {}", many.join(", ")),
+        [] => "no token the operator knows of stays".to_owned(),
+        [one] => format!("token {one} stays"),
+        many => format!("tokens {} stay", many.join(", ")),
     };
     warning(
         event::REVOCATION_ABANDONED,
         format!(
-            "{what} was deleted without revoking its tokens (loop.dev/abandon-revocation: {reason:?}); {which} stay active in the Loop token store until revoked there"
+            "{what} was deleted without revoking its tokens (loop.dev/abandon-revocation: {reason:?}); {which} active in the Loop token store until revoked there"
         ),
     )
 }

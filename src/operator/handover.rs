@@ -9,8 +9,8 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 
 use super::decide;
 use super::deletion::{self, Orphaned};
@@ -48,7 +48,9 @@ pub async fn abandon(tg: &Target<'_>, ctx: &Context, reason: &str, terminating: 
             uid: ctx.tenancy.namespace_uid(&tg.ns),
             ..ObjectReference::default()
         };
-        publish_on(&ctx.recorder, &namespace, note).await;
+        // The ApiToken as the related object: one Event per ApiToken, not one series.
+        let related = Some(tg.t.object_ref(&()));
+        publish_on(&ctx.recorder, &namespace, related, note).await;
     } else {
         tg.publish(&ctx.recorder, note).await;
     }

@@ -183,18 +183,25 @@ impl<'a> Target<'a> {
 
     /// Publish an Event on the ApiToken. A failure is logged, never fatal: Events are hints.
     pub async fn publish(&self, recorder: &Recorder, n: Note) {
-        publish_on(recorder, &self.t.object_ref(&()), n).await;
+        publish_on(recorder, &self.t.object_ref(&()), None, n).await;
     }
 }
 
-/// Publish an Event about `regarding`. A failure is logged, never fatal: Events are hints.
-pub async fn publish_on(recorder: &Recorder, regarding: &ObjectReference, n: Note) {
+/// Publish an Event about `regarding` (and `related`, which also keeps Events of the same
+/// reason about one object but different related objects apart). A failure is logged, never
+/// fatal: Events are hints.
+pub async fn publish_on(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    related: Option<ObjectReference>,
+    n: Note,
+) {
     let ev = Event {
         type_: n.type_,
         reason: n.reason.to_owned(),
         note: Some(n.note),
         action: n.reason.to_owned(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = recorder.publish(&ev, regarding).await {
         tracing::warn!(error = %describe(&e), reason = n.reason, "could not publish an event");

@@ -47,6 +47,8 @@ use super::watch::namespace_triggers;
 
 /// How long the digest writer waits before trying a failed write again.
 const DIGEST_RETRY: Duration = Duration::from_secs(10);
+/// How often the digest writer reads the ConfigMap back, to put right an edit by someone else.
+const DIGEST_RECHECK: Duration = Duration::from_secs(300);
 
 /// Why tenancy cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -325,18 +327,23 @@ impl DigestWriter {
         )
     }
 
+    /// What the ConfigMap holds now (`None` when it cannot be read: write it).
+    async fn live(&self) -> Option<BTreeMap<String, String>> {
+        match self.d.api.get_opt(&self.d.name).await {
+            Ok(cm) => Some(cm.and_then(|c| c.data).unwrap_or_default()),
+            Err(_) => None,
+        }
+    }
+
     /// Keep the ConfigMap equal to the digest until the future is dropped (with the
-    /// controller). Writes only when the digest differs from what the ConfigMap holds.
+    /// controller). Writes only when the digest differs from what the ConfigMap holds, which
+    /// is read at start and every [`DIGEST_RECHECK`] (to put right an edit by someone else).
     pub async fn run(self) {
         if let Some(p) = &self.policies {
             let _ = p.wait_until_ready().await;
         }
         let _ = self.namespaces.wait_until_ready().await;
-        let mut written: Option<BTreeMap<String, String>> =
-            match self.d.api.get_opt(&self.d.name).await {
-                Ok(cm) => Some(cm.and_then(|c| c.data).unwrap_or_default()),
-                Err(_) => None,
-            };
+        let mut written = self.live().await;
         loop {
             let now = self.current();
             if written.as_ref() != Some(&now) {
@@ -349,7 +356,10 @@ impl DigestWriter {
                     }
                 }
             }
-            self.d.changed.notified().await;
+            tokio::select! {
+                () = self.d.changed.notified() => {}
+                () = tokio::time::sleep(DIGEST_RECHECK) => written = self.live().await,
+            }
         }
     }
 
@@ -389,24 +399,29 @@ pub async fn hold(
         tg.publish(&ctx.recorder, events::policy_violation(&verdict.message()))
             .await;
     }
-    let mut acted = false;
-    if verdict.revoke {
-        let regs = ctx.store.list_owned(&tg.uid).await?;
-        for action in plan::plan_cleanup(&regs) {
-            let Action::Revoke { id, .. } = action else {
-                continue;
-            };
-            ctx.store.revoke(&id).await?;
-            ctx.metrics.action("revoke");
-            acted = true;
-            let fp = regs
-                .iter()
-                .find(|r| r.id == id)
-                .map(|r| r.fingerprint.clone());
-            tg.publish(&ctx.recorder, events::revoked_by_policy(&fp.unwrap_or(id)))
-                .await;
+    let mut revoked = Vec::new();
+    let result = async {
+        if verdict.revoke {
+            let regs = ctx.store.list_owned(&tg.uid).await?;
+            for action in plan::plan_cleanup(&regs) {
+                let Action::Revoke { id, .. } = action else {
+                    continue;
+                };
+                ctx.store.revoke(&id).await?;
+                ctx.metrics.action("revoke");
+                let fp = regs.iter().filter(|r| r.id == id);
+                revoked.extend(fp.map(|r| r.fingerprint.clone()));
+            }
         }
+        Ok::<(), Error>(())
     }
+    .await;
+    // One Event for all the tokens revoked (the current one and any still in grace).
+    if let Some(note) = events::revoked_by_policy(&revoked) {
+        tg.publish(&ctx.recorder, note).await;
+    }
+    result?;
+    let acted = !revoked.is_empty();
     write_status(tg, ctx, &Outcome::Policy(verdict), Some(d), None, acted).await?;
     Ok(Requeue::requeue(ctx.usage_interval))
 }

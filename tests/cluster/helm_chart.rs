@@ -24,11 +24,11 @@ use support::{ControlPlane, eventually, with_namespace};
 
 const KUBE_VERSION: &str = "1.37.2";
 
-fn chart() -> PathBuf {
+pub(crate) fn chart() -> PathBuf {
     support::repo_root().join("charts/loop-token-operator")
 }
 
-fn helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
+pub(crate) fn helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
     let bin = String::from_utf8(
         Command::new(support::repo_root().join("scripts/dev-cluster"))
             .args(["bin", "helm"])
@@ -56,7 +56,7 @@ fn helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run helm: {e}"))
 }
 
-fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
+pub(crate) fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
     let out = helm(cp, args);
     assert!(
         out.status.success(),
@@ -192,7 +192,7 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
 }
 
 /// A kubeconfig that authenticates as a ServiceAccount with a short-lived token.
-fn service_account_kubeconfig(
+pub(crate) fn service_account_kubeconfig(
     cp: &ControlPlane,
     ns: &str,
     sa: &str,
@@ -493,7 +493,12 @@ const TOUCH_REFUSED: &str = "may only update or delete Secrets that already carr
 const CREATE_REFUSED: &str = "may only create Opaque Secrets that an ApiToken controls";
 
 /// kubectl as `user` (impersonated); returns (success, stderr).
-fn kubectl_as(cp: &ControlPlane, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+pub(crate) fn kubectl_as(
+    cp: &ControlPlane,
+    user: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String) {
     let mut all = vec!["--as", user];
     all.extend(args);
     let out = cp.kubectl_stdin(&all, stdin);

@@ -25,10 +25,17 @@ pub struct OperatorBuilder<'a> {
     ns: &'a str,
     crash_at: Option<&'a str>,
     leader_election: bool,
+    cluster_name: bool,
     args: Vec<String>,
 }
 
 impl<'a> OperatorBuilder<'a> {
+    /// Without `--cluster-name e2e`: the operator names the cluster itself.
+    pub fn without_cluster_name(mut self) -> Self {
+        self.cluster_name = false;
+        self
+    }
+
     /// Authenticate with another identity (e.g. a ServiceAccount's kubeconfig).
     pub fn kubeconfig(mut self, path: &'a Path) -> Self {
         self.kubeconfig = path;
@@ -64,7 +71,7 @@ impl<'a> OperatorBuilder<'a> {
             "--namespace",
             self.ns,
         ])
-        .args(["--metrics-addr", "127.0.0.1:0", "--cluster-name", "e2e"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .args(["--retry-after", "500ms", "--usage-interval", "1h"])
         .env("KUBECONFIG", self.kubeconfig)
         .env("LOOP_STORE_TOKEN", ADMIN)
@@ -75,6 +82,9 @@ impl<'a> OperatorBuilder<'a> {
         .env_remove("LOOP_OPERATOR_CRASH_AT");
         if !self.leader_election {
             cmd.arg("--leader-election=false");
+        }
+        if self.cluster_name {
+            cmd.args(["--cluster-name", "e2e"]);
         }
         cmd.args(&self.args);
         if let Some(step) = self.crash_at {
@@ -108,6 +118,7 @@ impl OperatorProcess {
             ns,
             crash_at: None,
             leader_election: false,
+            cluster_name: true,
             args: Vec::new(),
         }
     }
