@@ -42,6 +42,13 @@ pub enum Deletion {
     },
 }
 
+/// Whether the decision for this ApiToken depends on its namespace being deleted (worth asking
+/// the API server rather than a cache that may lag the ApiToken's own deletion).
+pub fn depends_on_namespace(t: &ApiToken) -> bool {
+    t.annotations().contains_key(ABANDON_ANNOTATION)
+        || t.spec.deletion_policy == DeletionPolicy::Orphan
+}
+
 /// Decide for an ApiToken being deleted.
 pub fn decide(t: &ApiToken, namespace_terminating: bool) -> Deletion {
     if let Some(reason) = t.annotations().get(ABANDON_ANNOTATION) {
@@ -240,6 +247,7 @@ mod tests {
             Deletion::Revoke,
             "the Secret goes with the namespace"
         );
+        assert!(!depends_on_namespace(&revoke) && depends_on_namespace(&orphan));
         let mut abandoned = orphan.clone();
         abandoned
             .annotations_mut()

@@ -302,7 +302,11 @@ async fn fail(tg: &Target<'_>, ctx: &Context, d: &Desired, e: Error) -> Result<R
 /// finalizer go; while the store cannot be reached, wait and say why.
 async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     let tg = Target::new(t, &ctx.client)?;
-    let terminating = ctx.tenancy.namespace_terminating(&tg.ns);
+    let terminating = deletion::depends_on_namespace(t)
+        && ctx
+            .tenancy
+            .namespace_terminating_now(&ctx.client, &tg.ns)
+            .await?;
     let result = match deletion::decide(t, terminating) {
         Deletion::Abandon { reason } => {
             handover::abandon(&tg, ctx, &reason, terminating).await;

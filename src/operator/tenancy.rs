@@ -114,6 +114,24 @@ impl Tenancy {
             .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
     }
 
+    /// Whether namespace `ns` is being deleted, as the API server says now (the cache may lag:
+    /// a namespace's deletion and the deletions of its objects arrive on separate watches).
+    pub async fn namespace_terminating_now(
+        &self,
+        client: &Client,
+        ns: &str,
+    ) -> Result<bool, Error> {
+        if self.namespace_terminating(ns) {
+            return Ok(true);
+        }
+        let api: Api<Namespace> = Api::all(client.clone());
+        let live = api
+            .get_metadata_opt(ns)
+            .await
+            .map_err(|source| Error::GetNamespace { source })?;
+        Ok(live.is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+    }
+
     /// The uid of namespace `ns`, if known (to name it in an Event).
     pub fn namespace_uid(&self, ns: &str) -> Option<String> {
         self.namespace(ns).and_then(|n| n.metadata.uid.clone())

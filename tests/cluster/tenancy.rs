@@ -588,11 +588,18 @@ async fn orphan_keeps_the_token_for_the_next_apitoken_of_that_name() {
         assert!(t.kubectl(&["get", "events", "-o", "json"]).contains("Adopted"));
 
         // The namespace goes: Orphan revokes there too (the Secret goes with the namespace),
-        // and so does the default Revoke.
+        // and so does the default Revoke. (A finalizer of the test's keeps the Secret while the
+        // ApiToken is deleted, so the operator finds it and must still not orphan the token.)
         t.apply_ok(&token_yaml("plain", "  scopes: [orders:read]\n"));
         t.wait_ready("plain").await;
         let plain = t.secret_token("plain").await;
+        t.kubectl(&["patch", "secret", "keep", "--type=merge", "-p", r#"{"metadata":{"finalizers":["loop.dev/test-hold"]}}"#]);
         t.cp.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+        let tokens = t.tokens();
+        eventually(120, "apitoken/keep to go", || async { tokens.get_opt("keep").await.ok().flatten().is_none().then_some(()) }).await;
+        assert!(secrets.get_opt("keep").await.unwrap().is_some(), "the Secret is still there");
+        assert!(!t.active(&token).await, "Orphan revokes in a namespace being deleted");
+        t.kubectl(&["patch", "secret", "keep", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
         eventually(120, "the namespace to be deleted", || async {
             (!t.cp.kubectl(&["get", "namespace", &ns]).status.success()).then_some(())
         })
