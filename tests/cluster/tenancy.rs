@@ -481,6 +481,33 @@ async fn a_tenant_cannot_change_policies() {
     .await;
 }
 
+/// `examples/tenancy.yaml` works as its comments say: the policy governs a namespace labelled
+/// `team=growth`, its ApiToken is issued there, and a scope it does not allow is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenancy_example_works() {
+    with_namespace("tenancy-example", |cp, ns| async move {
+        let t = tenant(cp, ns).await;
+        let ns = t.ns.clone();
+        let _operator = OperatorProcess::builder(&t.cp, &t.store, &ns).start();
+        let file = support::repo_root().join("examples/tenancy.yaml");
+        let file = file.to_str().unwrap_or_default();
+        // The policy is cluster-scoped: kubectl applies it without the namespace.
+        t.cp.kubectl_ok(&["label", "namespace", &ns, "team=growth"]);
+        t.kubectl(&["apply", "-f", file]);
+        t.wait_ready("growth-crm-sync").await;
+        assert!(t.active(&t.secret_token("growth-crm-sync").await).await);
+        t.apply_ok(&token_yaml("payments", "  scopes: [payments:read]\n"));
+        let held = t
+            .wait_until("payments", "PolicyViolation", stalled_by_policy)
+            .await;
+        assert!(condition(&held, "Stalled").2.starts_with(&format!(
+            "scope payments:read not allowed in namespace {ns} by ApiTokenPolicy growth-team"
+        )));
+        t.delete_policies(&["growth-team"]);
+    })
+    .await;
+}
+
 /// The fingerprint in an ApiToken's status.
 fn fingerprint(t: &ApiToken) -> String {
     t.status
