@@ -266,6 +266,20 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         }
         let elsewhere = cp.kubectl(&["auth", "can-i", "get", "secrets", "-n", "kube-system", "--as", &who]);
         assert_eq!(String::from_utf8_lossy(&elsewhere.stdout).trim(), "no", "no Secrets outside the watched namespace");
+        // Tenancy: it reads policies and the namespaces it may see, and writes one ConfigMap.
+        let can_anywhere = |verb: &str, what: &str| {
+            let out = cp.kubectl(&["auth", "can-i", verb, what, "--as", &who]);
+            String::from_utf8_lossy(&out.stdout).trim() == "yes"
+        };
+        let watched = format!("namespaces/{ns}");
+        for (verb, what) in [("watch", "apitokenpolicies.loop.dev"), ("get", watched.as_str()), ("get", "namespaces/kube-system")] {
+            assert!(can_anywhere(verb, what), "the operator must be able to {verb} {what}");
+        }
+        for (verb, what) in [("create", "apitokenpolicies.loop.dev"), ("patch", "apitokenpolicies.loop.dev"), ("delete", "apitokenpolicies.loop.dev"), ("get", "namespaces/default"), ("list", "namespaces"), ("patch", watched.as_str())] {
+            assert!(!can_anywhere(verb, what), "the operator must not be able to {verb} {what}");
+        }
+        assert!(can("patch", "configmaps/lto-loop-token-operator-policies"), "the policy digest");
+        assert!(!can("patch", "configmaps/other") && !can("create", "configmaps/other"), "only the policy digest");
 
         // Sufficient: the operator, authenticated as that ServiceAccount, serves a whole life,
         // with the chart's admission policy in force.
