@@ -165,10 +165,68 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
             &[][..],
             POSTGRES_VALUES,
             &["--set", &format!("watchNamespace={ns}")],
+            &[
+                "--set",
+                "tenancy.unselectedNamespaces=Deny",
+                "--set",
+                "clusterName=prod-eu",
+            ],
+            &["--set", "tenancy.admissionPolicy.enabled=false"],
         ] {
             let rendered = render(&cp, "r", &ns, extra);
             server_accepts(&cp, &rendered, &format!("{extra:?}"));
         }
+
+        // Tenancy settings reach the operator and the admission policy; without clusterName the
+        // operator names the cluster itself.
+        let objs = objects(&render(
+            &cp,
+            "r",
+            &ns,
+            &[
+                "--set",
+                "tenancy.unselectedNamespaces=Deny",
+                "--set",
+                "clusterName=prod-eu",
+            ],
+        ));
+        let op = container(&objs, "r", "operator");
+        for arg in [
+            "--unselected-namespaces=deny",
+            "--cluster-name=prod-eu",
+            &format!("--admission-configmap={ns}/r-loop-token-operator-policies"),
+        ] {
+            assert!(has_arg(op, arg), "{arg} in {}", op["args"]);
+        }
+        let vap = object(
+            &objs,
+            "ValidatingAdmissionPolicy",
+            &format!("r-loop-token-operator-apitoken-policies.{ns}"),
+        );
+        assert!(
+            vap["spec"]["validations"]
+                .to_string()
+                .contains("no ApiTokenPolicy selects namespace"),
+            "{vap}"
+        );
+        let objs = objects(&render(&cp, "r", &ns, &[]));
+        let op = container(&objs, "r", "operator");
+        assert!(has_arg(op, "--unselected-namespaces=allow"));
+        assert!(
+            !op["args"].to_string().contains("--cluster-name"),
+            "{}",
+            op["args"]
+        );
+        let vap = object(
+            &objs,
+            "ValidatingAdmissionPolicy",
+            &format!("r-loop-token-operator-apitoken-policies.{ns}"),
+        );
+        assert!(
+            !vap["spec"]["validations"]
+                .to_string()
+                .contains("no ApiTokenPolicy selects namespace")
+        );
 
         // What the chart refuses, with a message that says why.
         for (set, why) in [
@@ -179,6 +237,10 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
             (
                 "operator.logFormat=xml",
                 "value must be one of 'text', 'json'",
+            ),
+            (
+                "tenancy.unselectedNamespaces=Maybe",
+                "value must be one of 'Allow', 'Deny'",
             ),
             (
                 "store.database=postgres",
