@@ -177,8 +177,36 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
             server_accepts(&cp, &rendered, &format!("{extra:?}"));
         }
 
-        // Tenancy settings reach the operator and the admission policy; without clusterName the
-        // operator names the cluster itself.
+        // What the chart refuses, with a message that says why.
+        for (set, why) in [
+            (
+                "store.replicas=2",
+                "one SQLite file serves one store process",
+            ),
+            (
+                "operator.logFormat=xml",
+                "value must be one of 'text', 'json'",
+            ),
+            (
+                "tenancy.unselectedNamespaces=Maybe",
+                "value must be one of 'Allow', 'Deny'",
+            ),
+            (
+                "store.database=postgres",
+                "needs store.postgres.existingSecret",
+            ),
+        ] {
+            render_refused(&cp, &["--set", set], &[why]);
+        }
+    })
+    .await;
+}
+
+/// Tenancy settings reach the operator's flags and the admission policy; without clusterName
+/// the operator names the cluster itself.
+#[tokio::test]
+async fn helm_tenancy_values_reach_the_operator_and_the_admission_policy() {
+    with_namespace("helm-tenancy", |cp, ns| async move {
         let objs = objects(&render(
             &cp,
             "r",
@@ -227,28 +255,6 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
                 .to_string()
                 .contains("no ApiTokenPolicy selects namespace")
         );
-
-        // What the chart refuses, with a message that says why.
-        for (set, why) in [
-            (
-                "store.replicas=2",
-                "one SQLite file serves one store process",
-            ),
-            (
-                "operator.logFormat=xml",
-                "value must be one of 'text', 'json'",
-            ),
-            (
-                "tenancy.unselectedNamespaces=Maybe",
-                "value must be one of 'Allow', 'Deny'",
-            ),
-            (
-                "store.database=postgres",
-                "needs store.postgres.existingSecret",
-            ),
-        ] {
-            render_refused(&cp, &["--set", set], &[why]);
-        }
     })
     .await;
 }
@@ -283,6 +289,52 @@ pub(crate) fn service_account_kubeconfig(
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Tenancy, as the API server's authorizer sees it: the operator `who` reads policies, its
+/// watched namespace `ns` and kube-system, writes only the policy digest ConfigMap, and cannot
+/// change policies or see other namespaces.
+fn tenancy_least_privilege(cp: &ControlPlane, ns: &str, who: &str) {
+    let can = |verb: &str, what: &str| {
+        let out = cp.kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", who]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let can_anywhere = |verb: &str, what: &str| {
+        let out = cp.kubectl(&["auth", "can-i", verb, what, "--as", who]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let watched = format!("namespaces/{ns}");
+    for (verb, what) in [
+        ("watch", "apitokenpolicies.loop.dev"),
+        ("get", watched.as_str()),
+        ("get", "namespaces/kube-system"),
+    ] {
+        assert!(
+            can_anywhere(verb, what),
+            "the operator must be able to {verb} {what}"
+        );
+    }
+    for (verb, what) in [
+        ("create", "apitokenpolicies.loop.dev"),
+        ("patch", "apitokenpolicies.loop.dev"),
+        ("delete", "apitokenpolicies.loop.dev"),
+        ("get", "namespaces/default"),
+        ("list", "namespaces"),
+        ("patch", watched.as_str()),
+    ] {
+        assert!(
+            !can_anywhere(verb, what),
+            "the operator must not be able to {verb} {what}"
+        );
+    }
+    assert!(
+        can("patch", "configmaps/lto-loop-token-operator-policies"),
+        "the policy digest"
+    );
+    assert!(
+        !can("patch", "configmaps/other") && !can("create", "configmaps/other"),
+        "only the policy digest"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,20 +380,7 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         }
         let elsewhere = cp.kubectl(&["auth", "can-i", "get", "secrets", "-n", "kube-system", "--as", &who]);
         assert_eq!(String::from_utf8_lossy(&elsewhere.stdout).trim(), "no", "no Secrets outside the watched namespace");
-        // Tenancy: it reads policies and the namespaces it may see, and writes one ConfigMap.
-        let can_anywhere = |verb: &str, what: &str| {
-            let out = cp.kubectl(&["auth", "can-i", verb, what, "--as", &who]);
-            String::from_utf8_lossy(&out.stdout).trim() == "yes"
-        };
-        let watched = format!("namespaces/{ns}");
-        for (verb, what) in [("watch", "apitokenpolicies.loop.dev"), ("get", watched.as_str()), ("get", "namespaces/kube-system")] {
-            assert!(can_anywhere(verb, what), "the operator must be able to {verb} {what}");
-        }
-        for (verb, what) in [("create", "apitokenpolicies.loop.dev"), ("patch", "apitokenpolicies.loop.dev"), ("delete", "apitokenpolicies.loop.dev"), ("get", "namespaces/default"), ("list", "namespaces"), ("patch", watched.as_str())] {
-            assert!(!can_anywhere(verb, what), "the operator must not be able to {verb} {what}");
-        }
-        assert!(can("patch", "configmaps/lto-loop-token-operator-policies"), "the policy digest");
-        assert!(!can("patch", "configmaps/other") && !can("create", "configmaps/other"), "only the policy digest");
+        tenancy_least_privilege(&cp, &ns, &who);
 
         // Sufficient: the operator, authenticated as that ServiceAccount, serves a whole life,
         // with the chart's admission policy in force.

@@ -219,22 +219,6 @@ async fn the_admission_policy_refuses_what_no_policy_allows() {
     with_namespace("tenancy-vap", |cp, ns| async move {
         let t = tenant(cp, ns).await;
         let ns = t.ns.clone();
-        let c = chart();
-        let release = "lto";
-        helm_ok(
-            &t.cp,
-            &[
-                "upgrade",
-                "--install",
-                release,
-                c.to_str().unwrap_or_default(),
-                "--namespace",
-                &ns,
-                "--set",
-                &format!("watchNamespace={ns}"),
-                "--wait=false",
-            ],
-        );
         let orders = t.policy(
             &format!("{ns}-orders"),
             json!({"allowedScopes": ["orders:*"], "maxGracePeriod": "2h"}),
@@ -243,115 +227,131 @@ async fn the_admission_policy_refuses_what_no_policy_allows() {
             &format!("{ns}-customers"),
             json!({"allowedScopes": ["customers:read"], "maxGracePeriod": "30m"}),
         );
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig =
-            service_account_kubeconfig(&t.cp, &ns, "lto-loop-token-operator-operator", dir.path());
-        let digest = format!("{ns}/lto-loop-token-operator-policies");
-        let operator = OperatorProcess::builder(&t.cp, &t.store, &ns)
-            .kubeconfig(&kubeconfig)
-            .without_cluster_name()
-            .args(&["--admission-configmap", &digest])
-            .start();
+        let (operator, _kubeconfig) = chart_and_operator(&t);
 
-        // The words of the refusal are the operator's own (policy::Violation).
-        let mut sorted = vec![customers.clone(), orders.clone()];
-        sorted.sort();
-        let scope_refusal = Violation::Scopes {
+        // The words of the refusals are the operator's own (policy::Violation).
+        let mut both = vec![customers.clone(), orders.clone()];
+        both.sort();
+        let scopes = Violation::Scopes {
             scopes: vec!["payments:read".into()],
             ns: ns.clone(),
-            by: sorted,
+            by: both,
         }
         .to_string();
         assert!(
-            scope_refusal.contains("payments:read")
-                && scope_refusal.contains(&ns)
-                && scope_refusal.contains(&orders)
+            scopes.contains("payments:read") && scopes.contains(&ns) && scopes.contains(&orders)
         );
         let wide = token_yaml(
             "wide",
             "  scopes: [orders:read, payments:read]\n  rotation: {gracePeriod: 30m}\n",
         );
-        let dry_run = || {
+        // Once the operator has written the policies' digest, the dry run is refused...
+        let err = eventually(60, "the admission policy to refuse", || async {
             let out = t.cp.kubectl_stdin(
                 &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
                 Some(&wide),
             );
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        };
-        // Once the operator has written the policies' digest, the dry run is refused...
-        let err = eventually(60, "the admission policy to refuse", || async {
-            let (ok, err) = dry_run();
-            (!ok && err.contains("not allowed")).then_some(err)
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            (!out.status.success() && err.contains("not allowed")).then_some(err)
         })
         .await;
-        assert!(
-            err.contains(&scope_refusal),
-            "expected {scope_refusal:?} in {err}"
-        );
+        assert!(err.contains(&scopes), "expected {scopes:?} in {err}");
         // ... and so is the real apply, with the same message; nothing is created.
         let (ok, err) = t.apply(&wide);
-        assert!(!ok && err.contains(&scope_refusal), "{err}");
+        assert!(!ok && err.contains(&scopes), "{err}");
         assert!(t.tokens().get_opt("wide").await.unwrap().is_none());
         // The strictest grace period of the two, named with the policy that sets it.
-        let long_grace = token_yaml(
-            "slow",
-            "  scopes: [orders:read]\n  rotation: {gracePeriod: 1h}\n",
-        );
-        let grace_refusal = Violation::GracePeriod {
+        let limit = Limit {
+            max: jiff::SignedDuration::from_mins(30),
+            text: "30m".into(),
+            by: customers.clone(),
+        };
+        let grace = Violation::GracePeriod {
             asked: "1h".into(),
             ns: ns.clone(),
-            limit: Limit {
-                max: jiff::SignedDuration::from_mins(30),
-                text: "30m".into(),
-                by: customers.clone(),
-            },
+            limit,
         }
         .to_string();
-        let (ok, err) = t.apply(&long_grace);
-        assert!(
-            !ok && err.contains(&grace_refusal),
-            "expected {grace_refusal:?} in {err}"
-        );
-
-        // Within the policies together (orders from one, customers from the other): accepted
-        // and Ready, with a working token.
         let (ok, err) = t.apply(&token_yaml(
-            "within",
-            "  scopes: [orders:write, customers:read]\n  rotation: {gracePeriod: 30m}\n",
+            "slow",
+            "  scopes: [orders:read]\n  rotation: {gracePeriod: 1h}\n",
         ));
-        assert!(ok, "{err}");
-        let within_token = t.wait_ready("within").await;
-        assert!(t.active(&t.secret_token("within").await).await);
+        assert!(!ok && err.contains(&grace), "expected {grace:?} in {err}");
 
-        // The cluster's name is the kube-system namespace's uid.
-        let uid = t.cp.kubectl_ok(&[
-            "get",
-            "namespace",
-            "kube-system",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ]);
-        let regs = t
-            .registrations(&format!(
-                "ownerUid={}",
-                within_token.metadata.uid.clone().unwrap_or_default()
-            ))
-            .await;
-        assert_eq!(regs.len(), 1);
-        assert_eq!(regs[0]["owner"]["cluster"], uid.as_str());
-        let logs = operator.log_text();
-        assert!(
-            !logs.to_lowercase().contains("forbidden"),
-            "the operator hit a permission error:\n{logs}"
-        );
+        within_the_policies_is_admitted(&t, &operator).await;
 
         t.delete_policies(&[&orders, &customers]);
-        helm_ok(&t.cp, &["uninstall", release, "--namespace", &ns]);
+        helm_ok(&t.cp, &["uninstall", "lto", "--namespace", &ns]);
     })
     .await;
+}
+
+/// What the policies allow together (orders from one, customers from the other) is accepted
+/// and Ready, with a working token registered under the kube-system namespace's uid as the
+/// cluster's name; the operator never hit a permission error.
+async fn within_the_policies_is_admitted(t: &Tenant, operator: &OperatorProcess) {
+    let (ok, err) = t.apply(&token_yaml(
+        "within",
+        "  scopes: [orders:write, customers:read]\n  rotation: {gracePeriod: 30m}\n",
+    ));
+    assert!(ok, "{err}");
+    let within_token = t.wait_ready("within").await;
+    assert!(t.active(&t.secret_token("within").await).await);
+
+    // The cluster's name is the kube-system namespace's uid.
+    let uid = t.cp.kubectl_ok(&[
+        "get",
+        "namespace",
+        "kube-system",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let regs = t
+        .registrations(&format!(
+            "ownerUid={}",
+            within_token.metadata.uid.clone().unwrap_or_default()
+        ))
+        .await;
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0]["owner"]["cluster"], uid.as_str());
+    let logs = operator.log_text();
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "the operator hit a permission error:\n{logs}"
+    );
+}
+
+/// The chart installed as release `lto` watching the test's namespace (its admission policies
+/// included), and the operator running as the chart's ServiceAccount, without `--cluster-name`,
+/// writing the policy digest the chart's admission policy reads.
+fn chart_and_operator(t: &Tenant) -> (OperatorProcess, tempfile::TempDir) {
+    let c = chart();
+    let ns = &t.ns;
+    let watch = format!("watchNamespace={ns}");
+    helm_ok(
+        &t.cp,
+        &[
+            "upgrade",
+            "--install",
+            "lto",
+            c.to_str().unwrap_or_default(),
+            "--namespace",
+            ns,
+            "--set",
+            &watch,
+            "--wait=false",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        service_account_kubeconfig(&t.cp, ns, "lto-loop-token-operator-operator", dir.path());
+    let digest = format!("{ns}/lto-loop-token-operator-policies");
+    let operator = OperatorProcess::builder(&t.cp, &t.store, ns)
+        .kubeconfig(&kubeconfig)
+        .without_cluster_name()
+        .args(&["--admission-configmap", &digest])
+        .start();
+    (operator, dir)
 }
 
 /// A policy narrowed after the fact: the ApiToken it no longer allows is held (Stalled,
