@@ -114,7 +114,10 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             return Ok(Requeue::await_change());
         }
     };
-    let verdict = ctx.tenancy.check(t, &tg.ns, &d).await;
+    let verdict = match ctx.tenancy.check(&ctx.client, t, &tg.ns, &d).await {
+        Ok(v) => v,
+        Err(e) => return fail(&tg, ctx, &d, e).await,
+    };
     if !verdict.complies() {
         return match tenancy::hold(&tg, ctx, &d, &verdict).await {
             Ok(requeue) => Ok(requeue),

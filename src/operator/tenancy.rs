@@ -137,10 +137,25 @@ impl Tenancy {
         self.namespace(ns).and_then(|n| n.metadata.uid.clone())
     }
 
-    /// Check an ApiToken in namespace `ns`, which asks for `d`, against its policies.
-    pub async fn check(&self, t: &ApiToken, ns: &str, d: &Desired) -> Verdict {
+    /// Check an ApiToken in namespace `ns`, which asks for `d`, against its policies. A
+    /// namespace the cache does not hold yet (created a moment ago, its ApiToken's event first)
+    /// is read live: judged without its labels, it would escape the policies that select it.
+    pub async fn check(
+        &self,
+        client: &Client,
+        t: &ApiToken,
+        ns: &str,
+        d: &Desired,
+    ) -> Result<Verdict, Error> {
         self.ready().await;
-        let found = self.namespace(ns);
+        let found = match self.namespace(ns) {
+            Some(n) => Some(n),
+            None => Api::<PartialObjectMeta<Namespace>>::all(client.clone())
+                .get_opt(ns)
+                .await
+                .map_err(|source| Error::GetNamespace { source })?
+                .map(Arc::new),
+        };
         let labels = found
             .as_ref()
             .and_then(|n| n.metadata.labels.as_ref())
@@ -152,7 +167,7 @@ impl Tenancy {
             grace: (t.spec.rotation.grace_period.as_str(), d.grace),
             expiry_after: requested_expiry(t),
         };
-        policy::check(ns, rules.as_ref(), self.unselected, &asked)
+        Ok(policy::check(ns, rules.as_ref(), self.unselected, &asked))
     }
 }
 
