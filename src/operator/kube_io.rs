@@ -199,11 +199,38 @@ pub async fn publish_on(
     let ev = Event {
         type_: n.type_,
         reason: n.reason.to_owned(),
-        note: Some(n.note),
+        note: Some(fit_note(n.note)),
         action: n.reason.to_owned(),
         secondary: related,
     };
     if let Err(e) = recorder.publish(&ev, regarding).await {
         tracing::warn!(error = %describe(&e), reason = n.reason, "could not publish an event");
+    }
+}
+
+/// The API server refuses an Event whose note is 1 kB or longer; a long one (a policy
+/// violation naming many scopes, a long abandon reason) is cut at a character boundary.
+fn fit_note(mut note: String) -> String {
+    const MAX: usize = 1000;
+    if note.len() > MAX {
+        let mut end = MAX - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_note;
+
+    #[test]
+    fn long_notes_are_cut_below_the_api_servers_limit() {
+        assert_eq!(fit_note("short".into()), "short");
+        let long = fit_note("é".repeat(800));
+        assert!(long.len() <= 1000 && long.ends_with('…'), "{}", long.len());
     }
 }
