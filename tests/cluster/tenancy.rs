@@ -438,7 +438,9 @@ async fn a_tenant_cannot_change_policies() {
         let who = format!("system:serviceaccount:{ns}:tenant");
         let name = format!("{ns}-guard");
         let policy = json!({"apiVersion": "loop.dev/v1alpha1", "kind": "ApiTokenPolicy",
-            "metadata": {"name": name}, "spec": {"namespaceSelector": {}, "allowedScopes": []}})
+            "metadata": {"name": name},
+            // Selecting no namespace: the other tests run at the same time, in namespaces of their own.
+            "spec": {"namespaceSelector": {"matchLabels": {"loop.dev/no-such-label": "x"}}, "allowedScopes": []}})
         .to_string();
         // The tenant may do anything in its namespace (create Secrets, ApiTokens) ...
         let (ok, err) = kubectl_as(
