@@ -74,7 +74,8 @@ pub struct RegisterRequest {
 }
 
 /// Body of `PATCH /v1/tokens/{id}`: any subset of the fields. `expiresAt: null` removes the
-/// expiry. The token itself never changes.
+/// expiry; `owner` hands the registration to another owner (an ApiToken that adopts a token
+/// orphaned by an earlier one of the same name). The token itself never changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PatchRequest {
@@ -90,6 +91,19 @@ pub struct PatchRequest {
     )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<Timestamp>>,
+    #[serde(
+        default,
+        deserialize_with = "strict_owner",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub owner: Option<Owner>,
+}
+
+/// An optional [`Owner`], read strictly (see the module doc).
+fn strict_owner<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Owner>, D::Error> {
+    #[derive(Deserialize)]
+    struct Strict(#[serde(with = "StrictOwner")] Owner);
+    Option::<Strict>::deserialize(d).map(|o| o.map(|s| s.0))
 }
 
 /// Tell "absent" (outer `None`, by `default`) from "null" (`Some(None)`).
@@ -253,6 +267,11 @@ mod tests {
             assert!(e.to_string().contains("unknown field `x`"), "{e}");
         }
         assert!(serde_json::from_value::<PatchRequest>(json!({"x": 1})).is_err());
+        let handover = json!({"owner": owner_json()});
+        let p: PatchRequest = serde_json::from_value(handover.clone()).unwrap();
+        assert_eq!(p.owner.map(|o| o.uid), Some("u".to_owned()));
+        let e = serde_json::from_value::<PatchRequest>(with(handover, "/owner", "x")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `x`"), "{e}");
         // RFC 7662: the introspection endpoint ignores parameters it does not know.
         assert!(
             serde_json::from_value::<IntrospectRequest>(json!({"token": "t", "client_id": 1}))

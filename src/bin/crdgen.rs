@@ -1,6 +1,14 @@
-//! Print the `ApiToken` CRD as YAML: `cargo run --bin crdgen > crds/apitoken.yaml`.
+//! Print a CRD as YAML: `cargo run --bin crdgen > crds/apitoken.yaml`, and
+//! `cargo run --bin crdgen -- apitokenpolicy > crds/apitokenpolicy.yaml`.
 
 fn main() -> anyhow::Result<()> {
-    print!("{}", loop_token_operator::operator::crd::crd_yaml()?);
+    use loop_token_operator::operator::{crd, policy_crd};
+    let which = std::env::args().nth(1);
+    let yaml = match which.as_deref() {
+        None | Some("apitoken") => crd::crd_yaml()?,
+        Some("apitokenpolicy") => policy_crd::crd_yaml()?,
+        Some(other) => anyhow::bail!("unknown CRD {other:?}: apitoken or apitokenpolicy"),
+    };
+    print!("{yaml}");
     Ok(())
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use loop_token_operator::cli::parse_duration;
+use loop_token_operator::operator::policy::Unselected;
 use loop_token_operator::operator::run::{LeaderElection, RunConfig, run};
+use loop_token_operator::operator::tenancy::{TenancyConfig, parse_configmap};
 use loop_token_operator::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
@@ -44,9 +46,11 @@ struct RunArgs {
     /// without it, the system's roots are trusted).
     #[arg(long, env = "LOOP_STORE_CA_FILE")]
     store_ca_file: Option<PathBuf>,
-    /// Name of this cluster, recorded as the owner of each token in the store.
-    #[arg(long, env = "LOOP_CLUSTER_NAME", default_value = "default")]
-    cluster_name: String,
+    /// Name of this cluster, recorded as the owner of each token in the store. Default: the uid
+    /// of the kube-system namespace (unique per cluster, so clusters sharing a store never
+    /// record the same name).
+    #[arg(long, env = "LOOP_CLUSTER_NAME")]
+    cluster_name: Option<String>,
     /// Watch one namespace only (default: all namespaces).
     #[arg(long, env = "LOOP_NAMESPACE")]
     namespace: Option<String>,
@@ -71,6 +75,19 @@ struct RunArgs {
     /// ApiToken.
     #[arg(long, env = "LOOP_PER_TOKEN_METRICS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     per_token_metrics: bool,
+    /// ApiTokens in a namespace that no ApiTokenPolicy selects: allow (as without policies) or
+    /// deny (Stalled, reason PolicyViolation).
+    #[arg(
+        long,
+        env = "LOOP_UNSELECTED_NAMESPACES",
+        value_enum,
+        default_value = "allow"
+    )]
+    unselected_namespaces: Unselected,
+    /// NAMESPACE/NAME of the ConfigMap the chart's ApiToken admission policy reads: the leader
+    /// writes the combined ApiTokenPolicies there. Unset: not written.
+    #[arg(long, env = "LOOP_ADMISSION_CONFIGMAP", value_parser = parse_configmap)]
+    admission_configmap: Option<(String, String)>,
     /// Log format.
     #[arg(long, env = "LOOP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -141,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
         crash_at: loop_token_operator::operator::crash::configured(),
         leader_election,
         per_token_metrics: a.per_token_metrics,
+        tenancy: TenancyConfig {
+            unselected: a.unselected_namespaces,
+            admission_configmap: a.admission_configmap,
+        },
     };
     run(cfg).await.context("loop-token-operator failed")
 }

@@ -108,6 +108,26 @@ pub struct ApiTokenSpec {
     /// expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry: Option<ExpiryPolicy>,
+
+    /// What deleting this ApiToken does to its token. `Revoke` (the default): every token it
+    /// registered is revoked, and the Secret goes with it. `Orphan`: its current token stays
+    /// registered and its Secret stays (without the owner reference), and a later ApiToken of
+    /// the same name in this namespace adopts both without issuing a new token. In a namespace
+    /// that is being deleted, `Orphan` revokes as well: the Secret goes with the namespace.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What deleting an ApiToken does to its token.
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum DeletionPolicy {
+    /// Revoke every token the ApiToken registered.
+    #[default]
+    Revoke,
+    /// Keep the current token registered and its Secret, for a later ApiToken of the same name.
+    Orphan,
 }
 
 /// `expiry.after` must leave the previous token its grace period after a scheduled rotation.
@@ -311,7 +331,7 @@ pub fn crd_yaml() -> Result<String, serde_norway::Error> {
 
 /// Doc comments are wrapped at source width; `kubectl explain` wraps again. Join wrapped lines
 /// (single newlines) and keep paragraph breaks.
-fn unwrap_descriptions(v: &mut serde_json::Value) {
+pub(crate) fn unwrap_descriptions(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, child) in map.iter_mut() {

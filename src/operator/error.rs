@@ -53,6 +53,11 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading the ApiToken's namespace failed: {}", describe(.source))]
+    GetNamespace {
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing the ApiToken's status failed: {}", describe(.source))]
     PatchStatus {
         #[source]
@@ -87,6 +92,7 @@ impl Error {
             Error::DeleteSecret { .. } => "delete_secret",
             Error::EncodeSecret { .. } => "encode_secret",
             Error::GetApiToken { .. } => "get_apitoken",
+            Error::GetNamespace { .. } => "get_namespace",
             Error::PatchStatus { .. } => "patch_status",
             Error::AddFinalizer { .. } => "add_finalizer",
             Error::RemoveFinalizer { .. } => "remove_finalizer",
@@ -101,7 +107,7 @@ impl Error {
     }
 
     /// Every kind [`Error::kind`] can return.
-    pub const KINDS: [&'static str; 15] = [
+    pub const KINDS: [&'static str; 16] = [
         "get_secret",
         "create_secret",
         "apply_secret",
@@ -109,6 +115,7 @@ impl Error {
         "delete_secret",
         "encode_secret",
         "get_apitoken",
+        "get_namespace",
         "patch_status",
         "add_finalizer",
         "remove_finalizer",

@@ -180,6 +180,75 @@ pub fn store_rejected(code: &str, message: &str) -> Note {
     warning(event::STORE_REJECTED, format!("{code}: {message}"))
 }
 
+/// The ApiToken became a violation of its namespace's ApiTokenPolicies.
+pub fn policy_violation(message: &str) -> Note {
+    warning(
+        event::POLICY_VIOLATION,
+        format!("{message}; nothing new is issued until the ApiToken complies"),
+    )
+}
+
+/// The tokens revoked because an ApiTokenPolicy with `enforcement: Revoke` no longer allows
+/// the ApiToken, in one Event. `None` when there were none.
+pub fn revoked_by_policy(fingerprints: &[String]) -> Option<Note> {
+    let which = match fingerprints {
+        [] => return None,
+        [one] => format!("token {one}"),
+        many => format!("tokens {}", many.join(", ")),
+    };
+    Some(warning(
+        event::REVOKED,
+        format!(
+            "{which} revoked: the ApiToken is outside its ApiTokenPolicies (enforcement Revoke)"
+        ),
+    ))
+}
+
+/// Deleted with `loop.dev/abandon-revocation`: the finalizer went without the store.
+pub fn revocation_abandoned(what: &str, reason: &str, fingerprints: &[String]) -> Note {
+    let which = match fingerprints {
+        [] => "no token the operator knows of stays".to_owned(),
+        [one] => format!("token {one} stays"),
+        many => format!("tokens {} stay", many.join(", ")),
+    };
+    warning(
+        event::REVOCATION_ABANDONED,
+        format!(
+            "{what} was deleted without revoking its tokens (loop.dev/abandon-revocation: {reason:?}); {which} active in the Loop token store until revoked there"
+        ),
+    )
+}
+
+/// Deleted with `deletionPolicy: Orphan`: the token and its Secret stay.
+pub fn orphaned(fingerprint: &str, secret: &str, name: &str) -> Note {
+    normal(
+        event::ORPHANED,
+        format!(
+            "token {fingerprint} stays active and Secret {secret} stays (without owner reference) for a later ApiToken named {name} to adopt"
+        ),
+    )
+}
+
+/// A later ApiToken took over what an earlier one of the same name left behind.
+pub fn adopted(fingerprint: &str, secret: &str) -> Note {
+    normal(
+        event::ADOPTED,
+        format!(
+            "adopted token {fingerprint} and Secret {secret}, left by an earlier ApiToken of this name; no new token was issued"
+        ),
+    )
+}
+
+/// An orphaned Secret of this name that cannot be adopted.
+pub fn not_adoptable(secret: &str, why: &str) -> Note {
+    warning(
+        event::SECRET_CONFLICT,
+        format!(
+            "Secret {secret} was left by an earlier ApiToken of this name, but {why}; delete the Secret to issue a new token"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,13 @@
 //! The operator's Kubernetes calls for one ApiToken: read, create and apply its Secret, remove
-//! Secrets it left under a former name, read it live, write its status, publish Events. I/O
-//! module; each failure becomes the [`Error`] variant named after the call.
+//! Secrets it left under a former name, release its Secret to a later ApiToken or adopt one
+//! left by an earlier one, read it live, write its status, publish Events. I/O module; each
+//! failure becomes the [`Error`] variant named after the call.
 //!
 //! A Secret that does not exist yet is created with a plain create, never applied: if another
 //! party created one of that name in the meantime, the create fails instead of taking it over.
 //! Only a Secret this ApiToken controls is updated, by server-side apply (promise 7).
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -14,6 +15,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use super::crd::{ApiToken, ApiTokenStatus};
 use super::error::{Error, describe};
 use super::events::Note;
+use super::names::secret_annotations::ORPHANED_FROM;
 use super::names::{API_TOKEN_LABEL, FIELD_MANAGER};
 use super::secret;
 use crate::api::Owner;
@@ -142,22 +144,94 @@ impl<'a> Target<'a> {
         Ok(())
     }
 
+    /// Leave the Secret `name` behind (`deletionPolicy: Orphan`): remove this ApiToken's owner
+    /// reference, so the garbage collector keeps it, and mark it with this ApiToken's uid. A
+    /// strategic merge patch: the reference goes whichever field manager set it.
+    pub async fn release_secret(&self, name: &str) -> Result<Secret, Error> {
+        let patch = serde_json::json!({"metadata": {
+            "ownerReferences": [{"$patch": "delete", "uid": self.uid}],
+            "annotations": {ORPHANED_FROM: self.uid},
+        }});
+        self.patch_secret(name, &patch).await
+    }
+
+    /// Take over the Secret `s` that an earlier ApiToken of this name left behind: this
+    /// ApiToken becomes its controller and the orphan mark goes. Only the version read
+    /// (`resourceVersion`): a Secret changed in the meantime is read again first.
+    pub async fn adopt_secret(&self, s: &Secret) -> Result<Secret, Error> {
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": s.metadata.resource_version,
+            "ownerReferences": self.t.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+            "annotations": {ORPHANED_FROM: null},
+        }});
+        self.patch_secret(&s.name_any(), &patch).await
+    }
+
+    async fn patch_secret(&self, name: &str, patch: &serde_json::Value) -> Result<Secret, Error> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        self.secrets
+            .patch(name, &pp, &Patch::Strategic(patch))
+            .await
+            .map_err(|source| Error::ApplySecret {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
     /// Publish an Event on the ApiToken. A failure is logged, never fatal: Events are hints.
     pub async fn publish(&self, events: &Publisher, n: Note) {
-        let ev = Event {
-            type_: n.type_,
-            reason: n.reason.to_owned(),
-            note: Some(n.note),
-            action: n.reason.to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = events
-            .recorder()
-            .publish(&ev, &self.t.object_ref(&()))
-            .await
-        {
-            tracing::warn!(error = %describe(&e), reason = n.reason, "could not publish an event");
+        publish_on(events, &self.t.object_ref(&()), None, n).await;
+    }
+}
+
+/// Publish an Event about `regarding` (and `related`, which also keeps Events of the same
+/// reason about one object but different related objects apart). A failure is logged, never
+/// fatal: Events are hints.
+pub async fn publish_on(
+    events: &Publisher,
+    regarding: &ObjectReference,
+    related: Option<ObjectReference>,
+    n: Note,
+) {
+    let ev = Event {
+        type_: n.type_,
+        reason: n.reason.to_owned(),
+        note: Some(fit_note(n.note)),
+        action: n.reason.to_owned(),
+        secondary: related,
+    };
+    if let Err(e) = events.recorder().publish(&ev, regarding).await {
+        tracing::warn!(error = %describe(&e), reason = n.reason, "could not publish an event");
+    }
+}
+
+/// The API server refuses an Event whose note is 1 kB or longer; a long one (a policy
+/// violation naming many scopes, a long abandon reason) is cut at a character boundary.
+fn fit_note(mut note: String) -> String {
+    const MAX: usize = 1000;
+    if note.len() > MAX {
+        let mut end = MAX - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
         }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_note;
+
+    #[test]
+    fn long_notes_are_cut_below_the_api_servers_limit() {
+        assert_eq!(fit_note("short".into()), "short");
+        let long = fit_note("é".repeat(800));
+        assert!(long.len() <= 1000 && long.ends_with('…'), "{}", long.len());
     }
 }
 

@@ -20,6 +20,9 @@ pub const FIELD_MANAGER: &str = "loop-token-operator";
 pub const DEFAULT_SECRET_KEY: &str = "token";
 /// Default grace period of the previous token after a rotation.
 pub const DEFAULT_GRACE_PERIOD: &str = "1h";
+/// Annotation on an ApiToken that is being deleted: release it without reaching the store (the
+/// store is gone for good); the value says why. Ignored on an ApiToken not being deleted.
+pub const ABANDON_ANNOTATION: &str = "loop.dev/abandon-revocation";
 /// The client-side-apply copy of an object, which the operator never reads.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -33,6 +36,8 @@ pub mod secret_annotations {
     pub const RETIRED_TOKEN_IDS: &str = "loop.dev/retired-token-ids";
     pub const FINGERPRINT: &str = "loop.dev/fingerprint";
     pub const TOKEN_KEY: &str = "loop.dev/token-key";
+    /// On a Secret its ApiToken left behind (`deletionPolicy: Orphan`): that ApiToken's uid.
+    pub const ORPHANED_FROM: &str = "loop.dev/orphaned-from";
 }
 
 /// Condition types (kstatus conventions).
@@ -58,6 +63,8 @@ pub mod reason {
     pub const EXPIRED: &str = "Expired";
     /// A rotation is due and cannot happen (the store or the API server fails).
     pub const ROTATION_OVERDUE: &str = "RotationOverdue";
+    /// Outside the ApiTokenPolicies of its namespace (Stalled).
+    pub const POLICY_VIOLATION: &str = "PolicyViolation";
 }
 
 /// Event reasons (the `reason` and `action` of each Event the operator publishes).
@@ -73,4 +80,11 @@ pub mod event {
     pub const STORE_REJECTED: &str = super::reason::STORE_REJECTED;
     pub const EXPIRED: &str = super::reason::EXPIRED;
     pub const ROTATION_OVERDUE: &str = super::reason::ROTATION_OVERDUE;
+    pub const POLICY_VIOLATION: &str = super::reason::POLICY_VIOLATION;
+    /// Released without revoking (`loop.dev/abandon-revocation`).
+    pub const REVOCATION_ABANDONED: &str = "RevocationAbandoned";
+    /// Deleted with `deletionPolicy: Orphan`: the token and its Secret were kept.
+    pub const ORPHANED: &str = "Orphaned";
+    /// A token and Secret an earlier ApiToken of the same name left behind were taken over.
+    pub const ADOPTED: &str = "Adopted";
 }

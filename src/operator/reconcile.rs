@@ -22,8 +22,10 @@ use super::act::{self, Scene};
 use super::crash;
 use super::crd::ApiToken;
 use super::decide::{self, AfterFailure, StatusWrite};
+use super::deletion::{self, Deletion};
 use super::error::Error;
 use super::events;
+use super::handover;
 use super::kube_io::{Publisher, Target};
 use super::metrics::Metrics;
 use super::names::{FINALIZER, ROTATE_ANNOTATION};
@@ -31,6 +33,7 @@ use super::plan::{self, Action, Blocked, Desired, Observed, Plan, RegObs};
 use super::secret;
 use super::status::{self, Outcome};
 use super::store_client::{StoreClient, StoreError};
+use super::tenancy::{self, Tenancy};
 
 /// How often a Secret name clash is checked again (other Secrets are not watched).
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
@@ -54,6 +57,8 @@ pub struct Context {
     pub retry_after: Duration,
     /// Test hook (see [`crash`]).
     pub crash_at: Option<String>,
+    /// ApiTokenPolicies and namespaces.
+    pub tenancy: Tenancy,
 }
 
 /// Entry point for the controller.
@@ -109,6 +114,16 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             return Ok(Requeue::await_change());
         }
     };
+    let verdict = match ctx.tenancy.check(&ctx.client, t, &tg.ns, &d).await {
+        Ok(v) => v,
+        Err(e) => return fail(&tg, ctx, &d, e).await,
+    };
+    if !verdict.complies() {
+        return match tenancy::hold(&tg, ctx, &d, &verdict).await {
+            Ok(requeue) => Ok(requeue),
+            Err(e) => fail(&tg, ctx, &d, e).await,
+        };
+    }
     let passes = match run_passes(&tg, ctx, &d).await {
         Ok(p) => p,
         Err(e) => return fail(&tg, ctx, &d, e).await,
@@ -209,6 +224,15 @@ async fn run_passes(tg: &Target<'_>, ctx: &Context, d: &Desired) -> Result<Passe
         };
         let from_cache = matches!(source, Source::Cache);
         let seen = observe(tg, ctx, d, source).await?;
+        // A Secret left by an earlier ApiToken of this name: adopt it (read live) before planning.
+        if let Some(s) = seen.secret.as_ref().filter(|_| !from_cache)
+            && let Some(o) = deletion::orphaned_for(&s.metadata, &tg.name)
+            && let Some(written) = handover::adopt(tg, ctx, d, s, &o).await?
+        {
+            acted = true;
+            known = Some(Some(Box::new(written)));
+            continue;
+        }
         let status = tg.status();
         let in_grace: Vec<String> = status
             .map(|s| {
@@ -303,9 +327,38 @@ async fn fail(tg: &Target<'_>, ctx: &Context, d: &Desired, e: Error) -> Result<R
     }
 }
 
-/// Revoke every token of a deleted ApiToken, then let the finalizer go.
+/// Revoke, orphan or abandon the tokens of a deleted ApiToken (see [`deletion`]), then let the
+/// finalizer go; while the store cannot be reached, wait and say why.
 async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     let tg = Target::new(t, &ctx.client)?;
+    let terminating = deletion::depends_on_namespace(t)
+        && ctx
+            .tenancy
+            .namespace_terminating_now(&ctx.client, &tg.ns)
+            .await?;
+    let result = match deletion::decide(t, terminating) {
+        Deletion::Abandon { reason } => {
+            handover::abandon(&tg, ctx, &reason, terminating).await;
+            Ok(())
+        }
+        Deletion::Orphan => handover::orphan(&tg, ctx).await,
+        Deletion::Revoke => revoke_all(&tg, ctx).await.map_err(Error::Store),
+    };
+    match result {
+        Ok(()) => {
+            ctx.metrics.forget(&tg.uid);
+            Ok(Requeue::await_change())
+        }
+        Err(Error::Store(e)) => {
+            write_status(&tg, ctx, &Outcome::Deleting(&e), None, None, false).await?;
+            Err(Error::Store(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Revoke every token of a deleted ApiToken; one Event names them.
+async fn revoke_all(tg: &Target<'_>, ctx: &Context) -> Result<(), StoreError> {
     let mut revoked = Vec::new();
     let result = async {
         let regs = ctx.store.list_owned(&tg.uid).await?;
@@ -325,21 +378,12 @@ async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     if let Some(note) = events::revoked_on_deletion(&revoked) {
         tg.publish(&ctx.events, note).await;
     }
-    match result {
-        Ok(()) => {
-            ctx.metrics.forget(&tg.uid);
-            Ok(Requeue::await_change())
-        }
-        Err(e) => {
-            write_status(&tg, ctx, &Outcome::Deleting(&e), None, None, false).await?;
-            Err(Error::Store(e))
-        }
-    }
+    result
 }
 
 /// Compute the status from an outcome and write it if it changed (see
 /// [`decide::status_write`]).
-async fn write_status(
+pub(super) async fn write_status(
     tg: &Target<'_>,
     ctx: &Context,
     outcome: &Outcome<'_>,

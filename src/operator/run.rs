@@ -25,6 +25,7 @@ use super::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::reconcile::{Context, error_policy, reconcile};
 use super::secret;
 use super::store_client::{StoreClient, Trust};
+use super::tenancy::{self, TenancyConfig, TenancyError, Watches};
 use super::watch::{token_for_cache, triggers};
 use crate::serve::{self, CredentialError, SecretFileError};
 
@@ -37,7 +38,8 @@ pub struct RunConfig {
     /// PEM file of the CA that signed the store's certificate (https:// only); else the
     /// system's roots.
     pub store_ca_file: Option<PathBuf>,
-    pub cluster_name: String,
+    /// `None`: the uid of the `kube-system` namespace.
+    pub cluster_name: Option<String>,
     pub namespace: Option<String>,
     pub metrics_addr: SocketAddr,
     pub concurrency: u16,
@@ -48,6 +50,7 @@ pub struct RunConfig {
     pub leader_election: Option<LeaderElection>,
     /// Export per-ApiToken expiry and next-rotation gauges (labelled by namespace and name).
     pub per_token_metrics: bool,
+    pub tenancy: TenancyConfig,
 }
 
 /// Leader election settings: one active operator per Lease.
@@ -103,6 +106,8 @@ pub enum StartError {
     },
     #[error("lost the leadership of Lease {0}; exiting so that only the new leader acts")]
     LostLeadership(String),
+    #[error(transparent)]
+    Tenancy(#[from] TenancyError),
     #[error("cannot listen on {addr} for metrics")]
     Listen {
         addr: SocketAddr,
@@ -135,22 +140,26 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let metrics = Metrics::new(cfg.per_token_metrics);
     let store = store_client(&cfg, Arc::clone(&metrics))?;
     let client = Client::try_default().await.map_err(StartError::Kube)?;
+    let cluster = tenancy::cluster_name(&client, cfg.cluster_name.clone()).await?;
+    let (tenancy, watches) =
+        tenancy::start(&client, &cfg.tenancy, cfg.namespace.as_deref()).await?;
     let (secret_cache, secret_writer) = reflector::store::<Secret>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         secrets: secret_cache,
         store,
-        cluster: cfg.cluster_name.clone(),
+        cluster: cluster.clone(),
         events: Publisher::new(client.clone(), reporter()),
         metrics: Arc::clone(&metrics),
         usage_interval: cfg.usage_interval,
         retry_after: cfg.retry_after,
         crash_at: cfg.crash_at.clone(),
+        tenancy,
     });
     let metrics_addr = serve_metrics(cfg.metrics_addr, metrics).await?;
     tracing::info!(
         store = %cfg.store_url,
-        cluster = %cfg.cluster_name,
+        cluster = %cluster,
         namespace = cfg.namespace.as_deref().unwrap_or("(all)"),
         metrics = %metrics_addr,
         concurrency = cfg.concurrency,
@@ -163,7 +172,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         },
         None => None,
     };
-    let controller = controller(&client, &cfg, ctx, secret_writer);
+    let controller = controller(&client, &cfg, ctx, secret_writer, watches);
     match lease {
         None => controller.await,
         Some(lease) => leader::run_while_leading(controller, lease).await?,
@@ -247,12 +256,14 @@ async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Socket
 /// Both caches drop what the operator never reads (less memory per object), and the Secret
 /// cache keeps fingerprints, not tokens. Only the Secrets the operator manages are watched (and
 /// cached), and any change to one, its deletion included, wakes its owner; ApiTokens wake it
-/// only on the changes [`triggers`] names.
+/// only on the changes [`triggers`] names, and on the changes to ApiTokenPolicies and namespaces
+/// that concern them (see [`tenancy`]).
 fn controller(
     client: &Client,
     cfg: &RunConfig,
     ctx: Arc<Context>,
     secret_writer: reflector::store::Writer<Secret>,
+    tenancy: Watches,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let (tokens, secrets): (Api<ApiToken>, Api<Secret>) = match &cfg.namespace {
         Some(ns) => (
@@ -275,8 +286,10 @@ fn controller(
         .modify(secret::for_cache)
         .reflect(secret_writer)
         .touched_objects();
-    Controller::for_stream(token_changes, token_cache)
-        .owns_stream(secret_changes)
+    let controller =
+        Controller::for_stream(token_changes, token_cache.clone()).owns_stream(secret_changes);
+    let (controller, digest) = tenancy.wire(controller, token_cache);
+    let controller = controller
         .with_config(controller::Config::default().concurrency(cfg.concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -284,5 +297,17 @@ fn controller(
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
+        });
+    // The digest writer runs beside the controller, and stops with it.
+    async move {
+        match digest {
+            Some(d) => {
+                futures::pin_mut!(controller);
+                let writer = d.run();
+                futures::pin_mut!(writer);
+                futures::future::select(controller, writer).await;
+            }
+            None => controller.await,
+        }
+    }
 }

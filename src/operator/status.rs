@@ -10,6 +10,7 @@ use super::crd::{ApiTokenStatus, Condition, PreviousToken};
 use super::names::condition::{READY, RECONCILING, STALLED};
 use super::names::reason;
 use super::plan::{Blocked, Desired, Plan};
+use super::policy::Verdict;
 use super::store_client::StoreError;
 
 /// How a reconcile ended.
@@ -27,6 +28,8 @@ pub enum Outcome<'a> {
     Pending,
     /// Deletion waits for revocations.
     Deleting(&'a StoreError),
+    /// Outside the ApiTokenPolicies of its namespace.
+    Policy(&'a Verdict),
 }
 
 fn ts(t: Timestamp) -> String {
@@ -108,7 +111,20 @@ fn conditions_for(
         Outcome::Deleting(e) => reconciling(
             reason::REVOCATION_PENDING,
             format!(
-                "deletion waits until every token of this ApiToken is revoked in the Loop token store: {e}; retrying"
+                "deletion waits until every token of this ApiToken is revoked in the Loop token store: {e}; retrying. \
+                 If the store is gone for good, annotate the ApiToken with loop.dev/abandon-revocation=<reason> to let it go without revoking"
+            ),
+        ),
+        Outcome::Policy(v) => stalled(
+            reason::POLICY_VIOLATION,
+            format!(
+                "{}; nothing new is issued until the ApiToken complies, and {}",
+                v.message(),
+                if v.revoke {
+                    "its tokens are revoked (enforcement Revoke)"
+                } else {
+                    "its current token keeps working (enforcement Report)"
+                }
             ),
         ),
     }
@@ -449,6 +465,50 @@ mod tests {
         let refused = StoreError::Unauthorized { status: 401 };
         let s = compute(&ok, &Outcome::Store(&refused), None, None, Some(1), later);
         assert_eq!(readiness(&s), Readiness::Stalled);
+    }
+
+    #[test]
+    fn a_policy_violation_is_stalled_keeps_the_token_and_says_what_happens_to_it() {
+        use crate::operator::policy::Violation;
+        let ok = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Converged,
+            None,
+            Some(&plan_with_current()),
+            Some(1),
+            now(),
+        );
+        let mut v = Verdict {
+            violations: vec![Violation::Scopes {
+                scopes: vec!["payments:read".into()],
+                ns: "team-a".into(),
+                by: vec!["team-a".into()],
+            }],
+            revoke: false,
+        };
+        let s = compute(&ok, &Outcome::Policy(&v), None, None, Some(1), now());
+        assert_eq!(readiness(&s), Readiness::Stalled);
+        assert_eq!(
+            s.fingerprint.as_deref(),
+            Some("abcdef012345"),
+            "the token stays known"
+        );
+        let c = s.conditions.iter().find(|c| c.type_ == STALLED).unwrap();
+        assert_eq!(c.reason, reason::POLICY_VIOLATION);
+        assert_eq!(
+            c.message,
+            "scope payments:read not allowed in namespace team-a by ApiTokenPolicy team-a; \
+             nothing new is issued until the ApiToken complies, and its current token keeps working (enforcement Report)"
+        );
+        v.revoke = true;
+        let s = compute(&ok, &Outcome::Policy(&v), None, None, Some(1), now());
+        let c = s.conditions.iter().find(|c| c.type_ == STALLED).unwrap();
+        assert!(
+            c.message
+                .ends_with("its tokens are revoked (enforcement Revoke)"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

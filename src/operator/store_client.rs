@@ -262,8 +262,34 @@ impl StoreClient {
             name: name.map(str::to_owned),
             scopes: scopes.map(<[String]>::to_vec),
             expires_at,
+            owner: None,
         };
         self.send("update", self.http.patch(self.url(id)).json(&body))
+            .await?;
+        Ok(())
+    }
+
+    /// One registration with its owner; `None` when the store does not know the id.
+    pub async fn get(&self, id: &str) -> Result<Option<TokenView>, StoreError> {
+        let req = self.http.get(self.url(id));
+        let resp = match self.send("get", req).await {
+            Ok(r) => r,
+            Err(StoreError::Rejected { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        resp.json()
+            .await
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(without_url(&e)))
+    }
+
+    /// Hand a registration over to another owner (an ApiToken adopting an orphaned token).
+    pub async fn hand_over(&self, id: &str, owner: &Owner) -> Result<(), StoreError> {
+        let body = PatchRequest {
+            owner: Some(owner.clone()),
+            ..PatchRequest::default()
+        };
+        self.send("hand_over", self.http.patch(self.url(id)).json(&body))
             .await?;
         Ok(())
     }

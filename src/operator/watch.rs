@@ -5,9 +5,13 @@
 //!   object, neither of which the operator reads;
 //! - owned Secrets are cached in the form of [`super::secret::for_cache`] (fingerprints, not
 //!   tokens);
-//! - only spec, annotations, finalizers and deletion wake the controller ([`triggers`]).
+//! - only spec, annotations, finalizers and deletion wake the controller ([`triggers`]);
+//! - a namespace wakes the ApiTokens in it only when its labels (which policies select it) or
+//!   its deletion change ([`namespace_triggers`]).
 
+use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 
 use super::crd::ApiToken;
 use super::names::LAST_APPLIED_ANNOTATION;
@@ -30,6 +34,16 @@ pub fn triggers(t: &ApiToken) -> Option<u64> {
     t.annotations().hash(&mut h);
     t.finalizers().hash(&mut h);
     t.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// The changes to a namespace that concern its ApiTokens: its labels (ApiTokenPolicies select
+/// namespaces by label) and its deletion.
+pub fn namespace_triggers(n: &PartialObjectMeta<Namespace>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    n.labels().hash(&mut h);
+    n.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
 
@@ -87,6 +101,29 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn only_labels_and_deletion_of_a_namespace_wake_its_apitokens() {
+        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "team-a", "labels": {"team": "a"}, "resourceVersion": "1"},
+        }))
+        .expect("a namespace");
+        let mut annotated = ns.clone();
+        annotated
+            .annotations_mut()
+            .insert("note".into(), "x".into());
+        annotated.metadata.resource_version = Some("2".into());
+        assert_eq!(namespace_triggers(&ns), namespace_triggers(&annotated));
+        let mut relabelled = ns.clone();
+        relabelled.labels_mut().insert("team".into(), "b".into());
+        let mut deleting = ns.clone();
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_ne!(namespace_triggers(&ns), namespace_triggers(&relabelled));
+        assert_ne!(namespace_triggers(&ns), namespace_triggers(&deleting));
     }
 
     #[test]

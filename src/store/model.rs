@@ -67,11 +67,16 @@ pub struct TokenPatch {
     pub name: Option<String>,
     pub scopes: Option<ScopeSet>,
     pub expires_at_ms: Option<Option<i64>>,
+    /// A new owner (the registration is handed over).
+    pub owner: Option<Owner>,
 }
 
 impl TokenPatch {
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.scopes.is_none() && self.expires_at_ms.is_none()
+        self.name.is_none()
+            && self.scopes.is_none()
+            && self.expires_at_ms.is_none()
+            && self.owner.is_none()
     }
 }
 
@@ -182,10 +187,14 @@ impl TokenPatch {
             validate_name(n)?;
         }
         let scopes = req.scopes.as_deref().map(validate_scopes).transpose()?;
+        if let Some(o) = &req.owner {
+            validate_owner(o)?;
+        }
         Ok(TokenPatch {
             name: req.name,
             scopes,
             expires_at_ms: req.expires_at.map(|e| e.map(|t| t.as_millisecond())),
+            owner: req.owner,
         })
     }
 }

@@ -115,7 +115,7 @@ pub struct UsageDelta {
 pub trait Repository: Send + Sync + 'static {
     /// Register a token (idempotent for the same id and hash).
     async fn register(&self, new: &NewToken, now_ms: i64) -> Result<Registered, RepoError>;
-    /// Change name, scopes or expiry of an unrevoked token.
+    /// Change name, scopes, expiry or owner of an unrevoked token.
     async fn update(
         &self,
         id: &TokenId,
@@ -154,7 +154,9 @@ const SQL_RESET: &str = concat!(
 );
 const SQL_PATCH: &str = concat!(
     "UPDATE tokens SET name = COALESCE($2, name), scopes = COALESCE($3, scopes), \
-     expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, updated_at = $6 \
+     expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, updated_at = $6, \
+     owner_cluster = COALESCE($7, owner_cluster), owner_namespace = COALESCE($8, owner_namespace), \
+     owner_name = COALESCE($9, owner_name), owner_uid = COALESCE($10, owner_uid) \
      WHERE id = $1 AND revoked_at IS NULL RETURNING ",
     columns!()
 );
@@ -325,6 +327,10 @@ macro_rules! sql_repository {
                     .bind(patch.expires_at_ms.is_some())
                     .bind(patch.expires_at_ms.flatten())
                     .bind(now_ms)
+                    .bind(patch.owner.as_ref().map(|o| o.cluster.as_str()))
+                    .bind(patch.owner.as_ref().map(|o| o.namespace.as_str()))
+                    .bind(patch.owner.as_ref().map(|o| o.name.as_str()))
+                    .bind(patch.owner.as_ref().map(|o| o.uid.as_str()))
                     .fetch_optional(&mut *tx)
                     .await?;
                 match row {

@@ -74,7 +74,7 @@ impl Writer {
         .await
     }
 
-    /// Change name, scopes or expiry; the changed token's entry is invalidated.
+    /// Change name, scopes, expiry or owner; the changed token's entry is invalidated.
     pub async fn update(
         &self,
         id: TokenId,

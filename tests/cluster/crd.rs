@@ -1,6 +1,6 @@
-//! The ApiToken CRD on the real API server: installed with server-side apply, explained by
-//! `kubectl explain`, listed with its printer columns, and every invalid spec refused at apply
-//! time with the API server's own message.
+//! The ApiToken and ApiTokenPolicy CRDs on the real API server: installed with server-side
+//! apply, explained by `kubectl explain`, listed with their printer columns, and every invalid
+//! spec refused at apply time with the API server's own message.
 
 use crate::support;
 
@@ -117,4 +117,54 @@ async fn kubectl_explain_documents_every_field() {
     );
     let status = flat(cp.kubectl_ok(&["explain", "apitoken.status.fingerprint"]));
     assert!(status.contains("non-secret"), "{status}");
+}
+
+/// The ApiTokenPolicy CRD (cluster-scoped): invalid policies refused at apply time, defaults
+/// applied, `kubectl explain` and its printer columns. (Policies select by a label no namespace
+/// carries, so they govern none while they exist.)
+#[tokio::test]
+async fn invalid_policies_are_refused_by_the_api_server() {
+    with_namespace("crd-policy", |cp, ns| async move {
+        support::install_crd(&cp).await;
+        let policy = |name: &str, spec: &str| {
+            format!("apiVersion: loop.dev/v1alpha1\nkind: ApiTokenPolicy\nmetadata: {{name: {ns}-{name}}}\nspec: {spec}\n")
+        };
+        let nobody = "namespaceSelector: {matchLabels: {loop.dev/no-such-label: x}}";
+        let ok = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&policy("good", &format!("{{{nobody}, allowedScopes: ['orders:*', customers:write], maxGracePeriod: 30m, expiry: {{required: true, maxAfter: 720h}}}}"))));
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        let cases = [
+            ("{}", "spec.namespaceSelector: Required value"),
+            (&format!("{{{nobody}, allowedScopes: [orders:admin]}}") as &str, "should match '^[a-z][a-z0-9_-]{0,62}:(read|write|\\*)$'"),
+            (&format!("{{{nobody}, allowedScopes: ['*:*']}}"), "should match"),
+            (&format!("{{{nobody}, maxGracePeriod: soon}}"), "spec.maxGracePeriod in body should match"),
+            (&format!("{{{nobody}, expiry: {{maxAfter: 90d}}}}"), "spec.expiry.maxAfter in body should match"),
+            (&format!("{{{nobody}, enforcement: Delete}}"), "Unsupported value: \"Delete\""),
+            ("{namespaceSelector: {matchExpressions: [{key: team, operator: In}]}}", "In and NotIn need values"),
+            ("{namespaceSelector: {matchExpressions: [{key: team, operator: Exists, values: [a]}]}}", "In and NotIn need values"),
+            ("{namespaceSelector: {matchExpressions: [{key: team, operator: Equals, values: [a]}]}}", "Unsupported value: \"Equals\""),
+        ];
+        for (i, (spec, expected)) in cases.iter().enumerate() {
+            let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&policy(&format!("bad-{i}"), spec)));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "accepted: {spec}");
+            assert!(err.contains(expected), "for {spec}: expected {expected:?} in:\n{err}");
+        }
+        let good = format!("{ns}-good");
+        let enforcement = cp.kubectl_ok(&["get", "latp", &good, "-o", "jsonpath={.spec.enforcement}"]);
+        assert_eq!(enforcement, "Report", "the default");
+        let header = cp.kubectl_ok(&["get", "apitokenpolicies", &good]);
+        for col in ["NAME", "ENFORCEMENT", "ALLOWED SCOPES", "MAX GRACE", "AGE"] {
+            assert!(header.lines().next().unwrap_or_default().contains(col), "missing column {col}: {header}");
+        }
+        let explained = support::eventually(60, "kubectl explain to know apitokenpolicies", || async {
+            let out = cp.kubectl(&["explain", "apitokenpolicy.spec"]);
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .await;
+        for field in ["namespaceSelector", "allowedScopes", "maxGracePeriod", "expiry", "enforcement", "any of them allows it"] {
+            assert!(explained.contains(field), "{field} missing from:\n{explained}");
+        }
+        cp.kubectl_ok(&["delete", "apitokenpolicy", &good]);
+    })
+    .await;
 }

@@ -24,11 +24,11 @@ use support::{ControlPlane, eventually, with_namespace};
 
 const KUBE_VERSION: &str = "1.37.2";
 
-fn chart() -> PathBuf {
+pub(crate) fn chart() -> PathBuf {
     support::repo_root().join("charts/loop-token-operator")
 }
 
-fn helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
+pub(crate) fn helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
     let bin = String::from_utf8(
         Command::new(support::repo_root().join("scripts/dev-cluster"))
             .args(["bin", "helm"])
@@ -56,7 +56,7 @@ fn helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run helm: {e}"))
 }
 
-fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
+pub(crate) fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
     let out = helm(cp, args);
     assert!(
         out.status.success(),
@@ -165,6 +165,13 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
             &[][..],
             POSTGRES_VALUES,
             &["--set", &format!("watchNamespace={ns}")],
+            &[
+                "--set",
+                "tenancy.unselectedNamespaces=Deny",
+                "--set",
+                "clusterName=prod-eu",
+            ],
+            &["--set", "tenancy.admissionPolicy.enabled=false"],
         ] {
             let rendered = render(&cp, "r", &ns, extra);
             server_accepts(&cp, &rendered, &format!("{extra:?}"));
@@ -181,6 +188,10 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
                 "value must be one of 'text', 'json'",
             ),
             (
+                "tenancy.unselectedNamespaces=Maybe",
+                "value must be one of 'Allow', 'Deny'",
+            ),
+            (
                 "store.database=postgres",
                 "needs store.postgres.existingSecret",
             ),
@@ -191,8 +202,65 @@ async fn the_chart_lints_and_renders_what_the_api_server_accepts() {
     .await;
 }
 
+/// Tenancy settings reach the operator's flags and the admission policy; without clusterName
+/// the operator names the cluster itself.
+#[tokio::test]
+async fn helm_tenancy_values_reach_the_operator_and_the_admission_policy() {
+    with_namespace("helm-tenancy", |cp, ns| async move {
+        let objs = objects(&render(
+            &cp,
+            "r",
+            &ns,
+            &[
+                "--set",
+                "tenancy.unselectedNamespaces=Deny",
+                "--set",
+                "clusterName=prod-eu",
+            ],
+        ));
+        let op = container(&objs, "r", "operator");
+        for arg in [
+            "--unselected-namespaces=deny",
+            "--cluster-name=prod-eu",
+            &format!("--admission-configmap={ns}/r-loop-token-operator-policies"),
+        ] {
+            assert!(has_arg(op, arg), "{arg} in {}", op["args"]);
+        }
+        let vap = object(
+            &objs,
+            "ValidatingAdmissionPolicy",
+            &format!("r-loop-token-operator-apitoken-policies.{ns}"),
+        );
+        assert!(
+            vap["spec"]["validations"]
+                .to_string()
+                .contains("no ApiTokenPolicy selects namespace"),
+            "{vap}"
+        );
+        let objs = objects(&render(&cp, "r", &ns, &[]));
+        let op = container(&objs, "r", "operator");
+        assert!(has_arg(op, "--unselected-namespaces=allow"));
+        assert!(
+            !op["args"].to_string().contains("--cluster-name"),
+            "{}",
+            op["args"]
+        );
+        let vap = object(
+            &objs,
+            "ValidatingAdmissionPolicy",
+            &format!("r-loop-token-operator-apitoken-policies.{ns}"),
+        );
+        assert!(
+            !vap["spec"]["validations"]
+                .to_string()
+                .contains("no ApiTokenPolicy selects namespace")
+        );
+    })
+    .await;
+}
+
 /// A kubeconfig that authenticates as a ServiceAccount with a short-lived token.
-fn service_account_kubeconfig(
+pub(crate) fn service_account_kubeconfig(
     cp: &ControlPlane,
     ns: &str,
     sa: &str,
@@ -221,6 +289,52 @@ fn service_account_kubeconfig(
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Tenancy, as the API server's authorizer sees it: the operator `who` reads policies, its
+/// watched namespace `ns` and kube-system, writes only the policy digest ConfigMap, and cannot
+/// change policies or see other namespaces.
+fn tenancy_least_privilege(cp: &ControlPlane, ns: &str, who: &str) {
+    let can = |verb: &str, what: &str| {
+        let out = cp.kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", who]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let can_anywhere = |verb: &str, what: &str| {
+        let out = cp.kubectl(&["auth", "can-i", verb, what, "--as", who]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let watched = format!("namespaces/{ns}");
+    for (verb, what) in [
+        ("watch", "apitokenpolicies.loop.dev"),
+        ("get", watched.as_str()),
+        ("get", "namespaces/kube-system"),
+    ] {
+        assert!(
+            can_anywhere(verb, what),
+            "the operator must be able to {verb} {what}"
+        );
+    }
+    for (verb, what) in [
+        ("create", "apitokenpolicies.loop.dev"),
+        ("patch", "apitokenpolicies.loop.dev"),
+        ("delete", "apitokenpolicies.loop.dev"),
+        ("get", "namespaces/default"),
+        ("list", "namespaces"),
+        ("patch", watched.as_str()),
+    ] {
+        assert!(
+            !can_anywhere(verb, what),
+            "the operator must not be able to {verb} {what}"
+        );
+    }
+    assert!(
+        can("patch", "configmaps/lto-loop-token-operator-policies"),
+        "the policy digest"
+    );
+    assert!(
+        !can("patch", "configmaps/other") && !can("create", "configmaps/other"),
+        "only the policy digest"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +380,7 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         }
         let elsewhere = cp.kubectl(&["auth", "can-i", "get", "secrets", "-n", "kube-system", "--as", &who]);
         assert_eq!(String::from_utf8_lossy(&elsewhere.stdout).trim(), "no", "no Secrets outside the watched namespace");
+        tenancy_least_privilege(&cp, &ns, &who);
 
         // Sufficient: the operator, authenticated as that ServiceAccount, serves a whole life,
         // with the chart's admission policy in force.
@@ -493,7 +608,12 @@ const TOUCH_REFUSED: &str = "may only update or delete Secrets that already carr
 const CREATE_REFUSED: &str = "may only create Opaque Secrets that an ApiToken controls";
 
 /// kubectl as `user` (impersonated); returns (success, stderr).
-fn kubectl_as(cp: &ControlPlane, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+pub(crate) fn kubectl_as(
+    cp: &ControlPlane,
+    user: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String) {
     let mut all = vec!["--as", user];
     all.extend(args);
     let out = cp.kubectl_stdin(&all, stdin);

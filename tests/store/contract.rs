@@ -140,6 +140,7 @@ async fn updates_change_metadata_not_the_token(repo: Arc<dyn Repository>) {
         name: Some("new name".into()),
         scopes: Some(ScopeSet::parse(["customers:read", "orders:write"]).unwrap()),
         expires_at_ms: Some(Some(99)),
+        owner: None,
     };
     let Updated::Updated(r) = repo.update(&t.id, &patch, 2).await.unwrap() else {
         panic!("not updated")
@@ -158,6 +159,28 @@ async fn updates_change_metadata_not_the_token(repo: Arc<dyn Repository>) {
         panic!("not updated")
     };
     assert_eq!((r.name.as_str(), r.expires_at_ms), ("new name", None));
+
+    // A new owner (an ApiToken adopting an orphaned token): listed under it from then on, and
+    // nothing else changes.
+    let adopter = owner("u2", "ns");
+    let handover = TokenPatch {
+        owner: Some(adopter.clone()),
+        ..Default::default()
+    };
+    let Updated::Updated(r) = repo.update(&t.id, &handover, 3).await.unwrap() else {
+        panic!("not updated")
+    };
+    assert_eq!(
+        (&r.owner, r.hash.clone(), r.name.as_str()),
+        (&adopter, h.clone(), "new name")
+    );
+    let by = |uid: &str| ListFilter {
+        owner_uid: Some(uid.into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(repo.list(&by("u2"), 3).await.unwrap().len(), 1);
+    assert!(repo.list(&by("u1"), 3).await.unwrap().is_empty());
 
     let unknown = TokenId::parse("nope").unwrap();
     assert_eq!(

@@ -187,6 +187,31 @@ async fn register_introspect_edit_revoke() {
         (Some("orders:write"), Some("Renamed"))
     );
 
+    // Hand over: another owner (an ApiToken adopting an orphaned token); the token works on,
+    // and an owner with a field the store does not know is refused.
+    let adopter = json!({"cluster": "c", "namespace": "integrations", "name": "klaviyo-sync", "uid": "uid-2"});
+    let (status, v) = s
+        .call(
+            "PATCH",
+            "/v1/tokens/tok-1",
+            Some(ADMIN),
+            Some(json!({"owner": adopter})),
+        )
+        .await;
+    assert_eq!((status, &v["owner"]), (StatusCode::OK, &adopter), "{v}");
+    assert_eq!(s.introspect(t.expose()).await["active"], true);
+    let mut odd = adopter.clone();
+    odd["kind"] = json!("ApiToken");
+    let (status, v) = s
+        .call(
+            "PATCH",
+            "/v1/tokens/tok-1",
+            Some(ADMIN),
+            Some(json!({"owner": odd})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+
     // Revoke: inactive at once, and the record stays for audit.
     let (status, v) = s
         .call("DELETE", "/v1/tokens/tok-1", Some(ADMIN), None)

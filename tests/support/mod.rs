@@ -278,9 +278,11 @@ where
     }
 }
 
-/// Install the ApiToken CRD from `crds/` with server-side apply and wait until it is served.
+/// Install the ApiToken and ApiTokenPolicy CRDs from `crds/` with server-side apply and wait
+/// until they are served.
 pub async fn install_crd(cp: &ControlPlane) {
     install_crd_file(cp, "crds/apitoken.yaml", "apitokens.loop.dev").await;
+    install_crd_file(cp, "crds/apitokenpolicy.yaml", "apitokenpolicies.loop.dev").await;
 }
 
 /// Install the CRD in `path` (relative to the repository) with server-side apply and wait until

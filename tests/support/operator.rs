@@ -25,12 +25,19 @@ pub struct OperatorBuilder<'a> {
     ns: &'a str,
     crash_at: Option<&'a str>,
     leader_election: bool,
+    cluster_name: bool,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     usage_interval: &'a str,
 }
 
 impl<'a> OperatorBuilder<'a> {
+    /// Without `--cluster-name e2e`: the operator names the cluster itself.
+    pub fn without_cluster_name(mut self) -> Self {
+        self.cluster_name = false;
+        self
+    }
+
     /// Authenticate with another identity (e.g. a ServiceAccount's kubeconfig).
     pub fn kubeconfig(mut self, path: &'a Path) -> Self {
         self.kubeconfig = path;
@@ -78,7 +85,7 @@ impl<'a> OperatorBuilder<'a> {
             "--namespace",
             self.ns,
         ])
-        .args(["--metrics-addr", "127.0.0.1:0", "--cluster-name", "e2e"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .args([
             "--retry-after",
             "500ms",
@@ -94,6 +101,9 @@ impl<'a> OperatorBuilder<'a> {
         .env_remove("LOOP_OPERATOR_CRASH_AT");
         if !self.leader_election {
             cmd.arg("--leader-election=false");
+        }
+        if self.cluster_name {
+            cmd.args(["--cluster-name", "e2e"]);
         }
         cmd.args(&self.args);
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
@@ -128,6 +138,7 @@ impl OperatorProcess {
             ns,
             crash_at: None,
             leader_election: false,
+            cluster_name: true,
             args: Vec::new(),
             envs: Vec::new(),
             usage_interval: "1h",
