@@ -239,6 +239,8 @@ impl StoreClient {
             scopes: scopes.to_vec(),
             owner: owner.clone(),
             expires_at,
+            reason: None,
+            generation: None,
         };
         let resp = self
             .send("register", self.http.put(self.url(id)).json(&body))
@@ -262,6 +264,8 @@ impl StoreClient {
             name: name.map(str::to_owned),
             scopes: scopes.map(<[String]>::to_vec),
             expires_at,
+            reason: None,
+            generation: None,
         };
         self.send("update", self.http.patch(self.url(id)).json(&body))
             .await?;
