@@ -192,6 +192,7 @@ const SQL_REVOKE: &str = concat!(
     "UPDATE tokens SET revoked_at = $2, updated_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING ",
     columns!()
 );
+
 macro_rules! event_columns {
     () => {
         "id, token_id, owner_cluster, owner_namespace, owner_name, owner_uid, at, kind, reason, \
