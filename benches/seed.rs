@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use loop_token_operator::store::model::{NewToken, Owner, TokenId};
+use loop_token_operator::store::model::{Change, NewToken, Owner, TokenId};
 use loop_token_operator::store::repo::{self, PoolSettings};
 use loop_token_operator::store::scopes::ScopeSet;
 use loop_token_operator::token::Token;
@@ -53,7 +53,9 @@ async fn main() -> anyhow::Result<()> {
             expires_at_ms: None,
         };
         let r = repo.clone();
-        pending.push(tokio::spawn(async move { r.register(&new, 0).await }));
+        pending.push(tokio::spawn(async move {
+            r.register(&new, Change::default(), 0).await
+        }));
         if pending.len() == 64 {
             for p in pending.drain(..) {
                 p.await??;
@@ -70,7 +72,8 @@ async fn main() -> anyhow::Result<()> {
         p.await??;
     }
     for (id, _) in &revoked {
-        repo.revoke(&TokenId::parse(id)?, 1).await?;
+        repo.revoke(&TokenId::parse(id)?, Change::default(), 1)
+            .await?;
     }
     let write = |name: &str, lines: &[String]| -> anyhow::Result<()> {
         let mut f = std::fs::File::create(std::path::Path::new(out).join(name))?;

@@ -30,6 +30,111 @@ use crate::token::TokenHash;
 pub const DEFAULT_PAGE: u32 = 500;
 /// Largest page size of `GET /v1/tokens`.
 pub const MAX_PAGE: u32 = 1000;
+/// Default page size of the audit routes (`GET /v1/tokens/{id}/events`, `GET /v1/events`).
+pub const DEFAULT_EVENT_PAGE: u32 = 100;
+/// Largest page size of the audit routes.
+pub const MAX_EVENT_PAGE: u32 = 1000;
+
+/// Why a registration changed, as its caller says (the operator sends it with every call). An
+/// absent reason is recorded as `manual`. Clients must expect values to be added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeReason {
+    /// A rotation asked for by hand, or the end of a rotation's grace period.
+    Rotation,
+    /// A scheduled rotation (`spec.rotation.every`).
+    Scheduled,
+    /// Renewal before, or reissue after, the token's expiry.
+    Expiry,
+    /// The token went unused for too long.
+    Unused,
+    /// A previous token stopped being used after a rotation.
+    Idle,
+    /// Its owner was deleted.
+    Deleted,
+    /// Left behind by an interrupted issue.
+    Orphan,
+    /// The operator restoring what its promises require (a lost Secret or registration).
+    Policy,
+    /// A change of the spec, or any call that gives no reason.
+    #[default]
+    Manual,
+}
+
+impl ChangeReason {
+    /// Every reason, in the order of the documentation.
+    pub const ALL: [ChangeReason; 9] = [
+        ChangeReason::Rotation,
+        ChangeReason::Scheduled,
+        ChangeReason::Expiry,
+        ChangeReason::Unused,
+        ChangeReason::Idle,
+        ChangeReason::Deleted,
+        ChangeReason::Orphan,
+        ChangeReason::Policy,
+        ChangeReason::Manual,
+    ];
+
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeReason::Rotation => "rotation",
+            ChangeReason::Scheduled => "scheduled",
+            ChangeReason::Expiry => "expiry",
+            ChangeReason::Unused => "unused",
+            ChangeReason::Idle => "idle",
+            ChangeReason::Deleted => "deleted",
+            ChangeReason::Orphan => "orphan",
+            ChangeReason::Policy => "policy",
+            ChangeReason::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// What changed in a registration. Clients must expect values to be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new registration (`PUT` of an unknown id).
+    Registered,
+    /// A `PUT` of a known id and hash that changed its name, scopes or expiry.
+    Reregistered,
+    /// A `PATCH` that changed the name or the scopes (and perhaps the expiry).
+    Updated,
+    /// A `PATCH` that changed only the expiry.
+    ExpirySet,
+    /// The first `DELETE`.
+    Revoked,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Registered,
+        EventKind::Reregistered,
+        EventKind::Updated,
+        EventKind::ExpirySet,
+        EventKind::Revoked,
+    ];
+
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Registered => "registered",
+            EventKind::Reregistered => "reregistered",
+            EventKind::Updated => "updated",
+            EventKind::ExpirySet => "expiry_set",
+            EventKind::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
 
 /// The Kubernetes object a token belongs to. A request with an unknown field here is refused; a
 /// client ignores the fields of an answer it does not know.
@@ -71,11 +176,19 @@ pub struct RegisterRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// Why, for the audit trail (absent: `manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ChangeReason>,
+    /// `metadata.generation` of the ApiToken that asked, for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub generation: Option<i64>,
 }
 
 /// Body of `PATCH /v1/tokens/{id}`: any subset of the fields. `expiresAt: null` removes the
 /// expiry; `owner` hands the registration to another owner (an ApiToken that adopts a token
-/// orphaned by an earlier one of the same name). The token itself never changes.
+/// orphaned by an earlier one of the same name). The token itself never changes. `reason` and
+/// `generation` are recorded in the audit trail only.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PatchRequest {
@@ -97,6 +210,13 @@ pub struct PatchRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub owner: Option<Owner>,
+    /// Why, for the audit trail (absent: `manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ChangeReason>,
+    /// `metadata.generation` of the ApiToken that asked, for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub generation: Option<i64>,
 }
 
 /// An optional [`Owner`], read strictly (see the module doc).
@@ -104,6 +224,20 @@ fn strict_owner<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Owner>, D::Err
     #[derive(Deserialize)]
     struct Strict(#[serde(with = "StrictOwner")] Owner);
     Option::<Strict>::deserialize(d).map(|o| o.map(|s| s.0))
+}
+
+/// Query of `DELETE /v1/tokens/{id}`: the audit trail's reason and generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct RevokeQuery {
+    /// Why (absent: `manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ChangeReason>,
+    /// `metadata.generation` of the ApiToken that asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub generation: Option<i64>,
 }
 
 /// Tell "absent" (outer `None`, by `default`) from "null" (`Some(None)`).
@@ -169,6 +303,77 @@ pub struct ListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// Page size, 1-1000 (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A registration's name, scopes and expiry before or after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventState {
+    pub name: String,
+    pub scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// One change of a registration in the audit trail. Never a token or a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenEventView {
+    /// Increases with every event the store records; the paging cursor.
+    pub id: i64,
+    pub token_id: String,
+    pub owner: Owner,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    pub kind: EventKind,
+    pub reason: ChangeReason,
+    /// `metadata.generation` of the ApiToken that asked, when the caller sent it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generation: Option<i64>,
+    /// The registration before the change (absent for `registered`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub before: Option<EventState>,
+    /// The registration after the change (absent for `revoked`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub after: Option<EventState>,
+}
+
+/// Body of `GET /v1/tokens/{id}/events` and `GET /v1/events`: oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub items: Vec<TokenEventView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next: Option<i64>,
+}
+
+/// Query of `GET /v1/tokens/{id}/events`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Continue after this event id (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// Page size, 1-1000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct OwnerEventQuery {
+    /// The owner's `metadata.uid` (required).
+    pub owner_uid: String,
+    /// Continue after this event id (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// Page size, 1-1000 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }
@@ -310,6 +515,23 @@ mod tests {
     fn register_omits_an_absent_expiry() {
         let r: RegisterRequest = serde_json::from_value(register_json()).unwrap();
         assert_eq!(serde_json::to_value(&r).unwrap(), register_json());
+    }
+
+    #[test]
+    fn reason_and_kind_names_are_their_wire_names() {
+        for r in ChangeReason::ALL {
+            assert_eq!(serde_json::to_value(r).unwrap(), json!(r.as_str()));
+            assert_eq!(ChangeReason::parse(r.as_str()), Some(r));
+        }
+        for k in EventKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        let unknown = with(register_json(), "", "reason");
+        assert!(serde_json::from_value::<RegisterRequest>(unknown).is_err());
+        let mut whim = register_json();
+        whim["reason"] = json!("whim");
+        assert!(serde_json::from_value::<RegisterRequest>(whim).is_err());
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! An issue runs in the crash-safe order of [`super::plan`]: mint → register the hash → write
 //! the Secret. If the Secret cannot be written, nobody holds the new token, so it is withdrawn
 //! at once (and, should that fail too, revoked as an orphan by the next reconcile).
+//!
+//! Every store call carries an [`Audit`]: the reason of [`issue_reason`] or [`revoke_reason`]
+//! and the ApiToken's `metadata.generation`, for the store's audit trail.
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -17,6 +20,8 @@ use super::names::secret_annotations;
 use super::plan::{Action, Desired, IssueReason, Retired, RevokeReason};
 use super::reconcile::Context;
 use super::secret::{self, Record};
+use super::store_client::Audit;
+use crate::api::ChangeReason;
 use crate::token::Token;
 
 /// What an action works on: the Secret as observed in this pass and the token it holds (only
@@ -56,15 +61,19 @@ pub async fn execute(
             scopes,
             expiry,
         } => {
+            let audit = audit(tg, ChangeReason::Manual);
             ctx.store
-                .update(id, Some(name), Some(scopes), *expiry)
+                .update(id, Some(name), Some(scopes), *expiry, audit)
                 .await?;
             ctx.metrics.action("update");
             tg.publish(&ctx.events, events::updated(name, scopes)).await;
             Ok(None)
         }
         Action::Expire { id, at } => {
-            ctx.store.update(id, None, None, Some(Some(*at))).await?;
+            let audit = audit(tg, ChangeReason::Rotation);
+            ctx.store
+                .update(id, None, None, Some(Some(*at)), audit)
+                .await?;
             ctx.metrics.action("expire");
             // The Rotated event already says so, and status.previousTokens shows the time.
             tracing::info!(apitoken = %tg.name, namespace = %tg.ns, token_id = %id, until = %at, "previous token stays active until the end of its grace period");
@@ -112,6 +121,7 @@ async fn issue(
             &d.scopes,
             &owner,
             expires_at,
+            audit(tg, issue_reason(reason)),
         )
         .await?;
     crash::point(ctx.crash_at.as_deref(), "after-register");
@@ -126,7 +136,8 @@ async fn issue(
     let written = match tg.write_secret(&desired, scene.secret.is_some()).await {
         Ok(w) => w,
         Err(e) => {
-            if let Err(revoke) = ctx.store.revoke(&id).await {
+            let orphan = audit(tg, ChangeReason::Orphan);
+            if let Err(revoke) = ctx.store.revoke(&id, orphan).await {
                 tracing::warn!(apitoken = %tg.name, namespace = %tg.ns, error = %revoke, "could not revoke a token that did not reach its Secret; it is revoked as an orphan later");
             }
             return Err(e);
@@ -175,6 +186,7 @@ async fn reregister(
             &d.scopes,
             &tg.owner(&ctx.cluster),
             expires_at,
+            audit(tg, ChangeReason::Policy),
         )
         .await?;
     ctx.metrics.action("reregister");
@@ -211,10 +223,42 @@ async fn revoke(
     id: &str,
     reason: RevokeReason,
 ) -> Result<(), Error> {
-    ctx.store.revoke(id).await?;
+    ctx.store
+        .revoke(id, audit(tg, revoke_reason(reason)))
+        .await?;
     ctx.metrics.action("revoke");
     tg.publish(&ctx.events, events::revoked(id, reason)).await;
     Ok(())
+}
+
+/// What the store's audit trail records for a call about `tg`.
+pub fn audit(tg: &Target<'_>, reason: ChangeReason) -> Audit {
+    Audit {
+        reason,
+        generation: tg.t.metadata.generation,
+    }
+}
+
+/// The audit reason of an issue. A first token, like an edit of the spec, is `manual` (someone
+/// applied the ApiToken); a lost Secret or registration is the operator keeping its promises
+/// (`policy`).
+pub fn issue_reason(r: IssueReason) -> ChangeReason {
+    match r {
+        IssueReason::First => ChangeReason::Manual,
+        IssueReason::Rotation => ChangeReason::Rotation,
+        IssueReason::Scheduled => ChangeReason::Scheduled,
+        IssueReason::Renewal | IssueReason::Expired => ChangeReason::Expiry,
+        IssueReason::SecretLost | IssueReason::RevokedElsewhere => ChangeReason::Policy,
+    }
+}
+
+/// The audit reason of a revocation: the end of a grace period closes a rotation.
+pub fn revoke_reason(r: RevokeReason) -> ChangeReason {
+    match r {
+        RevokeReason::GraceOver => ChangeReason::Rotation,
+        RevokeReason::Orphan => ChangeReason::Orphan,
+        RevokeReason::Deleted => ChangeReason::Deleted,
+    }
 }
 
 /// A fresh store id: `<owner uid>.<10 random base62 characters>`.
@@ -222,4 +266,34 @@ fn new_token_id(uid: &str) -> Result<String, crate::token::MintError> {
     let random = Token::mint()?;
     let suffix = &random.expose()[crate::token::PREFIX.len()..crate::token::PREFIX.len() + 10];
     Ok(format!("{uid}.{suffix}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasons the store's audit trail shows for what the operator does.
+    #[test]
+    fn audit_reasons() {
+        let issues = [
+            (IssueReason::First, ChangeReason::Manual),
+            (IssueReason::Rotation, ChangeReason::Rotation),
+            (IssueReason::Scheduled, ChangeReason::Scheduled),
+            (IssueReason::Renewal, ChangeReason::Expiry),
+            (IssueReason::Expired, ChangeReason::Expiry),
+            (IssueReason::SecretLost, ChangeReason::Policy),
+            (IssueReason::RevokedElsewhere, ChangeReason::Policy),
+        ];
+        for (issue, reason) in issues {
+            assert_eq!(issue_reason(issue), reason, "{issue:?}");
+        }
+        let revokes = [
+            (RevokeReason::GraceOver, ChangeReason::Rotation),
+            (RevokeReason::Orphan, ChangeReason::Orphan),
+            (RevokeReason::Deleted, ChangeReason::Deleted),
+        ];
+        for (revoke, reason) in revokes {
+            assert_eq!(revoke_reason(revoke), reason, "{revoke:?}");
+        }
+    }
 }

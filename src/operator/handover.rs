@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::act;
 use super::decide;
 use super::deletion::{self, Orphaned};
 use super::error::Error;
@@ -21,6 +22,7 @@ use super::names::{ROTATE_ANNOTATION, secret_annotations as ann};
 use super::plan::{self, Desired};
 use super::reconcile::Context;
 use super::secret;
+use crate::api::ChangeReason;
 
 /// Let the ApiToken go without reaching the store: a Warning names the tokens that stay active
 /// (from its status and its cached Secret). In a namespace being deleted, where no Event can
@@ -80,7 +82,9 @@ pub async fn orphan(tg: &Target<'_>, ctx: &Context) -> Result<(), Error> {
     let p = deletion::orphan_plan(obs.as_ref(), &regs, Timestamp::now());
     let mut revoked = Vec::new();
     for id in &p.revoke {
-        ctx.store.revoke(id).await?;
+        ctx.store
+            .revoke(id, act::audit(tg, ChangeReason::Deleted))
+            .await?;
         ctx.metrics.action("revoke");
         revoked.extend(
             regs.iter()
@@ -130,7 +134,9 @@ pub async fn adopt(
         }
         return Ok(None);
     }
-    ctx.store.hand_over(&o.token_id, &owner).await?;
+    ctx.store
+        .hand_over(&o.token_id, &owner, act::audit(tg, ChangeReason::Orphan))
+        .await?;
     let written = tg.adopt_secret(s).await?;
     ctx.metrics.action("adopt");
     let fp = fp.unwrap_or_default();

@@ -363,8 +363,9 @@ async fn revoke_all(tg: &Target<'_>, ctx: &Context) -> Result<(), StoreError> {
     let result = async {
         let regs = ctx.store.list_owned(&tg.uid).await?;
         for action in plan::plan_cleanup(&regs) {
-            if let Action::Revoke { id, .. } = &action {
-                ctx.store.revoke(id).await?;
+            if let Action::Revoke { id, reason } = &action {
+                let audit = act::audit(tg, act::revoke_reason(*reason));
+                ctx.store.revoke(id, audit).await?;
                 ctx.metrics.action("revoke");
                 if let Some(r) = regs.iter().find(|r| &r.id == id) {
                     revoked.push(r.fingerprint.clone());

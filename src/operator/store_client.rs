@@ -15,7 +15,8 @@ use jiff::Timestamp;
 
 use super::plan::RegObs;
 use crate::api::{
-    ErrorBody, ListQuery, MAX_PAGE, Owner, PatchRequest, RegisterRequest, TokenList, TokenView,
+    ChangeReason, ErrorBody, ListQuery, MAX_PAGE, Owner, PatchRequest, RegisterRequest,
+    RevokeQuery, TokenList, TokenView,
 };
 use crate::token::TokenHash;
 
@@ -48,6 +49,15 @@ impl StoreError {
             StoreError::Rejected { .. } => "rejected",
         }
     }
+}
+
+/// Why the operator asks for a change, for the store's audit trail: the reason, and the
+/// ApiToken's `metadata.generation` so that a store event can be joined to the API server's
+/// audit log. Sent with every register, update and revoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Audit {
+    pub reason: ChangeReason,
+    pub generation: Option<i64>,
 }
 
 /// Called after every store request with (operation, seconds, outcome), for metrics.
@@ -224,6 +234,7 @@ impl StoreClient {
 
     /// Register a token hash (idempotent for the same id and hash), with its expiry if it has
     /// one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn register(
         &self,
         id: &str,
@@ -232,6 +243,7 @@ impl StoreClient {
         scopes: &[String],
         owner: &Owner,
         expires_at: Option<Timestamp>,
+        audit: Audit,
     ) -> Result<RegObs, StoreError> {
         let body = RegisterRequest {
             hash: hash.clone(),
@@ -239,6 +251,8 @@ impl StoreClient {
             scopes: scopes.to_vec(),
             owner: owner.clone(),
             expires_at,
+            reason: Some(audit.reason),
+            generation: audit.generation,
         };
         let resp = self
             .send("register", self.http.put(self.url(id)).json(&body))
@@ -257,12 +271,15 @@ impl StoreClient {
         name: Option<&str>,
         scopes: Option<&[String]>,
         expires_at: Option<Option<Timestamp>>,
+        audit: Audit,
     ) -> Result<(), StoreError> {
         let body = PatchRequest {
             name: name.map(str::to_owned),
             scopes: scopes.map(<[String]>::to_vec),
             expires_at,
             owner: None,
+            reason: Some(audit.reason),
+            generation: audit.generation,
         };
         self.send("update", self.http.patch(self.url(id)).json(&body))
             .await?;
@@ -284,9 +301,11 @@ impl StoreClient {
     }
 
     /// Hand a registration over to another owner (an ApiToken adopting an orphaned token).
-    pub async fn hand_over(&self, id: &str, owner: &Owner) -> Result<(), StoreError> {
+    pub async fn hand_over(&self, id: &str, owner: &Owner, audit: Audit) -> Result<(), StoreError> {
         let body = PatchRequest {
             owner: Some(owner.clone()),
+            reason: Some(audit.reason),
+            generation: audit.generation,
             ..PatchRequest::default()
         };
         self.send("hand_over", self.http.patch(self.url(id)).json(&body))
@@ -295,8 +314,13 @@ impl StoreClient {
     }
 
     /// Revoke; an id the store does not know counts as revoked.
-    pub async fn revoke(&self, id: &str) -> Result<(), StoreError> {
-        self.send("revoke", self.http.delete(self.url(id))).await?;
+    pub async fn revoke(&self, id: &str, audit: Audit) -> Result<(), StoreError> {
+        let q = RevokeQuery {
+            reason: Some(audit.reason),
+            generation: audit.generation,
+        };
+        self.send("revoke", self.http.delete(self.url(id)).query(&q))
+            .await?;
         Ok(())
     }
 
@@ -423,6 +447,11 @@ mod tests {
         format!("http://{addr}")
     }
 
+    const AUDIT: Audit = Audit {
+        reason: ChangeReason::Scheduled,
+        generation: Some(4),
+    };
+
     fn owner() -> Owner {
         Owner {
             cluster: "c".into(),
@@ -449,6 +478,7 @@ mod tests {
                 &scopes,
                 &owner(),
                 None,
+                AUDIT,
             )
             .await
             .unwrap();
@@ -465,18 +495,29 @@ mod tests {
         let scopes = vec!["orders:read".to_owned()];
         let expiry: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
         let _ = client
-            .register("t1", &hash, "Klaviyo", &scopes, &owner(), None)
+            .register("t1", &hash, "Klaviyo", &scopes, &owner(), None, AUDIT)
             .await;
         let _ = client
-            .register("t2", &hash, "Klaviyo", &scopes, &owner(), Some(expiry))
+            .register(
+                "t2",
+                &hash,
+                "Klaviyo",
+                &scopes,
+                &owner(),
+                Some(expiry),
+                AUDIT,
+            )
             .await;
-        client.update("t1", Some("New"), None, None).await.unwrap();
         client
-            .update("t1", None, Some(&scopes), Some(None))
+            .update("t1", Some("New"), None, None, AUDIT)
             .await
             .unwrap();
         client
-            .update("t1", None, None, Some(Some(expiry)))
+            .update("t1", None, Some(&scopes), Some(None), AUDIT)
+            .await
+            .unwrap();
+        client
+            .update("t1", None, None, Some(Some(expiry)), AUDIT)
             .await
             .unwrap();
         let seen = seen.lock().unwrap().clone();
@@ -487,22 +528,29 @@ mod tests {
                 (
                     "PUT",
                     json!({"hash": hash.as_str(), "name": "Klaviyo", "scopes": ["orders:read"],
-                        "owner": {"cluster": "c", "namespace": "n", "name": "t", "uid": "u"}})
+                        "owner": {"cluster": "c", "namespace": "n", "name": "t", "uid": "u"},
+                        "reason": "scheduled", "generation": 4})
                 ),
                 // A token that expires is registered with its expiry.
                 (
                     "PUT",
                     json!({"hash": hash.as_str(), "name": "Klaviyo", "scopes": ["orders:read"],
                         "owner": {"cluster": "c", "namespace": "n", "name": "t", "uid": "u"},
-                        "expiresAt": "2030-01-01T00:00:00Z"})
+                        "expiresAt": "2030-01-01T00:00:00Z", "reason": "scheduled", "generation": 4})
                 ),
-                ("PATCH", json!({"name": "New"})),
+                (
+                    "PATCH",
+                    json!({"name": "New", "reason": "scheduled", "generation": 4})
+                ),
                 // An explicit null clears the expiry; an absent field leaves it.
                 (
                     "PATCH",
-                    json!({"scopes": ["orders:read"], "expiresAt": null})
+                    json!({"scopes": ["orders:read"], "expiresAt": null, "reason": "scheduled", "generation": 4})
                 ),
-                ("PATCH", json!({"expiresAt": "2030-01-01T00:00:00Z"})),
+                (
+                    "PATCH",
+                    json!({"expiresAt": "2030-01-01T00:00:00Z", "reason": "scheduled", "generation": 4})
+                ),
             ]
         );
     }

@@ -44,6 +44,7 @@ use super::policy_crd::{ApiTokenPolicy, NamespaceSelector};
 use super::reconcile::{Context, write_status};
 use super::status::Outcome;
 use super::watch::namespace_triggers;
+use crate::api::ChangeReason;
 
 /// How long the digest writer waits before trying a failed write again.
 const DIGEST_RETRY: Duration = Duration::from_secs(10);
@@ -442,7 +443,9 @@ pub async fn hold(
                 let Action::Revoke { id, .. } = action else {
                     continue;
                 };
-                ctx.store.revoke(&id).await?;
+                ctx.store
+                    .revoke(&id, super::act::audit(tg, ChangeReason::Policy))
+                    .await?;
                 ctx.metrics.action("revoke");
                 let fp = regs.iter().filter(|r| r.id == id);
                 revoked.extend(fp.map(|r| r.fingerprint.clone()));

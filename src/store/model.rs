@@ -9,7 +9,9 @@ use jiff::Timestamp;
 
 use super::scopes::{SCOPE_RULE, Scope, ScopeSet};
 pub use crate::api::Owner;
-use crate::api::{PatchRequest, RegisterRequest, TokenView};
+use crate::api::{
+    ChangeReason, EventKind, EventState, PatchRequest, RegisterRequest, TokenEventView, TokenView,
+};
 use crate::token::TokenHash;
 
 /// Longest token name (Loop's own editor allows 100 characters).
@@ -262,6 +264,159 @@ pub fn activity(revoked_at_ms: Option<i64>, expires_at_ms: Option<i64>, now_ms: 
     }
 }
 
+/// Why a change is asked for and by which generation of its ApiToken: written into the audit
+/// trail with the change, never used to decide anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    pub reason: ChangeReason,
+    pub generation: Option<i64>,
+}
+
+impl Change {
+    /// Validate the `reason` and `generation` of a request (absent reason: `manual`).
+    pub fn from_request(
+        reason: Option<ChangeReason>,
+        generation: Option<i64>,
+    ) -> Result<Self, Invalid> {
+        if generation.is_some_and(|g| g < 0) {
+            return Err(Invalid::Field(
+                "generation must be a whole number, 0 or more".into(),
+            ));
+        }
+        Ok(Change {
+            reason: reason.unwrap_or_default(),
+            generation,
+        })
+    }
+}
+
+/// A registration's name, scopes, expiry and owner, before or after a change (an event shows
+/// the first three; the owner is the event's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub name: String,
+    pub scopes: ScopeSet,
+    pub expires_at_ms: Option<i64>,
+    pub owner: Owner,
+}
+
+impl TokenRecord {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            name: self.name.clone(),
+            scopes: self.scopes.clone(),
+            expires_at_ms: self.expires_at_ms,
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+impl Snapshot {
+    fn view(&self) -> EventState {
+        EventState {
+            name: self.name.clone(),
+            scopes: self.scopes.to_strings(),
+            expires_at: self.expires_at_ms.map(ts),
+        }
+    }
+}
+
+/// What a PATCH makes of a registration, and the kind of event it records: `None` when it
+/// changes nothing (no write, no event). A PATCH that changes the name or the scopes is
+/// `updated` (with the expiry's before and after too, if it changed as well); one that changes
+/// only the expiry is `expiry_set`; a handover to another owner is `updated`.
+pub fn patched(before: &TokenRecord, patch: &TokenPatch) -> Option<(Snapshot, EventKind)> {
+    let now = before.snapshot();
+    let after = Snapshot {
+        name: patch.name.clone().unwrap_or_else(|| now.name.clone()),
+        scopes: patch.scopes.clone().unwrap_or_else(|| now.scopes.clone()),
+        expires_at_ms: patch.expires_at_ms.unwrap_or(now.expires_at_ms),
+        owner: patch.owner.clone().unwrap_or_else(|| now.owner.clone()),
+    };
+    if after == now {
+        None
+    } else if after.name == now.name && after.scopes == now.scopes && after.owner == now.owner {
+        Some((after, EventKind::ExpirySet))
+    } else {
+        Some((after, EventKind::Updated))
+    }
+}
+
+/// One change of a registration, as written into the audit trail (the store numbers it).
+/// It holds no hash: nothing in an event can tell what the token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub token_id: TokenId,
+    pub owner: Owner,
+    pub at_ms: i64,
+    pub kind: EventKind,
+    pub change: Change,
+    pub before: Option<Snapshot>,
+    pub after: Option<Snapshot>,
+}
+
+impl NewEvent {
+    /// The event of a change from `before` to `after` (the registration as stored on either
+    /// side; one of them at least).
+    pub fn between(
+        kind: EventKind,
+        before: Option<&TokenRecord>,
+        after: &TokenRecord,
+        change: Change,
+        at_ms: i64,
+    ) -> Self {
+        let after_state = (kind != EventKind::Revoked).then(|| after.snapshot());
+        NewEvent {
+            token_id: after.id.clone(),
+            owner: after.owner.clone(),
+            at_ms,
+            kind,
+            change,
+            before: before.map(TokenRecord::snapshot),
+            after: after_state,
+        }
+    }
+}
+
+/// A recorded event, numbered by the store in the order of commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEvent {
+    pub id: i64,
+    pub event: NewEvent,
+}
+
+impl TokenEvent {
+    pub fn view(&self) -> TokenEventView {
+        let e = &self.event;
+        TokenEventView {
+            id: self.id,
+            token_id: e.token_id.as_str().to_owned(),
+            owner: e.owner.clone(),
+            at: ts(e.at_ms),
+            kind: e.kind,
+            reason: e.change.reason,
+            generation: e.change.generation,
+            before: e.before.as_ref().map(Snapshot::view),
+            after: e.after.as_ref().map(Snapshot::view),
+        }
+    }
+}
+
+/// Whose events a query asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventScope {
+    Token(TokenId),
+    Owner(String),
+}
+
+/// A page of the audit trail: the events of `scope` with an id above `after`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFilter {
+    pub scope: EventScope,
+    pub after: i64,
+    pub limit: u32,
+}
+
 /// Filters of `GET /v1/tokens`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
@@ -360,6 +515,95 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    fn record(name: &str, scopes: &[&str], expires_at_ms: Option<i64>) -> TokenRecord {
+        TokenRecord {
+            id: TokenId::parse("t").unwrap(),
+            hash: TokenHash::of("x"),
+            name: name.into(),
+            scopes: ScopeSet::parse(scopes.iter().copied()).unwrap(),
+            owner: Owner {
+                cluster: "c".into(),
+                namespace: "n".into(),
+                name: "t".into(),
+                uid: "u".into(),
+            },
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            expires_at_ms,
+            revoked_at_ms: None,
+            last_used_at_ms: None,
+            use_count: 0,
+        }
+    }
+
+    #[test]
+    fn a_patch_is_updated_expiry_set_or_nothing() {
+        let before = record("n", &["a:read"], Some(5));
+        let patch =
+            |name: Option<&str>, scopes: Option<&[&str]>, exp: Option<Option<i64>>| TokenPatch {
+                name: name.map(str::to_owned),
+                scopes: scopes.map(|s| ScopeSet::parse(s.iter().copied()).unwrap()),
+                expires_at_ms: exp,
+                owner: None,
+            };
+        let kind = |p: TokenPatch| patched(&before, &p).map(|(_, k)| k);
+        assert_eq!(kind(patch(None, None, None)), None);
+        assert_eq!(
+            kind(patch(Some("n"), Some(&["a:read"]), Some(Some(5)))),
+            None
+        );
+        assert_eq!(kind(patch(Some("m"), None, None)), Some(EventKind::Updated));
+        assert_eq!(
+            kind(patch(None, Some(&["a:write"]), None)),
+            Some(EventKind::Updated)
+        );
+        assert_eq!(
+            kind(patch(None, None, Some(None))),
+            Some(EventKind::ExpirySet)
+        );
+        let (after, k) = patched(&before, &patch(Some("m"), None, Some(Some(9)))).unwrap();
+        assert_eq!(
+            (k, after.name.as_str(), after.expires_at_ms),
+            (EventKind::Updated, "m", Some(9))
+        );
+        // A handover to another owner is a change, recorded as `updated`.
+        let mut handover = patch(None, None, None);
+        handover.owner = Some(Owner {
+            uid: "another".into(),
+            ..before.owner.clone()
+        });
+        let (after, k) = patched(&before, &handover).unwrap();
+        assert_eq!(
+            (k, after.owner.uid.as_str()),
+            (EventKind::Updated, "another")
+        );
+    }
+
+    #[test]
+    fn a_change_defaults_to_manual_and_refuses_a_negative_generation() {
+        assert_eq!(Change::from_request(None, None), Ok(Change::default()));
+        assert_eq!(Change::default().reason, ChangeReason::Manual);
+        assert!(Change::from_request(Some(ChangeReason::Expiry), Some(-1)).is_err());
+        assert_eq!(
+            Change::from_request(Some(ChangeReason::Expiry), Some(0)),
+            Ok(Change {
+                reason: ChangeReason::Expiry,
+                generation: Some(0)
+            })
+        );
+    }
+
+    #[test]
+    fn events_of_a_revocation_have_no_after_and_of_a_registration_no_before() {
+        let r = record("n", &["a:read"], None);
+        let reg = NewEvent::between(EventKind::Registered, None, &r, Change::default(), 1);
+        assert_eq!((reg.before.is_none(), reg.after.is_some()), (true, true));
+        let rev = NewEvent::between(EventKind::Revoked, Some(&r), &r, Change::default(), 2);
+        assert_eq!((rev.before.is_some(), rev.after.is_none()), (true, true));
+        let view = serde_json::to_string(&TokenEvent { id: 1, event: rev }.view()).unwrap();
+        assert!(!view.contains(&r.hash.as_str()[7..]), "{view}");
     }
 
     #[test]

@@ -6,7 +6,21 @@
 //! - SQLite takes the write lock up front (`BEGIN IMMEDIATE`) so concurrent writers queue on
 //!   the busy timeout instead of failing on a lock upgrade;
 //! - PostgreSQL announces every change to a token with `pg_notify` inside the writing
-//!   transaction, so other store processes drop their cached answer the moment it commits.
+//!   transaction, so other store processes drop their cached answer the moment it commits, and
+//!   takes one transaction-level advisory lock before a change it audits (see below).
+//!
+//! # The audit trail
+//!
+//! Every change of a registration (register, a PUT that changes one, a PATCH that changes one,
+//! the first revoke) appends one row to `token_events` in the transaction of the change, so the
+//! change and its event commit together or not at all. A write that changes nothing (an
+//! idempotent PUT, a PATCH to the values already stored, a repeated revoke) writes no event.
+//! Events are numbered by the database (SQLite `AUTOINCREMENT`, PostgreSQL identity) and read
+//! with a keyset cursor on that number. For the cursor never to skip an event, numbers must be
+//! handed out in commit order: SQLite's writers are serialised by `BEGIN IMMEDIATE`; PostgreSQL's
+//! by the advisory lock, which also makes the "before" a PATCH reads the one it changes. Token
+//! writes are rare (a few per ApiToken per rotation), so serialising them costs nothing that
+//! matters; usage flushes and reads do not take the lock.
 //!
 //! Migrations are per backend (`migrations/sqlite`, `migrations/postgres`) and run at start-up.
 
@@ -20,12 +34,19 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::model::{ListFilter, NewToken, Owner, TokenId, TokenPatch, TokenRecord};
+use super::model::{
+    Change, EventFilter, EventScope, ListFilter, NewEvent, NewToken, Owner, Snapshot, TokenEvent,
+    TokenId, TokenPatch, TokenRecord, patched,
+};
 use super::scopes::ScopeSet;
+use crate::api::{ChangeReason, EventKind};
 use crate::token::TokenHash;
 
 /// The PostgreSQL channel on which every change to a token is announced (payload: its hash).
 pub const NOTIFY_CHANNEL: &str = "loop_store_tokens";
+
+/// The PostgreSQL advisory lock every audited write takes ("loopaudt").
+const AUDIT_LOCK: i64 = 0x6c6f_6f70_6175_6474;
 
 /// A storage failure, split by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -113,17 +134,32 @@ pub struct UsageDelta {
 /// Token storage. Every method is one transaction.
 #[async_trait]
 pub trait Repository: Send + Sync + 'static {
-    /// Register a token (idempotent for the same id and hash).
-    async fn register(&self, new: &NewToken, now_ms: i64) -> Result<Registered, RepoError>;
-    /// Change name, scopes, expiry or owner of an unrevoked token.
+    /// Register a token (idempotent for the same id and hash). Records `registered` for a new
+    /// registration, `reregistered` when an existing one changes, nothing otherwise.
+    async fn register(
+        &self,
+        new: &NewToken,
+        change: Change,
+        now_ms: i64,
+    ) -> Result<Registered, RepoError>;
+    /// Change name, scopes, expiry or owner of an unrevoked token. Records `updated` or `expiry_set`
+    /// when something changes; a patch to the stored values writes nothing.
     async fn update(
         &self,
         id: &TokenId,
         patch: &TokenPatch,
+        change: Change,
         now_ms: i64,
     ) -> Result<Updated, RepoError>;
-    /// Revoke (idempotent). `None` when the id is unknown.
-    async fn revoke(&self, id: &TokenId, now_ms: i64) -> Result<Option<TokenRecord>, RepoError>;
+    /// Revoke (idempotent). `None` when the id is unknown. Records `revoked` the first time.
+    async fn revoke(
+        &self,
+        id: &TokenId,
+        change: Change,
+        now_ms: i64,
+    ) -> Result<Option<TokenRecord>, RepoError>;
+    /// A page of the audit trail, oldest first.
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<TokenEvent>, RepoError>;
     async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, RepoError>;
     async fn list(&self, filter: &ListFilter, now_ms: i64) -> Result<Vec<TokenRecord>, RepoError>;
     /// Find a registration by the hash of a presented token (introspection).
@@ -149,21 +185,55 @@ const SQL_INSERT: &str = "INSERT INTO tokens (id, hash, name, scopes, owner_clus
 const SQL_BY_ID: &str = concat!("SELECT ", columns!(), " FROM tokens WHERE id = $1");
 const SQL_BY_HASH: &str = concat!("SELECT ", columns!(), " FROM tokens WHERE hash = $1");
 const SQL_RESET: &str = concat!(
-    "UPDATE tokens SET name = $2, scopes = $3, expires_at = $4, updated_at = $5 WHERE id = $1 RETURNING ",
-    columns!()
-);
-const SQL_PATCH: &str = concat!(
-    "UPDATE tokens SET name = COALESCE($2, name), scopes = COALESCE($3, scopes), \
-     expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, updated_at = $6, \
-     owner_cluster = COALESCE($7, owner_cluster), owner_namespace = COALESCE($8, owner_namespace), \
-     owner_name = COALESCE($9, owner_name), owner_uid = COALESCE($10, owner_uid) \
-     WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+    "UPDATE tokens SET name = $2, scopes = $3, expires_at = $4, updated_at = $5, \
+     owner_cluster = $6, owner_namespace = $7, owner_name = $8, owner_uid = $9 WHERE id = $1 RETURNING ",
     columns!()
 );
 const SQL_REVOKE: &str = concat!(
     "UPDATE tokens SET revoked_at = $2, updated_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING ",
     columns!()
 );
+
+macro_rules! event_columns {
+    () => {
+        "id, token_id, owner_cluster, owner_namespace, owner_name, owner_uid, at, kind, reason, \
+         generation, before_name, before_scopes, before_expires_at, after_name, after_scopes, \
+         after_expires_at"
+    };
+}
+
+const SQL_EVENT_INSERT: &str = "INSERT INTO token_events (token_id, owner_cluster, \
+     owner_namespace, owner_name, owner_uid, at, kind, reason, generation, before_name, \
+     before_scopes, before_expires_at, after_name, after_scopes, after_expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+const SQL_EVENTS_BY_TOKEN: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM token_events WHERE token_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+);
+const SQL_EVENTS_BY_OWNER: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM token_events WHERE owner_uid = $1 AND id > $2 ORDER BY id LIMIT $3"
+);
+
+/// Why an existing registration cannot take `new`: a different hash or owner, or revoked.
+fn conflict_of(current: &TokenRecord, new: &NewToken) -> Option<Conflict> {
+    if current.hash != new.hash {
+        Some(Conflict::DifferentHash)
+    } else if current.owner != new.owner {
+        Some(Conflict::DifferentOwner)
+    } else if current.revoked_at_ms.is_some() {
+        Some(Conflict::Revoked)
+    } else {
+        None
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> RepoError {
+    RepoError::Corrupt(e.to_string())
+}
+
 /// The list query with only the filters that are set, so that each one is a plain comparison the
 /// planner can serve from an index. (`($1 IS NULL OR owner_uid = $1)` made SQLite scan the whole
 /// table on every list by owner, which the operator does on every reconcile.) Placeholders are
@@ -247,12 +317,98 @@ macro_rules! sql_repository {
                     use_count: int("use_count")?,
                 })
             }
+
+            fn to_event(row: &$row) -> Result<TokenEvent, RepoError> {
+                use sqlx::Row;
+                let text = |c: &str| row.try_get::<String, _>(c).map_err(corrupt);
+                let int = |c: &str| row.try_get::<i64, _>(c).map_err(corrupt);
+                let opt = |c: &str| row.try_get::<Option<i64>, _>(c).map_err(corrupt);
+                let owner = Owner {
+                    cluster: text("owner_cluster")?,
+                    namespace: text("owner_namespace")?,
+                    name: text("owner_name")?,
+                    uid: text("owner_uid")?,
+                };
+                let state = |side: &str| -> Result<Option<Snapshot>, RepoError> {
+                    let name = row
+                        .try_get::<Option<String>, _>(format!("{side}_name").as_str())
+                        .map_err(corrupt)?;
+                    let Some(name) = name else { return Ok(None) };
+                    Ok(Some(Snapshot {
+                        name,
+                        scopes: ScopeSet::from_joined(&text(&format!("{side}_scopes"))?)
+                            .map_err(corrupt)?,
+                        expires_at_ms: opt(&format!("{side}_expires_at"))?,
+                        owner: owner.clone(),
+                    }))
+                };
+                let kind = text("kind")?;
+                let reason = text("reason")?;
+                Ok(TokenEvent {
+                    id: int("id")?,
+                    event: NewEvent {
+                        token_id: TokenId::parse(&text("token_id")?).map_err(corrupt)?,
+                        owner: Owner {
+                            cluster: text("owner_cluster")?,
+                            namespace: text("owner_namespace")?,
+                            name: text("owner_name")?,
+                            uid: text("owner_uid")?,
+                        },
+                        at_ms: int("at")?,
+                        kind: EventKind::parse(&kind)
+                            .ok_or_else(|| corrupt(format!("unknown event kind {kind:?}")))?,
+                        change: Change {
+                            reason: ChangeReason::parse(&reason)
+                                .ok_or_else(|| corrupt(format!("unknown reason {reason:?}")))?,
+                            generation: opt("generation")?,
+                        },
+                        before: state("before")?,
+                        after: state("after")?,
+                    },
+                })
+            }
+
+            /// Append one event in the transaction of its change.
+            async fn append(
+                tx: &mut sqlx::Transaction<'static, <$row as sqlx::Row>::Database>,
+                e: &NewEvent,
+            ) -> Result<(), sqlx::Error> {
+                let side = |s: &Option<Snapshot>| {
+                    s.as_ref()
+                        .map(|s| (s.name.clone(), s.scopes.joined(), s.expires_at_ms))
+                };
+                let (before, after) = (side(&e.before), side(&e.after));
+                sqlx::query(SQL_EVENT_INSERT)
+                    .bind(e.token_id.as_str())
+                    .bind(&e.owner.cluster)
+                    .bind(&e.owner.namespace)
+                    .bind(&e.owner.name)
+                    .bind(&e.owner.uid)
+                    .bind(e.at_ms)
+                    .bind(e.kind.as_str())
+                    .bind(e.change.reason.as_str())
+                    .bind(e.change.generation)
+                    .bind(before.as_ref().map(|b| b.0.clone()))
+                    .bind(before.as_ref().map(|b| b.1.clone()))
+                    .bind(before.as_ref().and_then(|b| b.2))
+                    .bind(after.as_ref().map(|a| a.0.clone()))
+                    .bind(after.as_ref().map(|a| a.1.clone()))
+                    .bind(after.as_ref().and_then(|a| a.2))
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
         }
 
         #[async_trait]
         impl Repository for $repo {
-            async fn register(&self, new: &NewToken, now_ms: i64) -> Result<Registered, RepoError> {
-                let mut tx = self.begin_write().await?;
+            async fn register(
+                &self,
+                new: &NewToken,
+                change: Change,
+                now_ms: i64,
+            ) -> Result<Registered, RepoError> {
+                let mut tx = self.begin_audited().await?;
                 let inserted = sqlx::query(SQL_INSERT)
                     .bind(new.id.as_str())
                     .bind(new.hash.as_str())
@@ -277,26 +433,21 @@ macro_rules! sql_repository {
                 };
                 let current = Self::to_record(&row)?;
                 if inserted == 1 {
+                    let event =
+                        NewEvent::between(EventKind::Registered, None, &current, change, now_ms);
+                    Self::append(&mut tx, &event).await?;
                     Self::announce(&mut tx, &new.hash).await?;
                     tx.commit().await?;
                     return Ok(Registered::Created(current));
                 }
-                let conflict = if current.hash != new.hash {
-                    Some(Conflict::DifferentHash)
-                } else if current.owner != new.owner {
-                    Some(Conflict::DifferentOwner)
-                } else if current.revoked_at_ms.is_some() {
-                    Some(Conflict::Revoked)
-                } else {
-                    None
-                };
-                if let Some(c) = conflict {
+                if let Some(c) = conflict_of(&current, new) {
                     return Ok(Registered::Conflict(c));
                 }
                 if current.name == new.name
                     && current.scopes == new.scopes
                     && current.expires_at_ms == new.expires_at_ms
                 {
+                    // Nothing changes: no write, no event.
                     return Ok(Registered::Existing(current));
                 }
                 let row = sqlx::query(SQL_RESET)
@@ -305,77 +456,113 @@ macro_rules! sql_repository {
                     .bind(new.scopes.joined())
                     .bind(new.expires_at_ms)
                     .bind(now_ms)
+                    .bind(&new.owner.cluster)
+                    .bind(&new.owner.namespace)
+                    .bind(&new.owner.name)
+                    .bind(&new.owner.uid)
                     .fetch_one(&mut *tx)
                     .await?;
-                let updated = Self::to_record(&row)?;
+                let after = Self::to_record(&row)?;
+                let event = NewEvent::between(
+                    EventKind::Reregistered,
+                    Some(&current),
+                    &after,
+                    change,
+                    now_ms,
+                );
+                Self::append(&mut tx, &event).await?;
                 Self::announce(&mut tx, &new.hash).await?;
                 tx.commit().await?;
-                Ok(Registered::Existing(updated))
+                Ok(Registered::Existing(after))
             }
 
             async fn update(
                 &self,
                 id: &TokenId,
                 patch: &TokenPatch,
+                change: Change,
                 now_ms: i64,
             ) -> Result<Updated, RepoError> {
-                let mut tx = self.begin_write().await?;
-                let row = sqlx::query(SQL_PATCH)
+                let mut tx = self.begin_audited().await?;
+                let row = sqlx::query(SQL_BY_ID)
                     .bind(id.as_str())
-                    .bind(patch.name.as_deref())
-                    .bind(patch.scopes.as_ref().map(ScopeSet::joined))
-                    .bind(patch.expires_at_ms.is_some())
-                    .bind(patch.expires_at_ms.flatten())
-                    .bind(now_ms)
-                    .bind(patch.owner.as_ref().map(|o| o.cluster.as_str()))
-                    .bind(patch.owner.as_ref().map(|o| o.namespace.as_str()))
-                    .bind(patch.owner.as_ref().map(|o| o.name.as_str()))
-                    .bind(patch.owner.as_ref().map(|o| o.uid.as_str()))
                     .fetch_optional(&mut *tx)
                     .await?;
-                match row {
-                    Some(row) => {
-                        let rec = Self::to_record(&row)?;
-                        Self::announce(&mut tx, &rec.hash).await?;
-                        tx.commit().await?;
-                        Ok(Updated::Updated(Box::new(rec)))
-                    }
-                    None => {
-                        let exists = sqlx::query(SQL_BY_ID)
-                            .bind(id.as_str())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        Ok(if exists.is_some() {
-                            Updated::Revoked
-                        } else {
-                            Updated::NotFound
-                        })
-                    }
+                let Some(row) = row else {
+                    return Ok(Updated::NotFound);
+                };
+                let before = Self::to_record(&row)?;
+                if before.revoked_at_ms.is_some() {
+                    return Ok(Updated::Revoked);
                 }
+                let Some((target, kind)) = patched(&before, patch) else {
+                    // Nothing changes: no write, no event.
+                    return Ok(Updated::Updated(Box::new(before)));
+                };
+                let row = sqlx::query(SQL_RESET)
+                    .bind(id.as_str())
+                    .bind(&target.name)
+                    .bind(target.scopes.joined())
+                    .bind(target.expires_at_ms)
+                    .bind(now_ms)
+                    .bind(&target.owner.cluster)
+                    .bind(&target.owner.namespace)
+                    .bind(&target.owner.name)
+                    .bind(&target.owner.uid)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let after = Self::to_record(&row)?;
+                let event = NewEvent::between(kind, Some(&before), &after, change, now_ms);
+                Self::append(&mut tx, &event).await?;
+                Self::announce(&mut tx, &after.hash).await?;
+                tx.commit().await?;
+                Ok(Updated::Updated(Box::new(after)))
             }
 
             async fn revoke(
                 &self,
                 id: &TokenId,
+                change: Change,
                 now_ms: i64,
             ) -> Result<Option<TokenRecord>, RepoError> {
-                let mut tx = self.begin_write().await?;
-                let row = sqlx::query(SQL_REVOKE)
-                    .bind(id.as_str())
-                    .bind(now_ms)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(row) = row {
-                    let rec = Self::to_record(&row)?;
-                    Self::announce(&mut tx, &rec.hash).await?;
-                    tx.commit().await?;
-                    return Ok(Some(rec));
-                }
+                let mut tx = self.begin_audited().await?;
                 let row = sqlx::query(SQL_BY_ID)
                     .bind(id.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
-                row.as_ref().map(Self::to_record).transpose()
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let before = Self::to_record(&row)?;
+                if before.revoked_at_ms.is_some() {
+                    // Already revoked: the first time stays, and so does its one event.
+                    return Ok(Some(before));
+                }
+                let row = sqlx::query(SQL_REVOKE)
+                    .bind(id.as_str())
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let after = Self::to_record(&row)?;
+                let event =
+                    NewEvent::between(EventKind::Revoked, Some(&before), &after, change, now_ms);
+                Self::append(&mut tx, &event).await?;
+                Self::announce(&mut tx, &after.hash).await?;
+                tx.commit().await?;
+                Ok(Some(after))
+            }
+
+            async fn events(&self, f: &EventFilter) -> Result<Vec<TokenEvent>, RepoError> {
+                let q = match &f.scope {
+                    EventScope::Token(id) => sqlx::query(SQL_EVENTS_BY_TOKEN).bind(id.as_str()),
+                    EventScope::Owner(uid) => sqlx::query(SQL_EVENTS_BY_OWNER).bind(uid.as_str()),
+                };
+                let rows = q
+                    .bind(f.after)
+                    .bind(i64::from(f.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::to_event).collect()
             }
 
             async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, RepoError> {
@@ -511,6 +698,11 @@ impl SqliteRepo {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// `BEGIN IMMEDIATE` already serialises every writer of the file.
+    async fn begin_audited(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_write().await
+    }
+
     async fn announce(
         _tx: &mut sqlx::SqliteConnection,
         _hash: &TokenHash,
@@ -553,6 +745,18 @@ impl PostgresRepo {
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         self.pool.begin().await
+    }
+
+    /// A transaction holding the audit lock until it ends (see the module doc).
+    async fn begin_audited(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     async fn announce(tx: &mut sqlx::PgConnection, hash: &TokenHash) -> Result<(), sqlx::Error> {
@@ -633,6 +837,40 @@ mod tests {
             ..ListFilter::default()
         });
         assert!(none.ends_with("FROM tokens ORDER BY id LIMIT $1"), "{none}");
+    }
+
+    /// Both audit queries are served by their index, in id order, without a scan or a sort.
+    #[tokio::test]
+    async fn event_queries_use_their_indexes_on_sqlite() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/plan.db", dir.path().display());
+        let repo = SqliteRepo::open(&url, &PoolSettings::default()).await?;
+        for (sql, index) in [
+            (SQL_EVENTS_BY_TOKEN, "token_events_token"),
+            (SQL_EVENTS_BY_OWNER, "token_events_owner_uid"),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .bind("x")
+                    .bind(0_i64)
+                    .bind(10_i64)
+                    .fetch_all(&repo.pool)
+                    .await?;
+            let details: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+            assert!(
+                details
+                    .iter()
+                    .any(|d| d.contains(&format!("INDEX {index}"))),
+                "{details:?}"
+            );
+            assert!(
+                !details
+                    .iter()
+                    .any(|d| d.starts_with("SCAN") || d.contains("TEMP B-TREE")),
+                "{details:?}"
+            );
+        }
+        Ok(())
     }
 
     /// The operator lists by owner on every reconcile: that must not scan the table.

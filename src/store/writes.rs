@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
 use super::cache::Cache;
-use super::model::{NewToken, TokenId, TokenPatch, TokenRecord};
+use super::model::{Change, NewToken, TokenId, TokenPatch, TokenRecord};
 use super::repo::{Registered, RepoError, Repository, Updated};
 use crate::token::TokenHash;
 
@@ -64,11 +64,16 @@ impl Writer {
     }
 
     /// Register a token; its hash is invalidated (it may sit in the unknown set).
-    pub async fn register(&self, new: NewToken, now_ms: i64) -> Result<Registered, WriteError> {
+    pub async fn register(
+        &self,
+        new: NewToken,
+        change: Change,
+        now_ms: i64,
+    ) -> Result<Registered, WriteError> {
         let repo = Arc::clone(&self.repo);
         let hash = new.hash.clone();
         self.unit(
-            async move { repo.register(&new, now_ms).await },
+            async move { repo.register(&new, change, now_ms).await },
             move |_| Some(hash),
         )
         .await
@@ -79,11 +84,12 @@ impl Writer {
         &self,
         id: TokenId,
         patch: TokenPatch,
+        change: Change,
         now_ms: i64,
     ) -> Result<Updated, WriteError> {
         let repo = Arc::clone(&self.repo);
         self.unit(
-            async move { repo.update(&id, &patch, now_ms).await },
+            async move { repo.update(&id, &patch, change, now_ms).await },
             |outcome: &Updated| match outcome {
                 Updated::Updated(r) => Some(r.hash.clone()),
                 Updated::NotFound | Updated::Revoked => None,
@@ -96,11 +102,12 @@ impl Writer {
     pub async fn revoke(
         &self,
         id: TokenId,
+        change: Change,
         now_ms: i64,
     ) -> Result<Option<TokenRecord>, WriteError> {
         let repo = Arc::clone(&self.repo);
         self.unit(
-            async move { repo.revoke(&id, now_ms).await },
+            async move { repo.revoke(&id, change, now_ms).await },
             |outcome: &Option<TokenRecord>| outcome.as_ref().map(|r| r.hash.clone()),
         )
         .await
@@ -144,7 +151,7 @@ mod tests {
     use super::*;
     use crate::store::cache::Introspector;
     use crate::store::metrics::Metrics;
-    use crate::store::model::{ListFilter, Owner};
+    use crate::store::model::{EventFilter, ListFilter, Owner, TokenEvent};
     use crate::store::repo::{SqliteRepo, UsageDelta};
     use crate::store::scopes::ScopeSet;
     use crate::store::usage::Usage;
@@ -174,27 +181,37 @@ mod tests {
 
     #[async_trait]
     impl Repository for SlowAfterCommit {
-        async fn register(&self, new: &NewToken, now_ms: i64) -> Result<Registered, RepoError> {
-            self.inner.register(new, now_ms).await
+        async fn register(
+            &self,
+            new: &NewToken,
+            change: Change,
+            now_ms: i64,
+        ) -> Result<Registered, RepoError> {
+            self.inner.register(new, change, now_ms).await
         }
         async fn update(
             &self,
             id: &TokenId,
             patch: &TokenPatch,
+            change: Change,
             now_ms: i64,
         ) -> Result<Updated, RepoError> {
-            let r = self.inner.update(id, patch, now_ms).await;
+            let r = self.inner.update(id, patch, change, now_ms).await;
             self.hold().await;
             r
         }
         async fn revoke(
             &self,
             id: &TokenId,
+            change: Change,
             now_ms: i64,
         ) -> Result<Option<TokenRecord>, RepoError> {
-            let r = self.inner.revoke(id, now_ms).await;
+            let r = self.inner.revoke(id, change, now_ms).await;
             self.hold().await;
             r
+        }
+        async fn events(&self, f: &EventFilter) -> Result<Vec<TokenEvent>, RepoError> {
+            self.inner.events(f).await
         }
         async fn get(&self, id: &TokenId) -> Result<Option<TokenRecord>, RepoError> {
             self.inner.get(id).await
@@ -263,7 +280,7 @@ mod tests {
             expires_at_ms: None,
         };
         assert!(matches!(
-            writer.register(new, 0).await?,
+            writer.register(new, Change::default(), 0).await?,
             Registered::Created(_)
         ));
         assert!(introspector.introspect(token.expose(), 1).await?.active);
@@ -303,7 +320,10 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_revocation_whose_request_is_dropped_still_clears_the_cache() -> anyhow::Result<()> {
         let f = fixture().await?;
-        let answer = drop_after_commit(f, |w, id| async move { w.revoke(id, 2).await }).await?;
+        let answer = drop_after_commit(f, |w, id| async move {
+            w.revoke(id, Change::default(), 2).await
+        })
+        .await?;
         assert!(!answer.active, "a revoked token was answered as active");
         Ok(())
     }
@@ -315,8 +335,10 @@ mod tests {
             scopes: Some(ScopeSet::parse(["orders:read"])?),
             ..TokenPatch::default()
         };
-        let answer =
-            drop_after_commit(f, |w, id| async move { w.update(id, patch, 2).await }).await?;
+        let answer = drop_after_commit(f, |w, id| async move {
+            w.update(id, patch, Change::default(), 2).await
+        })
+        .await?;
         assert_eq!(answer.scope.as_deref(), Some("orders:read"));
         Ok(())
     }

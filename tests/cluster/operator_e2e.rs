@@ -291,6 +291,7 @@ async fn the_life_of_a_token() {
         assert_eq!(e.introspect(&first).await["active"], true, "the previous token is in its grace period");
         let prev = &t.status.as_ref().unwrap().previous_tokens;
         assert_eq!(prev.len(), 1, "{prev:?}");
+        let second_id = t.status.as_ref().and_then(|s| s.token_id.clone()).unwrap_or_default();
         assert_eq!(e.active_ids(&t).await.len(), 2);
 
         // The same annotation value again (a re-apply) does not rotate again.
@@ -302,7 +303,8 @@ async fn the_life_of_a_token() {
         // Promise 5: gracePeriod 0 revokes the previous token at once ("token leaked").
         e.kubectl(&["patch", "apitoken", "klaviyo-sync", "--type=merge", "-p", r#"{"spec":{"rotation":{"gracePeriod":"0s"}}}"#]);
         e.kubectl(&["annotate", "--overwrite", "apitoken", "klaviyo-sync", "loop.dev/rotate=leaked"]);
-        e.wait_rotated("klaviyo-sync", "leaked").await;
+        let t3 = e.wait_rotated("klaviyo-sync", "leaked").await;
+        let third_id = t3.status.as_ref().and_then(|s| s.token_id.clone()).unwrap_or_default();
         let third = e.secret_token("klaviyo-sync").await;
         assert_eq!(e.introspect(&third).await["active"], true);
         assert_eq!(e.introspect(&second).await, json!({"active": false}), "revoked at once");
@@ -353,6 +355,17 @@ async fn the_life_of_a_token() {
         })
         .await;
 
+        // The store's audit trail tells the whole life, with reasons and generations.
+        let ids = [st.token_id.clone().unwrap_or_default(), second_id, third_id];
+        let trail = audit_trail(&e, &t).await;
+        assert_life_trail(&trail, &ids);
+        for (tok, id) in [&first, &second, &third].into_iter().zip(&ids) {
+            let hash = loop_token_operator::token::TokenHash::of(tok);
+            for secret in [tok.as_str(), hash.as_str(), &hash.as_str()[7..], "sha256:"] {
+                assert!(!json!(trail).to_string().contains(secret), "the audit trail of {id} holds a token or a hash");
+            }
+        }
+
         // Promise 1: no token in the operator's or the store's logs, in events or in status.
         let events = e.events();
         assert!(events.contains("Rotated") && events.contains("Revoked") && events.contains("Updated"), "{events}");
@@ -365,6 +378,81 @@ async fn the_life_of_a_token() {
         }
     })
     .await;
+}
+
+/// Every event of the store's audit trail for an ApiToken (all pages of `GET /v1/events`).
+async fn audit_trail(e: &Env, t: &ApiToken) -> Vec<Value> {
+    let uid = t.metadata.uid.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let uri = format!("/v1/events?ownerUid={uid}&limit=3{after}");
+        let (status, page) = e.store.call(Method::GET, &uri, Some(ADMIN), None).await;
+        assert_eq!(status, 200, "{page}");
+        out.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page.get("next") {
+            Some(next) => after = format!("&after={next}"),
+            None => return out,
+        }
+    }
+}
+
+/// The life of `the_life_of_a_token` in the store's words: (token, kind, reason, generation).
+/// `ids` are the first, second and third tokens' ids.
+fn assert_life_trail(trail: &[Value], ids: &[String; 3]) {
+    let line = |e: &Value| {
+        let token = ids
+            .iter()
+            .position(|id| e["tokenId"] == id.as_str())
+            .map_or(0, |i| i + 1);
+        (
+            token,
+            e["kind"].as_str().unwrap_or("").to_owned(),
+            e["reason"].as_str().unwrap_or("").to_owned(),
+            e["generation"].as_i64(),
+        )
+    };
+    let lines: Vec<_> = trail.iter().map(line).collect();
+    let s = |k: &str| k.to_owned();
+    let expected_start = [
+        (1, s("registered"), s("manual"), Some(1)),
+        // The spec edit: name and scopes in place (generation 2).
+        (1, s("updated"), s("manual"), Some(2)),
+        // The rotation through the annotation (which leaves the generation as it is): the new
+        // token, then the previous one's grace period as its expiry.
+        (2, s("registered"), s("rotation"), Some(2)),
+        (1, s("expiry_set"), s("rotation"), Some(2)),
+        // gracePeriod 0 (generation 3), then a rotation: the new token, the previous revoked.
+        (3, s("registered"), s("rotation"), Some(3)),
+        (2, s("revoked"), s("rotation"), Some(3)),
+    ];
+    assert_eq!(lines.len(), 8, "{trail:#?}");
+    assert_eq!(lines[..6], expected_start[..], "{trail:#?}");
+    // Deletion revokes the first and the third token, in either order.
+    let mut last: Vec<_> = lines[6..]
+        .iter()
+        .map(|l| (l.0, l.1.as_str(), l.2.as_str()))
+        .collect();
+    last.sort();
+    assert_eq!(
+        last,
+        [(1, "revoked", "deleted"), (3, "revoked", "deleted")],
+        "{trail:#?}"
+    );
+    assert!(lines[6..].iter().all(|l| l.3 >= Some(3)), "{trail:#?}");
+    let updated = &trail[1];
+    assert_eq!(
+        updated["before"]["scopes"],
+        json!(["customers:read", "subscriptions:read"])
+    );
+    assert_eq!(updated["after"]["scopes"], json!(["orders:write"]));
+    assert_eq!(
+        (
+            updated["before"]["name"].as_str(),
+            updated["after"]["name"].as_str()
+        ),
+        (Some("Klaviyo sync"), Some("Klaviyo v2"))
+    );
 }
 
 /// An operator that does not trust the store's certificate says so in the ApiToken's status,

@@ -527,7 +527,13 @@ async fn the_committed_openapi_document_is_current() {
     let s = store().await;
     let (status, served) = s.call("GET", "/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    for path in ["/v1/tokens/{id}", "/v1/tokens", "/v1/introspect"] {
+    for path in [
+        "/v1/tokens/{id}",
+        "/v1/tokens",
+        "/v1/tokens/{id}/events",
+        "/v1/events",
+        "/v1/introspect",
+    ] {
         assert!(
             served["paths"][path].is_object(),
             "{path} missing from the OpenAPI document"
@@ -540,5 +546,233 @@ async fn the_committed_openapi_document_is_current() {
     assert!(
         committed == served,
         "docs/openapi.json is stale; regenerate it with: cargo run --bin loop-store -- openapi > docs/openapi.json"
+    );
+}
+
+// ----- The audit trail -----
+
+/// (kind, reason, generation) of each event of a page.
+fn kinds(page: &Value) -> Vec<(String, String, Value)> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap().to_owned(),
+                e.get("generation").cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_change_is_in_the_audit_trail_with_its_reason_and_generation() {
+    let s = store().await;
+    let t = Token::mint().unwrap();
+    let mut body = registration(&t, &["orders:read"]);
+    body["reason"] = json!("scheduled");
+    body["generation"] = json!(1);
+    let (status, v) = s
+        .call("PUT", "/v1/tokens/life", Some(ADMIN), Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    // The same PUT again records nothing.
+    s.call("PUT", "/v1/tokens/life", Some(ADMIN), Some(body))
+        .await;
+    let patch = json!({"scopes": ["orders:write"], "generation": 2});
+    let (status, v) = s
+        .call("PATCH", "/v1/tokens/life", Some(ADMIN), Some(patch))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let expiry = json!({"expiresAt": "2030-01-01T00:00:00Z", "reason": "rotation"});
+    s.call("PATCH", "/v1/tokens/life", Some(ADMIN), Some(expiry))
+        .await;
+    for _ in 0..2 {
+        let (status, v) = s
+            .call(
+                "DELETE",
+                "/v1/tokens/life?reason=deleted&generation=3",
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    let (status, by_token) = s
+        .call("GET", "/v1/tokens/life/events", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{by_token}");
+    let expected = vec![
+        ("registered".into(), "scheduled".into(), json!(1)),
+        ("updated".into(), "manual".into(), json!(2)),
+        ("expiry_set".into(), "rotation".into(), Value::Null),
+        ("revoked".into(), "deleted".into(), json!(3)),
+    ];
+    assert_eq!(kinds(&by_token), expected);
+    let items = &by_token["items"];
+    assert_eq!(items[1]["before"]["scopes"], json!(["orders:read"]));
+    assert_eq!(items[1]["after"]["scopes"], json!(["orders:write"]));
+    assert_eq!(items[2]["after"]["expiresAt"], "2030-01-01T00:00:00Z");
+    assert_eq!(items[0]["owner"]["uid"], "uid-1");
+    assert!(items[0].get("before").is_none() && items[3].get("after").is_none());
+    let (_, by_owner) = s
+        .call("GET", "/v1/events?ownerUid=uid-1", Some(ADMIN), None)
+        .await;
+    assert_eq!(by_owner, by_token);
+    let text = by_owner.to_string();
+    for secret in [
+        t.expose(),
+        t.hash().as_str(),
+        &t.hash().as_str()[7..],
+        "sha256:",
+    ] {
+        assert!(!text.contains(secret), "an event holds {secret}");
+    }
+}
+
+#[tokio::test]
+async fn audit_pages_are_bounded_and_follow_their_cursor() {
+    let s = store().await;
+    for id in ["p1", "p2", "p3"] {
+        s.register(id, &Token::mint().unwrap(), &["orders:read"])
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut uri = "/v1/events?ownerUid=uid-1&limit=2".to_owned();
+    loop {
+        let (status, page) = s.call("GET", &uri, Some(ADMIN), None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page["items"].as_array().unwrap().len() <= 2);
+        for e in page["items"].as_array().unwrap() {
+            seen.push(e["tokenId"].as_str().unwrap().to_owned());
+        }
+        match page.get("next") {
+            Some(next) => uri = format!("/v1/events?ownerUid=uid-1&limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["p1", "p2", "p3"], "oldest first, each event once");
+    for bad in [
+        "/v1/events?ownerUid=uid-1&limit=0",
+        "/v1/events?ownerUid=uid-1&limit=1001",
+        "/v1/events",
+        "/v1/events?ownerUid=uid-1&after=x",
+        "/v1/events?ownerUid=uid-1&owner=x",
+        "/v1/tokens/p1/events?limit=1001",
+    ] {
+        let (status, v) = s.call("GET", bad, Some(ADMIN), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["error"], "bad_request");
+    }
+    let (_, v) = s.call("GET", "/v1/events", Some(ADMIN), None).await;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `ownerUid`"),
+        "{v}"
+    );
+    let (status, v) = s
+        .call(
+            "GET",
+            "/v1/events?ownerUid=uid-1&limit=1000",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, v["items"].as_array().unwrap().len()),
+        (StatusCode::OK, 3)
+    );
+    let (status, _) = s
+        .call("GET", "/v1/tokens/nobody/events", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A known token past its last event: an empty page, not a 404.
+    let (status, v) = s
+        .call("GET", "/v1/tokens/p1/events?after=1000", Some(ADMIN), None)
+        .await;
+    assert_eq!((status, v), (StatusCode::OK, json!({"items": []})));
+}
+
+#[tokio::test]
+async fn the_audit_trail_is_for_the_management_credential_only() {
+    let s = store().await;
+    s.register("a", &Token::mint().unwrap(), &["orders:read"])
+        .await;
+    for uri in ["/v1/events?ownerUid=uid-1", "/v1/tokens/a/events"] {
+        assert_eq!(
+            s.call("GET", uri, None, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, v) = s.call("GET", uri, Some(INTROSPECT), None).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        );
+        assert_eq!(
+            s.call("GET", uri, Some(ADMIN), None).await.0,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_reason_or_a_negative_generation_is_refused_and_changes_nothing() {
+    let s = store().await;
+    let t = Token::mint().unwrap();
+    let mut body = registration(&t, &["orders:read"]);
+    body["reason"] = json!("loop_secret_reason");
+    let (status, v) = s
+        .call("PUT", "/v1/tokens/r", Some(ADMIN), Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message
+            .starts_with("invalid request body: reason: unknown value, expected one of `rotation`"),
+        "{message}"
+    );
+    assert!(!message.contains("loop_secret"), "{message}");
+    body["reason"] = json!("manual");
+    body["generation"] = json!(-1);
+    let (status, v) = s.call("PUT", "/v1/tokens/r", Some(ADMIN), Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        s.call("GET", "/v1/tokens/r", Some(ADMIN), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    s.register("r", &t, &["orders:read"]).await;
+    let (status, _) = s
+        .call(
+            "PATCH",
+            "/v1/tokens/r",
+            Some(ADMIN),
+            Some(json!({"name": "x", "reason": "whim"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for uri in [
+        "/v1/tokens/r?reason=whim",
+        "/v1/tokens/r?generation=-2",
+        "/v1/tokens/r?why=x",
+    ] {
+        let (status, v) = s.call("DELETE", uri, Some(ADMIN), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {v}");
+    }
+    let (_, v) = s.call("GET", "/v1/tokens/r", Some(ADMIN), None).await;
+    assert_eq!(
+        (v["name"].as_str(), v["active"].as_bool()),
+        (Some("Klaviyo sync"), Some(true))
+    );
+    let (_, events) = s
+        .call("GET", "/v1/tokens/r/events", Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        kinds(&events),
+        vec![("registered".into(), "manual".into(), Value::Null)]
     );
 }

@@ -34,6 +34,8 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "active",
     "after",
     "limit",
+    "reason",
+    "generation",
 ];
 
 /// Longest "expected ..." phrase a type error may carry (it comes from our types, not the
@@ -74,10 +76,26 @@ fn expected(message: &str) -> Option<&str> {
     plain.then_some(tail)
 }
 
+/// The values an enum of ours takes, from serde's "unknown variant" message: what follows its
+/// last ", expected " (which comes after the submitted value, and from our types).
+fn one_of(message: &str) -> Option<&str> {
+    let (_, tail) = message.rsplit_once(", expected ")?;
+    let plain = tail.len() <= 4 * MAX_EXPECTED
+        && tail
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '`' | ','));
+    plain.then_some(tail)
+}
+
 /// A fixed description of a data error: never a submitted value or an unknown key.
 fn describe(path: &serde_path_to_error::Path, message: &str) -> String {
     let what = if message.starts_with("unknown field") {
         "unknown field".to_owned()
+    } else if message.starts_with("unknown variant") {
+        match one_of(message) {
+            Some(values) => format!("unknown value, expected {values}"),
+            None => "unknown value".to_owned(),
+        }
     } else if let Some(kind) = ["missing field", "duplicate field"]
         .into_iter()
         .find(|k| message.starts_with(k))
@@ -263,6 +281,15 @@ mod tests {
         name: String,
         limit: Option<u32>,
         scopes: Option<Vec<String>>,
+        kind: Option<Kind>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    #[allow(dead_code)]
+    enum Kind {
+        A,
+        B,
     }
 
     fn json_message(body: &str) -> String {
@@ -288,6 +315,11 @@ mod tests {
         assert!(m.ends_with("missing field `name`"), "{m}");
         let m = json_message(r#"{"name": "loop_secret""#);
         assert!(!m.contains("loop_secret"), "{m}");
+        let m = json_message(r#"{"name": "x", "kind": "loop_secret`, expected one of `x"}"#);
+        assert_eq!(
+            m,
+            "invalid request body: unknown value, expected `a` or `b`"
+        );
         let m = json_message(r#"{"name": "x"} trailing"#);
         assert!(m.contains("data after"), "{m}");
         let q: Result<Probe, _> = parse_urlencoded(b"name=n&limit=loop_secret", "invalid query");

@@ -8,6 +8,7 @@
 //! - `auth`: the two credentials and the middlewares that check them;
 //! - `tokens`: the management handlers (`/v1/tokens`), which write only through the
 //!   [`Writer`];
+//! - `events`: the audit trail (`/v1/tokens/{id}/events`, `/v1/events`);
 //! - `introspect`: `POST /v1/introspect`;
 //! - `health`: `/healthz`, `/readyz`, `/metrics`;
 //! - `openapi`: [`ApiDoc`], the OpenAPI document.
@@ -33,6 +34,7 @@ use crate::clock::Clock;
 
 mod auth;
 mod error;
+mod events;
 mod extract;
 mod health;
 mod introspect;
@@ -123,6 +125,11 @@ pub fn app(state: AppState) -> Router {
                 .get(tokens::get_token)
                 .route_layer(admin()),
         )
+        .route(
+            "/v1/tokens/{id}/events",
+            get(events::token_events).route_layer(admin()),
+        )
+        .route("/v1/events", get(events::owner_events).route_layer(admin()))
         .route("/v1/introspect", introspection)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

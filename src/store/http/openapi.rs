@@ -7,10 +7,10 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::ApiError;
-use super::{introspect, tokens};
+use super::{events, introspect, tokens};
 use crate::api::{
-    ErrorBody, IntrospectRequest, IntrospectResponse, Owner, PatchRequest, RegisterRequest,
-    TokenList, TokenView,
+    ChangeReason, ErrorBody, EventKind, EventList, EventState, IntrospectRequest,
+    IntrospectResponse, Owner, PatchRequest, RegisterRequest, TokenEventView, TokenList, TokenView,
 };
 
 /// Adds the two credentials to the document (the introspection one also as HTTP Basic).
@@ -54,8 +54,8 @@ impl utoipa::Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "loop-store", description = "The Loop token store: token registrations and RFC 7662 introspection."),
-    paths(tokens::register, tokens::update, tokens::revoke, tokens::get_token, tokens::list_tokens, introspect::introspect),
-    components(schemas(RegisterRequest, PatchRequest, TokenView, TokenList, Owner, IntrospectRequest, IntrospectResponse, ErrorBody)),
+    paths(tokens::register, tokens::update, tokens::revoke, tokens::get_token, tokens::list_tokens, events::token_events, events::owner_events, introspect::introspect),
+    components(schemas(RegisterRequest, PatchRequest, TokenView, TokenList, Owner, ChangeReason, EventKind, EventState, TokenEventView, EventList, IntrospectRequest, IntrospectResponse, ErrorBody)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;

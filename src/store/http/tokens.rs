@@ -12,10 +12,10 @@ use super::Shared;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, IdPath};
 use crate::api::{
-    DEFAULT_PAGE, ErrorBody, ListQuery, MAX_PAGE, PatchRequest, RegisterRequest, TokenList,
-    TokenView,
+    DEFAULT_PAGE, ErrorBody, ListQuery, MAX_PAGE, PatchRequest, RegisterRequest, RevokeQuery,
+    TokenList, TokenView,
 };
-use crate::store::model::{ListFilter, NewToken, TokenPatch};
+use crate::store::model::{Change, ListFilter, NewToken, TokenPatch};
 use crate::store::repo::{Conflict, Registered, Updated};
 
 #[utoipa::path(put, path = "/v1/tokens/{id}", tag = "tokens",
@@ -23,7 +23,7 @@ use crate::store::repo::{Conflict, Registered, Updated};
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Registered", body = TokenView),
-        (status = 200, description = "Already registered with this hash; name, scopes and expiry now match", body = TokenView),
+        (status = 200, description = "Already registered with this hash; name, scopes and expiry now match (an event `reregistered` when they changed, none otherwise)", body = TokenView),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 409, description = "Id or hash registered differently, or revoked", body = ErrorBody),
         (status = 422, description = "A scope the catalogue does not allow", body = ErrorBody),
@@ -34,12 +34,13 @@ pub(super) async fn register(
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
+    let change = Change::from_request(body.reason, body.generation)?;
     let new = NewToken::from_request(id, body)?;
     s.catalogue
         .check(&new.scopes)
         .map_err(ApiError::UnknownScope)?;
     let now = (s.clock)();
-    match s.writer.register(new, now).await? {
+    match s.writer.register(new, change, now).await? {
         Registered::Created(r) => {
             tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), owner_namespace = %r.owner.namespace, owner_name = %r.owner.name, "token registered");
             Ok((StatusCode::CREATED, Json(r.view(now))).into_response())
@@ -53,7 +54,7 @@ pub(super) async fn register(
     params(("id" = String, Path)),
     request_body = PatchRequest,
     responses(
-        (status = 200, description = "Updated; the token is unchanged", body = TokenView),
+        (status = 200, description = "Updated (an event `updated`, or `expiry_set` when only the expiry changed, none when nothing did); the token is unchanged", body = TokenView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "Revoked", body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody)),
@@ -63,6 +64,7 @@ pub(super) async fn update(
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<PatchRequest>,
 ) -> Result<Json<TokenView>, ApiError> {
+    let change = Change::from_request(body.reason, body.generation)?;
     let patch = TokenPatch::from_request(body)?;
     if let Some(scopes) = &patch.scopes {
         s.catalogue.check(scopes).map_err(ApiError::UnknownScope)?;
@@ -76,7 +78,7 @@ pub(super) async fn update(
         }
         return Ok(Json(r.view(now)));
     }
-    match s.writer.update(id, patch, now).await? {
+    match s.writer.update(id, patch, change, now).await? {
         Updated::Updated(r) => {
             tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), "token updated");
             Ok(Json(r.view(now)))
@@ -87,17 +89,23 @@ pub(super) async fn update(
 }
 
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
-    params(("id" = String, Path)),
+    params(("id" = String, Path), RevokeQuery),
     responses(
-        (status = 200, description = "Revoked (or already revoked); the record stays for audit", body = TokenView),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 200, description = "Revoked (an event `revoked`), or already revoked (no event); the record stays for audit", body = TokenView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("admin" = [])))]
 pub(super) async fn revoke(
     State(s): State<Shared>,
     IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<RevokeQuery>,
 ) -> Result<Json<TokenView>, ApiError> {
+    let change = Change::from_request(q.reason, q.generation)?;
     let now = (s.clock)();
-    let r = s.writer.revoke(id, now).await?.ok_or(ApiError::NotFound)?;
+    let r = s
+        .writer
+        .revoke(id, change, now)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     tracing::info!(id = r.id.as_str(), fingerprint = %r.hash.fingerprint(), "token revoked");
     Ok(Json(r.view(now)))
 }
