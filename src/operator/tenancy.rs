@@ -492,4 +492,17 @@ mod tests {
             assert!(parse_configmap(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn policies_see_the_expiry_an_apitoken_asks_for() {
+        use crate::operator::crd::fixtures::api_token;
+        let none = api_token(serde_json::json!({"scopes": ["orders:read"]}));
+        assert_eq!(requested_expiry(&none), None);
+        let asks =
+            api_token(serde_json::json!({"scopes": ["orders:read"], "expiry": {"after": "2160h"}}));
+        assert_eq!(
+            requested_expiry(&asks),
+            Some(("2160h", SignedDuration::from_hours(2160)))
+        );
+    }
 }
