@@ -1,12 +1,14 @@
 //! Tests against the shared local Kubernetes control plane (`scripts/dev-cluster up`, started
-//! on first use): the CRD's validation, the control plane itself, the operator end to end, and
-//! the Helm chart. One test binary (one link of kube, sqlx and axum); each test works in its own
-//! namespace, so they run in parallel.
+//! on first use): the CRD's validation, the control plane itself, the operator end to end, the
+//! Helm chart, Flux from Git and Argo CD's Lua. One test binary (one link
+//! of kube, sqlx and axum); each test works in its own namespace, so they run in parallel.
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod argocd_lua;
 mod crd;
+mod flux;
 mod foundation;
 mod helm_chart;
 mod operator_e2e;

@@ -10,6 +10,9 @@
 //! A missing service is a failure, never a skip: these tests are the proof.
 #![allow(dead_code)]
 
+pub mod docs;
+pub mod flux;
+pub mod git;
 pub mod operator;
 pub mod store;
 pub mod tls;
