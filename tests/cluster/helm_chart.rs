@@ -56,7 +56,7 @@ fn helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run helm: {e}"))
 }
 
-fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
+pub(crate) fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
     let out = helm(cp, args);
     assert!(
         out.status.success(),
@@ -117,7 +117,7 @@ fn render_refused(cp: &ControlPlane, extra: &[&str], needles: &[&str]) {
 }
 
 /// The objects of a multi-document render.
-fn objects(rendered: &str) -> Vec<Value> {
+pub(crate) fn objects(rendered: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(rendered)
         .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("bad YAML rendered: {e}")))
         .filter(|v| !v.is_null())

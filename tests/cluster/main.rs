@@ -1,6 +1,6 @@
 //! Tests against the shared local Kubernetes control plane (`scripts/dev-cluster up`, started
 //! on first use): the CRD's validation, the control plane itself, the operator end to end, the
-//! Helm chart, Flux from Git and Argo CD's Lua. One test binary (one link
+//! Helm chart, Flux from Git, Argo CD's Lua and the container image. One test binary (one link
 //! of kube, sqlx and axum); each test works in its own namespace, so they run in parallel.
 
 #[path = "../support/mod.rs"]
@@ -11,4 +11,5 @@ mod crd;
 mod flux;
 mod foundation;
 mod helm_chart;
+mod image;
 mod operator_e2e;
