@@ -282,6 +282,12 @@ async fn argo_cd_health_check_from_the_doc_on_real_apitokens() {
         let mut op = OperatorProcess::builder(&e.cp, &store, &e.ns).start();
         let obj = e.wait_true("shop", "Ready", "Issued").await;
         assert_eq!(health(&s, &obj), ("Healthy".into(), message(&obj, "Ready")));
+        for c in obj["status"]["conditions"].as_array().unwrap() {
+            assert_eq!(
+                c["observedGeneration"], obj["metadata"]["generation"],
+                "{obj}"
+            );
+        }
         degraded_for_each_stalled_reason(&e, &s).await;
 
         // The operator stopped, the spec edited: Ready is still True, but for an older

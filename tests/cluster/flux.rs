@@ -324,6 +324,11 @@ async fn refused_scope_from_git(e: &Env, tokens: &str) {
     })
     .await;
     assert_eq!(k.0, "HealthCheckFailed", "{}", k.1);
+    assert!(
+        k.1.contains("failed early due to stalled resources"),
+        "Flux stopped waiting at once: {}",
+        k.1
+    );
     let t = e.token("helpdesk-sync").await;
     let stalled = t
         .status
