@@ -1,25 +1,35 @@
 # syntax=docker/dockerfile:1
-# One image, two static binaries: /loop-store and /loop-token-operator (the Helm chart sets the
-# command of each Deployment). Multi-stage: build on Alpine (musl, so the binaries are fully
-# static), run on distroless/static as the non-root user 65532, with nothing else in the image.
+# One image, two static binaries on PATH: /loop-store and /loop-token-operator (the Helm chart
+# runs them by these paths), and the CA certificates, FROM scratch, as the non-root user 65532.
+# Nothing else is in the image: no shell, no libc (the binaries link glibc statically).
 #
+# Two ways to build it from this one file:
 #   docker build -t loop-token-operator:dev .
-#
-# Note: this repository's CI machines have no container engine; the image build is not part of
-# `make test`.
+#       the `build` stage compiles the binaries in the official Rust image;
+#   make image   (scripts/image; podman or buildah, nothing pulled)
+#       compiles them on this machine and hands them in as the `build` stage with
+#       `--build-context build=DIR`, DIR holding out/loop-store, out/loop-token-operator and
+#       out/ca-certificates.crt: the Rust image is never used.
 
-FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
-RUN cargo build --release --locked --bin loop-store --bin loop-token-operator \
- && strip target/release/loop-store target/release/loop-token-operator
+COPY benches benches
+# crt-static: glibc linked into each binary. --target keeps the flag off build scripts and
+# proc macros. glibc >= 2.34 carries its `files` and `dns` resolvers itself, so names resolve
+# without NSS modules in the image.
+RUN triple="$(rustc -vV | sed -n 's/^host: //p')" \
+ && RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
+    cargo build --release --locked --target "$triple" --bin loop-store --bin loop-token-operator \
+ && mkdir -p /out \
+ && cp "target/$triple/release/loop-store" "target/$triple/release/loop-token-operator" /out/ \
+ && cp /etc/ssl/certs/ca-certificates.crt /out/
 
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /src/target/release/loop-store /loop-store
-COPY --from=build /src/target/release/loop-token-operator /loop-token-operator
+FROM scratch
+COPY --from=build /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /out/loop-store /out/loop-token-operator /
+ENV PATH=/
 USER 65532:65532
-ENTRYPOINT []
-CMD ["/loop-token-operator", "--help"]
+CMD ["loop-token-operator", "--help"]

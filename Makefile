@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: test bench bench-quick bench-store bench-operator demo demo-down build cluster-up cluster-down postgres-up postgres-down store
+.PHONY: test image bench bench-quick bench-store bench-operator demo demo-down build cluster-up cluster-down postgres-up postgres-down store
 
 test: ## Run every test (starts and stops the local control plane and PostgreSQL as needed)
 	scripts/test
@@ -21,6 +21,9 @@ bench-store: ## Only the store benchmarks
 
 bench-operator: ## Only the operator benchmarks (against the local control plane)
 	scripts/bench operator
+
+image: ## Build the container image loop-token-operator:dev with podman (static binaries FROM scratch; nothing pulled)
+	scripts/image
 
 build: ## Build the binaries
 	cargo build --release --locked

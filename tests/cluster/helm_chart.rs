@@ -117,7 +117,7 @@ fn render_refused(cp: &ControlPlane, extra: &[&str], needles: &[&str]) {
 }
 
 /// The objects of a multi-document render.
-fn objects(rendered: &str) -> Vec<Value> {
+pub(crate) fn objects(rendered: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(rendered)
         .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("bad YAML rendered: {e}")))
         .filter(|v| !v.is_null())

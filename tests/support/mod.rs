@@ -11,6 +11,9 @@
 #![allow(dead_code)]
 
 pub mod clock;
+pub mod docs;
+pub mod flux;
+pub mod git;
 pub mod operator;
 pub mod store;
 pub mod tls;
