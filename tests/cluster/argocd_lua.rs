@@ -103,20 +103,11 @@ struct Env {
 
 impl Env {
     fn apply(&self, yaml: &str) {
-        let out = self
-            .cp
-            .kubectl_stdin(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml));
-        assert!(
-            out.status.success(),
-            "kubectl apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.cp.apply_ok_in(&self.ns, yaml);
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let mut all = args.to_vec();
-        all.extend(["-n", &self.ns]);
-        self.cp.kubectl_ok(&all)
+        self.cp.kubectl_in(&self.ns, args)
     }
 
     /// The live object, as Argo CD's cache holds it.

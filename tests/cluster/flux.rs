@@ -51,14 +51,7 @@ fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
 
 impl Env {
     fn apply(&self, yaml: &str) {
-        let out = self
-            .cp
-            .kubectl_stdin(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml));
-        assert!(
-            out.status.success(),
-            "kubectl apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.cp.apply_ok_in(&self.ns, yaml);
     }
 
     async fn kustomization(&self, name: &str) -> Value {

@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::runtime::wait::await_condition;
 use loop_token_operator::operator::crd::ApiToken;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::operator::OperatorProcess;
 use support::store::{ADMIN, StoreProcess, sqlite_args};
 use support::tls::{make_ca, make_leaf, path_str};
-use support::{ControlPlane, eventually, with_namespace, within};
+use support::{ControlPlane, eventually, with_namespace};
 
 pub(crate) struct Env {
     pub(crate) cp: ControlPlane,
@@ -98,20 +97,11 @@ pub(crate) fn start_store_with(
 
 impl Env {
     pub(crate) fn apply(&self, yaml: &str) {
-        let out = self
-            .cp
-            .kubectl_stdin(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml));
-        assert!(
-            out.status.success(),
-            "kubectl apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.cp.apply_ok_in(&self.ns, yaml);
     }
 
     pub(crate) fn kubectl(&self, args: &[&str]) -> String {
-        let mut all = args.to_vec();
-        all.extend(["-n", &self.ns]);
-        self.cp.kubectl_ok(&all)
+        self.cp.kubectl_in(&self.ns, args)
     }
 
     pub(crate) fn wait_ready(&self, name: &str) {
@@ -141,16 +131,7 @@ impl Env {
         what: &str,
         pred: impl Fn(&ApiToken) -> bool + Send + 'static,
     ) -> ApiToken {
-        within(
-            90,
-            what,
-            await_condition(self.tokens(), name, move |t: Option<&ApiToken>| {
-                t.is_some_and(&pred)
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("apitoken/{name} vanished"))
+        self.cp.wait_for_apitoken(&self.ns, name, what, pred).await
     }
 
     /// Wait until the ApiToken is Stalled with `why`; returns it and the condition's message.

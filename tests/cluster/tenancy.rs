@@ -12,14 +12,13 @@ use crate::support;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::runtime::wait::await_condition;
 use loop_token_operator::operator::crd::ApiToken;
 use loop_token_operator::operator::policy::{Limit, Violation};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::operator::OperatorProcess;
 use support::store::{ADMIN, INTROSPECT, StoreProcess, sqlite_args};
-use support::{ControlPlane, eventually, with_namespace, within};
+use support::{ControlPlane, eventually, with_namespace};
 
 /// The label each test's policies select its namespace by.
 const TENANT: &str = "loop.dev/test-tenant";
@@ -53,24 +52,15 @@ async fn tenant(cp: ControlPlane, ns: String) -> Tenant {
 
 impl Tenant {
     fn apply(&self, yaml: &str) -> (bool, String) {
-        let out = self
-            .cp
-            .kubectl_stdin(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.cp.apply_in(&self.ns, yaml)
     }
 
     fn apply_ok(&self, yaml: &str) {
-        let (ok, err) = self.apply(yaml);
-        assert!(ok, "kubectl apply failed: {err}");
+        self.cp.apply_ok_in(&self.ns, yaml);
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let mut all = args.to_vec();
-        all.extend(["-n", &self.ns]);
-        self.cp.kubectl_ok(&all)
+        self.cp.kubectl_in(&self.ns, args)
     }
 
     /// An ApiTokenPolicy selecting this test's namespace (`spec` without the selector).
@@ -100,16 +90,7 @@ impl Tenant {
         what: &str,
         pred: impl Fn(&ApiToken) -> bool + Send + 'static,
     ) -> ApiToken {
-        within(
-            90,
-            what,
-            await_condition(self.tokens(), name, move |t: Option<&ApiToken>| {
-                t.is_some_and(&pred)
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("apitoken/{name} vanished"))
+        self.cp.wait_for_apitoken(&self.ns, name, what, pred).await
     }
 
     async fn wait_ready(&self, name: &str) -> ApiToken {

@@ -103,6 +103,51 @@ pub async fn control_plane() -> ControlPlane {
 }
 
 impl ControlPlane {
+    /// `kubectl apply -n ns -f -` of `yaml`: whether it was accepted, and kubectl's stderr.
+    pub fn apply_in(&self, ns: &str, yaml: &str) -> (bool, String) {
+        let out = self.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], Some(yaml));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`Self::apply_in`], which must be accepted.
+    pub fn apply_ok_in(&self, ns: &str, yaml: &str) {
+        let (ok, err) = self.apply_in(ns, yaml);
+        assert!(ok, "kubectl apply failed: {err}");
+    }
+
+    /// kubectl in namespace `ns`, which must succeed; returns its stdout.
+    pub fn kubectl_in(&self, ns: &str, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend(["-n", ns]);
+        self.kubectl_ok(&all)
+    }
+
+    /// Wait (90 s at most) until the ApiToken `ns/name` satisfies `pred`.
+    pub async fn wait_for_apitoken(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&loop_token_operator::operator::crd::ApiToken) -> bool + Send + 'static,
+    ) -> loop_token_operator::operator::crd::ApiToken {
+        use kube::runtime::wait::await_condition;
+        use loop_token_operator::operator::crd::ApiToken;
+        let tokens: Api<ApiToken> = Api::namespaced(self.client.clone(), ns);
+        within(
+            90,
+            what,
+            await_condition(tokens, name, move |t: Option<&ApiToken>| {
+                t.is_some_and(&pred)
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("apitoken/{name} vanished"))
+    }
+
     /// Run kubectl against the control plane.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         self.kubectl_stdin(args, None)
