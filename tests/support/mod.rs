@@ -31,7 +31,16 @@ use tokio::sync::OnceCell;
 /// needs for its TLS support).
 pub fn http_client() -> reqwest::Client {
     loop_token_operator::serve::install_crypto_provider();
-    reqwest::Client::new()
+    client_builder()
+        .build()
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"))
+}
+
+/// How the tests' HTTP clients are built: an idle pooled connection is dropped after 5 s, well
+/// before loop-store closes it (`--header-read-timeout`, 10 s), so a request never goes out on
+/// a connection the server is closing at that moment.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5))
 }
 
 pub fn repo_root() -> PathBuf {

@@ -59,7 +59,7 @@ impl StoreProcess {
         s.url = s.url.replace("http://127.0.0.1", "https://localhost");
         let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
         let cert = reqwest::Certificate::from_pem(&pem).unwrap_or_else(|e| panic!("CA: {e}"));
-        s.http = reqwest::Client::builder()
+        s.http = super::client_builder()
             .tls_certs_only([cert])
             .build()
             .unwrap_or_else(|e| panic!("TLS client: {e}"));
@@ -90,7 +90,7 @@ impl StoreProcess {
         let resp = req
             .send()
             .await
-            .unwrap_or_else(|e| panic!("request to loop-store failed: {e}"));
+            .unwrap_or_else(|e| panic!("request to loop-store failed: {e:?}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (
