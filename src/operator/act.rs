@@ -17,7 +17,7 @@ use super::error::Error;
 use super::events;
 use super::kube_io::Target;
 use super::names::secret_annotations;
-use super::plan::{Action, Desired, IssueReason, Retired, RevokeReason};
+use super::plan::{Action, Desired, IssueReason, RegObs, Retired, RevokeReason};
 use super::reconcile::Context;
 use super::secret::{self, Record};
 use super::store_client::Audit;
@@ -30,6 +30,8 @@ pub struct Scene<'s> {
     pub d: &'s Desired,
     pub secret: Option<&'s Secret>,
     pub held: Option<&'s Token>,
+    /// The registrations observed in this pass (to name a token by fingerprint).
+    pub registrations: &'s [RegObs],
 }
 
 /// Carry out one action. Returns the Secret as the API server returned it, when it was written.
@@ -80,9 +82,10 @@ pub async fn execute(
             Ok(None)
         }
         Action::Revoke { id, reason } => {
-            revoke(tg, ctx, id, *reason).await?;
+            revoke(tg, ctx, scene, id, *reason).await?;
             Ok(None)
         }
+        Action::MarkUnused { id } => mark_unused(tg, scene, id).await,
     }
 }
 
@@ -144,6 +147,15 @@ async fn issue(
         }
     };
     crash::point(ctx.crash_at.as_deref(), "after-secret");
+    let marked = scene.secret.is_some_and(|s| {
+        s.annotations()
+            .contains_key(secret_annotations::REVOKED_UNUSED)
+    });
+    let written = if marked {
+        tg.clear_unused_mark(&d.secret_name).await?
+    } else {
+        written
+    };
     let fp = token.fingerprint();
     ctx.metrics.action(if previous.is_some() {
         "rotate"
@@ -220,6 +232,7 @@ async fn rewrite_secret(
 async fn revoke(
     tg: &Target<'_>,
     ctx: &Context,
+    scene: &Scene<'_>,
     id: &str,
     reason: RevokeReason,
 ) -> Result<(), Error> {
@@ -227,8 +240,42 @@ async fn revoke(
         .revoke(id, audit(tg, revoke_reason(reason)))
         .await?;
     ctx.metrics.action("revoke");
-    tg.publish(&ctx.events, events::revoked(id, reason)).await;
+    let fingerprint = scene
+        .registrations
+        .iter()
+        .find(|r| r.id == id)
+        .map_or(id, |r| r.fingerprint.as_str());
+    let d = scene.d;
+    let note = match reason {
+        RevokeReason::Unused { since } => {
+            events::revoked_unused(fingerprint, since, d.unused.map(|u| u.after))
+        }
+        RevokeReason::Idle { since } => events::retired(fingerprint, since, d.retire_when_idle),
+        _ => events::revoked(id, reason),
+    };
+    tg.publish(&ctx.events, note).await;
     Ok(())
+}
+
+/// Record in the Secret that its token is revoked as unused, and take the token out of it.
+async fn mark_unused(
+    tg: &Target<'_>,
+    scene: &Scene<'_>,
+    id: &str,
+) -> Result<Option<Secret>, Error> {
+    let Some(existing) = scene.secret else {
+        return Ok(None);
+    };
+    let a = existing.annotations();
+    if a.get(secret_annotations::TOKEN_ID).map(String::as_str) != Some(id) {
+        return Ok(None);
+    }
+    let key = a
+        .get(secret_annotations::TOKEN_KEY)
+        .map_or(scene.d.secret_key.as_str(), String::as_str);
+    let written = tg.mark_unused(existing, key, id).await?;
+    tracing::info!(apitoken = %tg.name, namespace = %tg.ns, token_id = %id, "token removed from its Secret: unused (spec.unused.action Revoke)");
+    Ok(Some(written))
 }
 
 /// What the store's audit trail records for a call about `tg`.
@@ -258,6 +305,8 @@ pub fn revoke_reason(r: RevokeReason) -> ChangeReason {
         RevokeReason::GraceOver => ChangeReason::Rotation,
         RevokeReason::Orphan => ChangeReason::Orphan,
         RevokeReason::Deleted => ChangeReason::Deleted,
+        RevokeReason::Unused { .. } => ChangeReason::Unused,
+        RevokeReason::Idle { .. } => ChangeReason::Idle,
     }
 }
 
@@ -291,6 +340,18 @@ mod tests {
             (RevokeReason::GraceOver, ChangeReason::Rotation),
             (RevokeReason::Orphan, ChangeReason::Orphan),
             (RevokeReason::Deleted, ChangeReason::Deleted),
+            (
+                RevokeReason::Unused {
+                    since: Timestamp::UNIX_EPOCH,
+                },
+                ChangeReason::Unused,
+            ),
+            (
+                RevokeReason::Idle {
+                    since: Timestamp::UNIX_EPOCH,
+                },
+                ChangeReason::Idle,
+            ),
         ];
         for (revoke, reason) in revokes {
             assert_eq!(revoke_reason(revoke), reason, "{revoke:?}");

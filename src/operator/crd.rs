@@ -109,6 +109,14 @@ pub struct ApiTokenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry: Option<ExpiryPolicy>,
 
+    /// What happens to a token that nobody uses: after `after` without a call (counted from
+    /// its last use, or from its issue if it was never used), `Warn` sets the condition
+    /// `Unused=True` and sends one Warning Event; `Revoke` revokes it, removes it from the
+    /// Secret and stops (`Ready=False`, reason `RevokedUnused`) until a new `loop.dev/rotate`
+    /// value issues a new token. Without it, usage only shows in the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused: Option<UnusedPolicy>,
+
     /// What deleting this ApiToken does to its token. `Revoke` (the default): every token it
     /// registered is revoked, and the Secret goes with it. `Orphan`: its current token stays
     /// registered and its Secret stays (without the owner reference), and a later ApiToken of
@@ -174,6 +182,7 @@ fn default_key() -> String {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(EVERY_EXCEEDS_GRACE).message("rotation.every must be longer than rotation.gracePeriod"))]
+#[x_kube(validation = Rule::new(IDLE_UNDER_GRACE).message("rotation.retireWhenIdle must be shorter than rotation.gracePeriod, which stays the limit"))]
 pub struct RotationPolicy {
     /// How long the previous token keeps working after a rotation, as a duration such as
     /// `1h`, `30m` or `90s`, at most `168h`. `0s` revokes the previous token at once (the
@@ -192,16 +201,59 @@ pub struct RotationPolicy {
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("rotation.every must be at least 1h"))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('8760h')").message("rotation.every must be at most 8760h (one year)"))]
     pub every: Option<String>,
+
+    /// End the previous token's grace period early: after a rotation, the previous token is
+    /// revoked once it has gone this long without a call (counted from the later of its last
+    /// use and the rotation) and the new token has been used at least once, for example `15m`.
+    /// Shorter than `gracePeriod`, which stays the limit. Without it, the previous token works
+    /// for its whole grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("rotation.retireWhenIdle must be at least 1m"))]
+    pub retire_when_idle: Option<String>,
+}
+
+/// What to do with a token that nobody uses.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnusedPolicy {
+    /// How long without a call makes a token unused, as a duration such as `720h`, from `24h`
+    /// to `8760h` (one year). Usage is what the Loop token store records on each introspection.
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('24h')").message("unused.after must be at least 24h"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('8760h')").message("unused.after must be at most 8760h (one year)"))]
+    pub after: String,
+
+    /// `Warn` (the default): condition `Unused=True` and one Warning Event. `Revoke`: revoke the
+    /// token and remove it from the Secret; a new `loop.dev/rotate` value issues a new one.
+    #[serde(default)]
+    pub action: UnusedAction,
+}
+
+/// What to do with an unused token.
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum UnusedAction {
+    /// Say so: condition `Unused=True` and one Warning Event.
+    #[default]
+    Warn,
+    /// Revoke it and empty its Secret key.
+    Revoke,
 }
 
 /// `every` must be longer than the grace period, or tokens would pile up in grace.
 const EVERY_EXCEEDS_GRACE: &str = "!has(self.every) || duration(self.every) > duration(has(self.gracePeriod) ? self.gracePeriod : '1h')";
+
+/// `retireWhenIdle` ends a grace period early, so it must be shorter than it.
+const IDLE_UNDER_GRACE: &str = "!has(self.retireWhenIdle) || duration(self.retireWhenIdle) < duration(has(self.gracePeriod) ? self.gracePeriod : '1h')";
 
 impl Default for RotationPolicy {
     fn default() -> Self {
         RotationPolicy {
             grace_period: default_grace(),
             every: None,
+            retire_when_idle: None,
         }
     }
 }
@@ -298,6 +350,14 @@ pub struct PreviousToken {
     pub fingerprint: String,
     /// When it stops working (RFC 3339).
     pub expires_at: String,
+    /// When it was last used, as the store last reported it (RFC 3339). A use after the
+    /// rotation means an app still reads the old token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+    /// It was still being used half-way through its grace period (a Warning
+    /// `PreviousTokenStillInUse` said so): some app missed the rotation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub still_in_use: bool,
 }
 
 /// A status condition (the shape of `metav1.Condition`).

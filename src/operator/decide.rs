@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use super::crd::ApiTokenStatus;
 use super::error::Error;
 use super::names::{condition, reason};
-use super::plan::{self, Desired, Plan, RegObs};
+use super::plan::{self, Desired, Grace, Plan, RegObs};
 use super::status::{self, Readiness, readiness};
 use super::store_client::StoreError;
 
@@ -44,6 +44,39 @@ pub fn announce_overdue(
         .iter()
         .any(|c| c.type_ == condition::READY && c.reason == reason::ROTATION_OVERDUE);
     if said { None } else { status::overdue(s, now) }
+}
+
+/// Whether the current token's being unused deserves an Event: the last status did not say
+/// `Unused=True` yet. Once per episode, like a stall.
+pub fn announce_unused(previous: Option<&ApiTokenStatus>) -> bool {
+    !previous.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::UNUSED && c.status == "True")
+    })
+}
+
+/// The previous tokens the plan finds still in use half-way through their grace periods that
+/// the last status did not mark yet: one Event each.
+pub fn announce_still_in_use<'p>(previous: Option<&ApiTokenStatus>, p: &'p Plan) -> Vec<&'p Grace> {
+    p.in_grace
+        .iter()
+        .filter(|g| {
+            g.in_use_half_way
+                && !previous.is_some_and(|s| {
+                    s.previous_tokens
+                        .iter()
+                        .any(|o| o.token_id == g.id && o.still_in_use)
+                })
+        })
+        .collect()
+}
+
+/// Whether a status says its token was revoked as unused (a hint when the Secret is lost).
+pub fn says_revoked_unused(s: &ApiTokenStatus) -> bool {
+    s.conditions
+        .iter()
+        .any(|c| c.type_ == condition::READY && c.reason == reason::REVOKED_UNUSED)
 }
 
 /// How a newly computed status is written.
@@ -126,6 +159,7 @@ mod tests {
             blocked,
             current: None,
             in_grace: vec![],
+            unused: None,
             handled_rotation: None,
             issued_at: None,
             expires_at: None,
@@ -282,5 +316,45 @@ mod tests {
             next_reconcile(now, Some(past), five_min),
             Duration::from_millis(100)
         );
+    }
+
+    #[test]
+    fn usage_findings_are_announced_once() {
+        use crate::operator::crd::PreviousToken;
+        use crate::operator::plan::Grace;
+        let mut p = plan_with(vec![], None);
+        let g = Grace {
+            id: "u.0".into(),
+            fingerprint: "f0".into(),
+            until: Timestamp::from_second(1_800_003_600).unwrap(),
+            last_used_at: None,
+            in_use_half_way: true,
+        };
+        p.in_grace = vec![g.clone()];
+        assert_eq!(announce_still_in_use(None, &p), vec![&g]);
+        let said = ApiTokenStatus {
+            previous_tokens: vec![PreviousToken {
+                token_id: "u.0".into(),
+                fingerprint: "f0".into(),
+                expires_at: "x".into(),
+                last_used_at: None,
+                still_in_use: true,
+            }],
+            ..ApiTokenStatus::default()
+        };
+        assert!(announce_still_in_use(Some(&said), &p).is_empty());
+        assert!(announce_unused(None));
+        let unused = ApiTokenStatus {
+            conditions: vec![Condition {
+                type_: condition::UNUSED.into(),
+                status: "True".into(),
+                reason: reason::IDLE.into(),
+                message: String::new(),
+                last_transition_time: String::new(),
+                observed_generation: None,
+            }],
+            ..ApiTokenStatus::default()
+        };
+        assert!(!announce_unused(Some(&unused)));
     }
 }

@@ -234,6 +234,7 @@ mod tests {
             fingerprint: Some(format!("fp-{id}")),
             shape_ok: true,
             retired: Some(vec![]),
+            revoked_unused: None,
         }
     }
 
@@ -270,6 +271,8 @@ mod tests {
                 token_id: "u.1".into(),
                 fingerprint: "aaa".into(),
                 expires_at: "2030-01-01T00:00:00Z".into(),
+                last_used_at: None,
+                still_in_use: false,
             }],
             ..ApiTokenStatus::default()
         };

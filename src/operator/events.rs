@@ -12,6 +12,7 @@ use kube::runtime::events::EventType;
 use super::names::event;
 use super::plan::{IssueReason, RevokeReason};
 use super::schedule::Aging;
+use super::usage::Idle;
 
 /// One Event: its type, reason (also its action) and note.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +148,10 @@ pub fn revoked(id: &str, reason: RevokeReason) -> Note {
             "it was registered but never reached the Secret (an interrupted issue)"
         }
         RevokeReason::Deleted => "the ApiToken is being deleted",
+        RevokeReason::Unused { .. } => "unused for longer than spec.unused.after",
+        RevokeReason::Idle { .. } => {
+            "unused for spec.rotation.retireWhenIdle while the new token is in use"
+        }
     };
     normal(event::REVOKED, format!("token {id} revoked: {why}"))
 }
@@ -245,6 +250,58 @@ pub fn not_adoptable(secret: &str, why: &str) -> Note {
         event::SECRET_CONFLICT,
         format!(
             "Secret {secret} was left by an earlier ApiToken of this name, but {why}; delete the Secret to issue a new token"
+        ),
+    )
+}
+
+/// The current token went unused for longer than `spec.unused.after` (`action: Warn`).
+pub fn unused(idle: &Idle) -> Note {
+    warning(
+        event::UNUSED,
+        format!(
+            "token {} has not been used since {} (spec.unused.after {:#}); if nothing needs it, delete the ApiToken, or set spec.unused.action: Revoke",
+            idle.fingerprint, idle.since, idle.after
+        ),
+    )
+}
+
+/// The current token was revoked as unused (`action: Revoke`).
+pub fn revoked_unused(fingerprint: &str, since: Timestamp, after: Option<SignedDuration>) -> Note {
+    let rule = after.map_or_else(String::new, |a| format!(" (spec.unused.after {a:#})"));
+    warning(
+        event::REVOKED_UNUSED,
+        format!(
+            "token {fingerprint} revoked: not used since {since}{rule}; it was removed from its Secret and calls with it are refused. Set a new loop.dev/rotate value to issue a new token"
+        ),
+    )
+}
+
+/// A previous token's grace period ended early (`spec.rotation.retireWhenIdle`).
+pub fn retired(fingerprint: &str, since: Timestamp, window: Option<SignedDuration>) -> Note {
+    let rule = window.map_or_else(String::new, |w| {
+        format!(" (spec.rotation.retireWhenIdle {w:#})")
+    });
+    normal(
+        event::RETIRED,
+        format!(
+            "previous token {fingerprint} revoked before the end of its grace period: not used since {since}{rule} and the new token is in use"
+        ),
+    )
+}
+
+/// A previous token is still used half-way through its grace period: an app missed the
+/// rotation.
+pub fn previous_still_in_use(
+    fingerprint: &str,
+    last_used: Option<Timestamp>,
+    until: Timestamp,
+    secret: &str,
+) -> Note {
+    let when = last_used.map_or_else(String::new, |u| format!(" (last used {u})"));
+    warning(
+        event::PREVIOUS_TOKEN_STILL_IN_USE,
+        format!(
+            "previous token {fingerprint} is still in use half-way through its grace period{when}; it stops working at {until}. An app missed the rotation: make it read the new token from Secret {secret} (restart it)"
         ),
     )
 }

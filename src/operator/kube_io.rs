@@ -15,7 +15,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use super::crd::{ApiToken, ApiTokenStatus};
 use super::error::{Error, describe};
 use super::events::Note;
-use super::names::secret_annotations::ORPHANED_FROM;
+use super::names::secret_annotations::{ORPHANED_FROM, REVOKED_UNUSED};
 use super::names::{API_TOKEN_LABEL, FIELD_MANAGER};
 use super::secret;
 use crate::api::Owner;
@@ -165,6 +165,26 @@ impl<'a> Target<'a> {
             "annotations": {ORPHANED_FROM: null},
         }});
         self.patch_secret(&s.name_any(), &patch).await
+    }
+
+    /// Take the token `id` out of the Secret `s` (its data key `key`) and mark it revoked as
+    /// unused. A strategic merge patch, so the key goes whichever field manager wrote it; only
+    /// on the version read.
+    pub async fn mark_unused(&self, s: &Secret, key: &str, id: &str) -> Result<Secret, Error> {
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": s.metadata.resource_version,
+                "annotations": {REVOKED_UNUSED: id},
+            },
+            "data": {key: null},
+        });
+        self.patch_secret(&s.name_any(), &patch).await
+    }
+
+    /// Remove the mark of [`Self::mark_unused`] once a new token is in the Secret.
+    pub async fn clear_unused_mark(&self, name: &str) -> Result<Secret, Error> {
+        let patch = serde_json::json!({"metadata": {"annotations": {REVOKED_UNUSED: null}}});
+        self.patch_secret(name, &patch).await
     }
 
     async fn patch_secret(&self, name: &str, patch: &serde_json::Value) -> Result<Secret, Error> {

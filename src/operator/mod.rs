@@ -49,4 +49,5 @@ pub mod secret;
 pub mod status;
 pub mod store_client;
 pub mod tenancy;
+pub mod usage;
 pub mod watch;

@@ -38,6 +38,9 @@ pub mod secret_annotations {
     pub const TOKEN_KEY: &str = "loop.dev/token-key";
     /// On a Secret its ApiToken left behind (`deletionPolicy: Orphan`): that ApiToken's uid.
     pub const ORPHANED_FROM: &str = "loop.dev/orphaned-from";
+    /// The store id of the Secret's token when it was revoked as unused (`spec.unused.action:
+    /// Revoke`); the token is no longer in the Secret. A new rotate value issues a new one.
+    pub const REVOKED_UNUSED: &str = "loop.dev/revoked-unused";
 }
 
 /// Condition types (kstatus conventions).
@@ -45,6 +48,8 @@ pub mod condition {
     pub const READY: &str = "Ready";
     pub const RECONCILING: &str = "Reconciling";
     pub const STALLED: &str = "Stalled";
+    /// The current token went unused for longer than `spec.unused.after` (only while true).
+    pub const UNUSED: &str = "Unused";
 }
 
 /// Condition reasons: stable, CamelCase, for automation and `kubectl get -o wide`.
@@ -65,6 +70,10 @@ pub mod reason {
     pub const ROTATION_OVERDUE: &str = "RotationOverdue";
     /// Outside the ApiTokenPolicies of its namespace (Stalled).
     pub const POLICY_VIOLATION: &str = "PolicyViolation";
+    /// The token was revoked as unused (`spec.unused.action: Revoke`); Stalled.
+    pub const REVOKED_UNUSED: &str = "RevokedUnused";
+    /// `Unused=True`: no call for longer than `spec.unused.after`.
+    pub const IDLE: &str = "Idle";
 }
 
 /// Event reasons (the `reason` and `action` of each Event the operator publishes).
@@ -87,4 +96,12 @@ pub mod event {
     pub const ORPHANED: &str = "Orphaned";
     /// A token and Secret an earlier ApiToken of the same name left behind were taken over.
     pub const ADOPTED: &str = "Adopted";
+    /// The current token went unused for longer than `spec.unused.after` (`action: Warn`).
+    pub const UNUSED: &str = super::condition::UNUSED;
+    /// The current token was revoked as unused (`action: Revoke`).
+    pub const REVOKED_UNUSED: &str = super::reason::REVOKED_UNUSED;
+    /// A previous token's grace period ended early (`spec.rotation.retireWhenIdle`).
+    pub const RETIRED: &str = "Retired";
+    /// A previous token is still used half-way through its grace period.
+    pub const PREVIOUS_TOKEN_STILL_IN_USE: &str = "PreviousTokenStillInUse";
 }

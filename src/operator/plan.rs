@@ -34,8 +34,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::crd::ApiToken;
+use super::crd::{ApiToken, UnusedAction};
 use super::schedule::{self, Aging, Due, Expiry};
+use super::usage::{self, Early, Idle, InGrace, Unused};
 
 /// Why a spec cannot be acted on (the schema prevents these; this is defence in depth).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +60,10 @@ pub struct Desired {
     pub rotation_request: Option<String>,
     /// Schedule and expiry.
     pub aging: Aging,
+    /// `spec.unused`.
+    pub unused: Option<Unused>,
+    /// `spec.rotation.retireWhenIdle`.
+    pub retire_when_idle: Option<SignedDuration>,
 }
 
 /// Parse a Go-style duration (`1h30m`, `90s`, `0s`, `0`) of the spec field `field`.
@@ -93,6 +98,20 @@ fn aging(token: &ApiToken) -> Result<Aging, SpecProblem> {
     Ok(Aging { every, expiry })
 }
 
+fn unused_rule(token: &ApiToken) -> Result<Option<Unused>, SpecProblem> {
+    token
+        .spec
+        .unused
+        .as_ref()
+        .map(|u| {
+            Ok(Unused {
+                after: parse_duration("unused.after", &u.after)?,
+                action: u.action,
+            })
+        })
+        .transpose()
+}
+
 /// Apply defaults to a spec.
 pub fn desired(
     token: &ApiToken,
@@ -112,6 +131,13 @@ pub fn desired(
         grace: parse_duration("rotation.gracePeriod", &spec.rotation.grace_period)?,
         rotation_request: rotation_request.map(str::to_owned),
         aging: aging(token)?,
+        unused: unused_rule(token)?,
+        retire_when_idle: spec
+            .rotation
+            .retire_when_idle
+            .as_deref()
+            .map(|w| parse_duration("rotation.retireWhenIdle", w))
+            .transpose()?,
     })
 }
 
@@ -137,6 +163,8 @@ pub struct SecretObs {
     /// Annotation: the tokens kept in their grace period when the current one was issued.
     /// `None` in a record written before the list existed.
     pub retired: Option<Vec<Retired>>,
+    /// The token the record says was revoked as unused (`spec.unused.action: Revoke`).
+    pub revoked_unused: Option<String>,
 }
 
 /// A token an issue left in its grace period, as the Secret record lists it.
@@ -197,6 +225,12 @@ pub enum RevokeReason {
     Orphan,
     /// The ApiToken is being deleted.
     Deleted,
+    /// The current token went unused since then for longer than `spec.unused.after`
+    /// (`action: Revoke`).
+    Unused { since: Timestamp },
+    /// A previous token went unused since then for `spec.rotation.retireWhenIdle`, and the new
+    /// token is in use: its grace period ends early.
+    Idle { since: Timestamp },
 }
 
 /// One step, in the order the shell must run them.
@@ -228,6 +262,11 @@ pub enum Action {
         scopes: Vec<String>,
         expiry: Option<Option<Timestamp>>,
     },
+    /// Record in the Secret that its token `id` is revoked as unused, and remove the token from
+    /// it (before the revocation, so that a crash between the two does not reissue).
+    MarkUnused {
+        id: String,
+    },
     /// Start a previous token's grace period: it stops working at `at`.
     Expire {
         id: String,
@@ -251,7 +290,25 @@ pub enum Blocked {
         fingerprint: String,
         at: Timestamp,
     },
+    /// The current token was revoked as unused (`spec.unused.action: Revoke`): a new rotate
+    /// value issues one.
+    RevokedUnused {
+        fingerprint: String,
+        since: Timestamp,
+    },
     Spec(SpecProblem),
+}
+
+/// A previous token in its grace period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grace {
+    pub id: String,
+    pub fingerprint: String,
+    /// When its grace period ends.
+    pub until: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    /// Used half-way through its grace period (see [`usage::still_in_use`]).
+    pub in_use_half_way: bool,
 }
 
 /// The outcome of planning.
@@ -261,8 +318,10 @@ pub struct Plan {
     pub blocked: Option<Blocked>,
     /// The current token, when there is one and no issue is pending.
     pub current: Option<RegObs>,
-    /// Tokens in their grace period: (id, fingerprint, expires at).
-    pub in_grace: Vec<(String, String, Timestamp)>,
+    /// Tokens in their grace period, soonest end first.
+    pub in_grace: Vec<Grace>,
+    /// The current token is unused (`spec.unused.action: Warn`).
+    pub unused: Option<Idle>,
     /// The rotation value the current token answered.
     pub handled_rotation: Option<String>,
     /// When the current token was issued.
@@ -289,6 +348,9 @@ pub struct Observed<'a> {
     /// The ids of `status.previousTokens` (a hint for which tokens are in grace when the Secret
     /// is lost).
     pub status_in_grace: &'a [String],
+    /// Whether the status says its token was revoked as unused (a hint for when the Secret is
+    /// lost).
+    pub status_revoked_unused: bool,
     pub now: Timestamp,
 }
 
@@ -299,6 +361,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         blocked: None,
         current: None,
         in_grace: Vec::new(),
+        unused: None,
         handled_rotation: None,
         issued_at: None,
         expires_at: None,
@@ -331,7 +394,11 @@ fn record_retired(p: &mut Plan) {
         id: id.clone(),
         until: Some(*until),
     };
-    let mut kept: Vec<Retired> = p.in_grace.iter().map(|g| retired(&g.0, &g.2)).collect();
+    let mut kept: Vec<Retired> = p
+        .in_grace
+        .iter()
+        .map(|g| retired(&g.id, &g.until))
+        .collect();
     kept.extend(p.actions.iter().filter_map(|a| match a {
         Action::Expire { id, at } => Some(retired(id, at)),
         _ => None,
@@ -379,8 +446,11 @@ fn plan_current(o: &Observed<'_>, p: &mut Plan) -> Option<Issuing> {
     } else {
         handled.map(str::to_owned)
     };
+    if let Some(r) = revoked_as_unused(o) {
+        return after_unused(p, r, requested, answers);
+    }
     match (held, named) {
-        (Some(cur), _) if cur.active(o.now) => Some(keep_or_rotate(o, p, cur, requested, answers)),
+        (Some(cur), _) if cur.active(o.now) => keep_or_rotate(o, p, cur, requested, answers),
         (Some(cur), _) => {
             let Some(reason) = expired_reason(o, cur, requested) else {
                 p.blocked = Some(expired(cur, o.now));
@@ -407,6 +477,49 @@ fn plan_current(o: &Observed<'_>, p: &mut Plan) -> Option<Issuing> {
             Some(Issuing(previous))
         }
     }
+}
+
+/// The token the record (or, without a record of a token, the status) says was revoked as
+/// unused.
+fn revoked_as_unused<'o>(o: &Observed<'o>) -> Option<&'o RegObs> {
+    let recorded = o.secret.and_then(|s| {
+        s.revoked_unused
+            .as_deref()
+            .filter(|id| s.token_id.as_deref() == Some(*id))
+    });
+    let hinted = o.status_revoked_unused
+        && o.secret
+            .and_then(|s| s.token_id.as_deref())
+            .is_none_or(|id| Some(id) == o.status_token_id);
+    let id = recorded.or(o.status_token_id.filter(|_| hinted))?;
+    o.registrations.iter().find(|r| r.id == id)
+}
+
+/// A token revoked as unused: finish the revocation (a crash may have come between the Secret
+/// and the store), then stay so until a new rotate value issues a new token.
+fn after_unused(
+    p: &mut Plan,
+    r: &RegObs,
+    requested: bool,
+    answers: Option<String>,
+) -> Option<Issuing> {
+    let since = usage::idle_since(r, r.created_at);
+    if !r.revoked {
+        p.actions.push(Action::Revoke {
+            id: r.id.clone(),
+            reason: RevokeReason::Unused { since },
+        });
+        return None;
+    }
+    if requested {
+        p.actions.push(issue(None, IssueReason::Rotation, answers));
+        return Some(Issuing(None));
+    }
+    p.blocked = Some(Blocked::RevokedUnused {
+        fingerprint: r.fingerprint.clone(),
+        since,
+    });
+    None
 }
 
 fn issue(previous: Option<String>, reason: IssueReason, answers: Option<String>) -> Action {
@@ -478,7 +591,7 @@ fn keep_or_rotate(
     cur: &RegObs,
     requested: bool,
     answers: Option<String>,
-) -> Issuing {
+) -> Option<Issuing> {
     let d = o.desired;
     let (recorded, shape_ok) = o
         .secret
@@ -496,7 +609,10 @@ fn keep_or_rotate(
     };
     if let Some(reason) = replace {
         p.actions.push(issue(Some(cur.id.clone()), reason, answers));
-        return Issuing(Some(cur.id.clone()));
+        return Some(Issuing(Some(cur.id.clone())));
+    }
+    if !judge_use(o, p, cur, issued) {
+        return None;
     }
     let expiry = d.aging.expiry_of(issued);
     p.current = Some(cur.clone());
@@ -523,7 +639,35 @@ fn keep_or_rotate(
             expiry: expiry_wrong.then_some(expiry),
         });
     }
-    Issuing(None)
+    Some(Issuing(None))
+}
+
+/// `spec.unused` on the current token: `Warn` reports it in the plan; `Revoke` plans the
+/// revocation (record first, then the store) and returns `false`: nothing else this pass.
+fn judge_use(o: &Observed<'_>, p: &mut Plan, cur: &RegObs, issued: Timestamp) -> bool {
+    let Some(rule) = &o.desired.unused else {
+        return true;
+    };
+    match usage::unused(rule, cur, issued, o.now) {
+        Err(at) => {
+            if let Some(at) = at {
+                p.wake(at);
+            }
+            true
+        }
+        Ok(idle) if rule.action == UnusedAction::Revoke => {
+            p.actions.push(Action::MarkUnused { id: cur.id.clone() });
+            p.actions.push(Action::Revoke {
+                id: cur.id.clone(),
+                reason: RevokeReason::Unused { since: idle.since },
+            });
+            false
+        }
+        Ok(idle) => {
+            p.unused = Some(idle);
+            true
+        }
+    }
 }
 
 /// Why a token must be issued when there is no usable current one.
@@ -577,14 +721,49 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
         };
         match (action, r.expires_at) {
             (Some(a), _) => p.actions.push(a),
-            (None, Some(at)) => {
-                p.in_grace.push((r.id.clone(), r.fingerprint.clone(), at));
-                p.wake(at);
-            }
+            (None, Some(at)) => keep_in_grace(o, p, r, at),
             (None, None) => {}
         }
     }
-    p.in_grace.sort_by_key(|g| g.2);
+    p.in_grace.sort_by_key(|g| g.until);
+}
+
+/// A previous token in its grace period until `until`: retire it early when it is idle and the
+/// new token is in use (`spec.rotation.retireWhenIdle`), else keep it, noting whether it is
+/// still in use half-way through.
+fn keep_in_grace(o: &Observed<'_>, p: &mut Plan, r: &RegObs, until: Timestamp) {
+    p.wake(until);
+    let idle_rule = o.desired.retire_when_idle;
+    let mut in_use_half_way = false;
+    if let (Some(cur), Some(rotated_at)) = (p.current.clone(), p.issued_at) {
+        let g = InGrace {
+            token: r,
+            until,
+            rotated_at,
+        };
+        match usage::retire_early(g, &cur, idle_rule, o.now) {
+            Early::Retire { since } => {
+                p.actions.push(Action::Revoke {
+                    id: r.id.clone(),
+                    reason: RevokeReason::Idle { since },
+                });
+                return;
+            }
+            Early::Wait(Some(at)) => p.wake(at),
+            Early::Wait(None) => {}
+        }
+        match usage::still_in_use(g, idle_rule, o.now) {
+            Ok(in_use) => in_use_half_way = in_use,
+            Err(at) => p.wake(at),
+        }
+    }
+    p.in_grace.push(Grace {
+        id: r.id.clone(),
+        fingerprint: r.fingerprint.clone(),
+        until,
+        last_used_at: r.last_used_at,
+        in_use_half_way,
+    });
 }
 
 /// By the Secret record's list: a retired token keeps its grace period until the time the
@@ -696,6 +875,19 @@ mod tests {
             grace: SignedDuration::from_hours(1),
             rotation_request: None,
             aging: Aging::default(),
+            unused: None,
+            retire_when_idle: None,
+        }
+    }
+
+    /// A previous token in grace until `until`, as the plan reports it.
+    fn grace(id: &str, until: Timestamp) -> Grace {
+        Grace {
+            id: id.into(),
+            fingerprint: format!("fp-{id}"),
+            until,
+            last_used_at: None,
+            in_use_half_way: false,
         }
     }
 
@@ -725,6 +917,7 @@ mod tests {
             fingerprint: Some(format!("fp-{id}")),
             shape_ok: true,
             retired: Some(vec![]),
+            revoked_unused: None,
         }
     }
 
@@ -736,8 +929,23 @@ mod tests {
             status_token_id: status,
             status_handled: None,
             status_in_grace: &[],
+            status_revoked_unused: false,
             now: ts(NOW),
         })
+    }
+
+    /// What `run` observes, without status hints, to adjust with struct update syntax.
+    fn observed<'a>(d: &'a Desired, s: &'a SecretObs, regs: &'a [RegObs]) -> Observed<'a> {
+        Observed {
+            desired: d,
+            secret: Some(s),
+            registrations: regs,
+            status_token_id: None,
+            status_handled: None,
+            status_in_grace: &[],
+            status_revoked_unused: false,
+            now: ts(NOW),
+        }
     }
 
     #[test]
@@ -813,10 +1021,13 @@ mod tests {
         let p = run(&d, Some(&s), &[old, reg("b")], Some("a"));
         assert_eq!(p.actions, vec![]);
         assert_eq!(p.handled_rotation.as_deref(), Some("2026-11-29T12:00:00Z"));
-        assert_eq!(
-            p.in_grace,
-            vec![("a".into(), "fp-a".into(), ts(NOW + 3600))]
-        );
+        assert_eq!(p.in_grace, vec![grace("a", ts(NOW + 3600))]);
+        // Back half-way through the grace period (is it still in use?), then at its end.
+        assert_eq!(p.wake_at, Some(ts(NOW + 1800)));
+        let p = plan(&Observed {
+            now: ts(NOW + 1800),
+            ..observed(&d, &s, &[expiring("a", NOW + 3600), reg("b")])
+        });
         assert_eq!(p.wake_at, Some(ts(NOW + 3600)));
     }
 
@@ -1251,10 +1462,7 @@ mod tests {
                 answers: None
             }]
         );
-        assert_eq!(
-            p.in_grace,
-            vec![("a".into(), "fp-a".into(), ts(NOW + 1800))]
-        );
+        assert_eq!(p.in_grace, vec![grace("a", ts(NOW + 1800))]);
     }
 
     #[test]
@@ -1343,10 +1551,7 @@ mod tests {
             Some("b"),
         );
         assert_eq!(p.actions, vec![]);
-        assert_eq!(
-            p.in_grace,
-            vec![("a".into(), "fp-a".into(), ts(NOW + 3000))]
-        );
+        assert_eq!(p.in_grace, vec![grace("a", ts(NOW + 3000))]);
     }
 
     #[test]
@@ -1493,6 +1698,7 @@ mod tests {
             status_token_id: Some("a"),
             status_handled: Some("r1"),
             status_in_grace: &[],
+            status_revoked_unused: false,
             now: ts(NOW),
         });
         assert_eq!(p.blocked, None);
@@ -1514,6 +1720,7 @@ mod tests {
             status_token_id: Some("cur"),
             status_handled: None,
             status_in_grace: &["grace".to_owned()],
+            status_revoked_unused: false,
             now: ts(NOW),
         });
         assert!(p.actions.contains(&Action::Revoke {
@@ -1557,5 +1764,212 @@ mod tests {
             parse_duration("f", "720h").unwrap(),
             SignedDuration::from_hours(720)
         );
+    }
+
+    fn unused_rule(action: UnusedAction) -> Desired {
+        let mut d = desired();
+        d.unused = Some(Unused {
+            after: SignedDuration::from_hours(24),
+            action,
+        });
+        d
+    }
+
+    const DAY: i64 = 24 * HOUR;
+
+    #[test]
+    fn an_unused_token_is_reported_with_warn() {
+        let d = unused_rule(UnusedAction::Warn);
+        let s = issued_ago("a", 0);
+        let mut used = reg("a");
+        used.last_used_at = Some(ts(NOW + HOUR));
+        used.use_count = 1;
+        // Used an hour after its issue: unused a day after that use, not before.
+        let before = plan(&Observed {
+            now: ts(NOW + DAY),
+            ..observed(&d, &s, std::slice::from_ref(&used))
+        });
+        assert_eq!(
+            (before.actions.clone(), before.unused.clone()),
+            (vec![], None)
+        );
+        assert_eq!(before.wake_at, Some(ts(NOW + HOUR + DAY)));
+        let after = plan(&Observed {
+            now: ts(NOW + HOUR + DAY),
+            ..observed(&d, &s, std::slice::from_ref(&used))
+        });
+        assert_eq!(after.actions, vec![]);
+        let idle = after.unused.expect("unused");
+        assert_eq!(
+            (idle.fingerprint.as_str(), idle.since),
+            ("fp-a", ts(NOW + HOUR))
+        );
+        assert!(after.current.is_some(), "the token stays current");
+    }
+
+    #[test]
+    fn an_unused_token_is_taken_out_of_the_secret_then_revoked_with_revoke() {
+        let d = unused_rule(UnusedAction::Revoke);
+        let s = issued_ago("a", 0);
+        let p = plan(&Observed {
+            now: ts(NOW + DAY),
+            ..observed(&d, &s, &[reg("a")])
+        });
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::MarkUnused { id: "a".into() },
+                Action::Revoke {
+                    id: "a".into(),
+                    reason: RevokeReason::Unused { since: ts(NOW) }
+                }
+            ]
+        );
+        assert_eq!(p.current, None);
+    }
+
+    /// The Secret after `MarkUnused`: the record, no token.
+    fn marked(id: &str) -> SecretObs {
+        let mut s = issued_ago(id, 0);
+        s.fingerprint = None;
+        s.shape_ok = false;
+        s.revoked_unused = Some(id.into());
+        s
+    }
+
+    #[test]
+    fn a_token_revoked_as_unused_stays_so_until_a_new_rotate_value() {
+        let d = unused_rule(UnusedAction::Revoke);
+        let s = marked("a");
+        // A crash came between the Secret and the store: finish the revocation, nothing else.
+        let p = plan(&Observed {
+            now: ts(NOW + DAY),
+            ..observed(&d, &s, &[reg("a")])
+        });
+        assert_eq!(
+            p.actions,
+            vec![Action::Revoke {
+                id: "a".into(),
+                reason: RevokeReason::Unused { since: ts(NOW) }
+            }]
+        );
+        // Revoked: blocked, never "revoked elsewhere, reissue" (also after a restart).
+        let mut gone = reg("a");
+        gone.revoked = true;
+        let p = plan(&observed(&d, &s, std::slice::from_ref(&gone)));
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(
+            p.blocked,
+            Some(Blocked::RevokedUnused {
+                fingerprint: "fp-a".into(),
+                since: ts(NOW)
+            })
+        );
+        // A new rotate value issues a new token.
+        let mut d2 = d.clone();
+        d2.rotation_request = Some("again".into());
+        let p = plan(&observed(&d2, &s, std::slice::from_ref(&gone)));
+        assert_eq!(
+            p.actions,
+            vec![Action::Issue {
+                previous: None,
+                reason: IssueReason::Rotation,
+                retired: vec![],
+                answers: Some("again".into())
+            }]
+        );
+        // Without the Secret, the status says it: still no new token.
+        let p = plan(&Observed {
+            secret: None,
+            status_token_id: Some("a"),
+            status_revoked_unused: true,
+            ..observed(&d, &s, std::slice::from_ref(&gone))
+        });
+        assert!(
+            matches!(p.blocked, Some(Blocked::RevokedUnused { .. })),
+            "{p:?}"
+        );
+        // A mark naming another token than the record's is not this token's.
+        let mut other = marked("a");
+        other.revoked_unused = Some("z".into());
+        let p = plan(&observed(&d, &other, std::slice::from_ref(&gone)));
+        assert!(p.blocked.is_none(), "{p:?}");
+    }
+
+    /// `b` current (issued at NOW), `a` in its grace period until NOW + 1h.
+    fn rotated(retire_when_idle: Option<i64>) -> (Desired, SecretObs) {
+        let mut d = desired();
+        d.retire_when_idle = retire_when_idle.map(SignedDuration::from_secs);
+        let mut s = issued_ago("b", 0);
+        s.retired = Some(vec![until("a", NOW + HOUR)]);
+        (d, s)
+    }
+
+    fn used(mut r: RegObs, at: i64) -> RegObs {
+        r.last_used_at = Some(ts(at));
+        r.use_count += 1;
+        r
+    }
+
+    #[test]
+    fn an_idle_previous_token_retires_early_once_the_new_one_is_used() {
+        let (d, s) = rotated(Some(60));
+        let old = used(expiring("a", NOW + HOUR), NOW - 10);
+        // The new token not used yet: the old one keeps its grace period.
+        let p = plan(&Observed {
+            now: ts(NOW + 120),
+            ..observed(&d, &s, &[old.clone(), reg("b")])
+        });
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.in_grace.len(), 1);
+        // Used: the old one, idle for a minute since the rotation, retires.
+        let p = plan(&Observed {
+            now: ts(NOW + 120),
+            ..observed(&d, &s, &[old.clone(), used(reg("b"), NOW + 30)])
+        });
+        assert_eq!(
+            p.actions,
+            vec![Action::Revoke {
+                id: "a".into(),
+                reason: RevokeReason::Idle { since: ts(NOW) }
+            }]
+        );
+        assert!(p.in_grace.is_empty());
+        // Used after the rotation: it waits for a minute after that use.
+        let busy = used(expiring("a", NOW + HOUR), NOW + 100);
+        let p = plan(&Observed {
+            now: ts(NOW + 120),
+            ..observed(&d, &s, &[busy, used(reg("b"), NOW + 30)])
+        });
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.wake_at, Some(ts(NOW + 160)));
+    }
+
+    #[test]
+    fn a_previous_token_used_half_way_through_its_grace_is_still_in_use() {
+        let (d, s) = rotated(Some(60));
+        let busy = used(expiring("a", NOW + HOUR), NOW + 1790);
+        let p = plan(&Observed {
+            now: ts(NOW + 1800),
+            ..observed(&d, &s, &[busy, used(reg("b"), NOW + 30)])
+        });
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(
+            p.in_grace,
+            vec![Grace {
+                last_used_at: Some(ts(NOW + 1790)),
+                in_use_half_way: true,
+                ..grace("a", ts(NOW + HOUR))
+            }]
+        );
+        // Without retireWhenIdle, too, and it never retires early.
+        let (d, s) = rotated(None);
+        let busy = used(expiring("a", NOW + HOUR), NOW + 100);
+        let p = plan(&Observed {
+            now: ts(NOW + 1800),
+            ..observed(&d, &s, &[busy, used(reg("b"), NOW + 30)])
+        });
+        assert_eq!(p.actions, vec![]);
+        assert!(p.in_grace[0].in_use_half_way);
     }
 }

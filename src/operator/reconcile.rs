@@ -134,7 +134,8 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
                 let note = match &blocked {
                     Blocked::SecretConflict { secret } => Some(events::secret_conflict(secret)),
                     Blocked::Expired { fingerprint, at } => Some(events::expired(fingerprint, *at)),
-                    Blocked::Spec(_) => None,
+                    // The revocation's own Event said it.
+                    Blocked::RevokedUnused { .. } | Blocked::Spec(_) => None,
                 };
                 if let Some(note) = note {
                     tg.publish(&ctx.events, note).await;
@@ -163,6 +164,7 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             if issued {
                 crash::point(ctx.crash_at.as_deref(), "before-status");
             }
+            announce_usage(&tg, ctx, &d, &plan).await;
             write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&plan), acted).await?;
             let next = decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
             Ok(Requeue::requeue(next))
@@ -249,6 +251,7 @@ async fn run_passes(tg: &Target<'_>, ctx: &Context, d: &Desired) -> Result<Passe
             status_token_id: status.and_then(|s| s.token_id.as_deref()),
             status_handled: status.and_then(|s| s.last_rotation_request.as_deref()),
             status_in_grace: &in_grace,
+            status_revoked_unused: status.is_some_and(decide::says_revoked_unused),
             now: Timestamp::now(),
         });
         if from_cache && !decide::trust_cached_plan(&p, seen.secret.is_some(), &seen.registrations)
@@ -291,6 +294,7 @@ async fn act_all(
         d,
         secret: seen.secret.as_ref(),
         held: seen.read.as_ref().and_then(|r| r.token.as_ref()),
+        registrations: &seen.registrations,
     };
     let mut written = None;
     for action in actions {
@@ -299,6 +303,23 @@ async fn act_all(
         }
     }
     Ok(written)
+}
+
+/// What usage says that the last status did not: the current token became unused, or a
+/// previous token is still in use half-way through its grace period (one Event each).
+async fn announce_usage(tg: &Target<'_>, ctx: &Context, d: &Desired, p: &Plan) {
+    if let Some(idle) = p
+        .unused
+        .as_ref()
+        .filter(|_| decide::announce_unused(tg.status()))
+    {
+        tg.publish(&ctx.events, events::unused(idle)).await;
+    }
+    for g in decide::announce_still_in_use(tg.status(), p) {
+        let note =
+            events::previous_still_in_use(&g.fingerprint, g.last_used_at, g.until, &d.secret_name);
+        tg.publish(&ctx.events, note).await;
+    }
 }
 
 /// Record a failure in the status, then wait for a human or hand it to the error policy.

@@ -92,10 +92,20 @@ pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
 /// The Secret to write for `t`: the token under the desired key, the record, the operator's
 /// labels, and a controller owner reference (so the Secret goes with its ApiToken).
 pub fn desired(t: &ApiToken, d: &Desired, token: &Token, r: &Record) -> Secret {
+    let mut s = shell(t, d, r, token.fingerprint());
+    s.data = Some(BTreeMap::from([(
+        d.secret_key.clone(),
+        ByteString(token.expose().as_bytes().to_vec()),
+    )]));
+    s
+}
+
+/// Everything of the Secret but its data.
+fn shell(t: &ApiToken, d: &Desired, r: &Record, fingerprint: String) -> Secret {
     let mut annotations = BTreeMap::from([
         (ann::TOKEN_ID.to_owned(), r.token_id.clone()),
         (ann::ISSUED_AT.to_owned(), r.issued_at.to_string()),
-        (ann::FINGERPRINT.to_owned(), token.fingerprint()),
+        (ann::FINGERPRINT.to_owned(), fingerprint),
         (ann::TOKEN_KEY.to_owned(), d.secret_key.clone()),
         (
             ann::RETIRED_TOKEN_IDS.to_owned(),
@@ -121,10 +131,6 @@ pub fn desired(t: &ApiToken, d: &Desired, token: &Token, r: &Record) -> Secret {
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([(
-            d.secret_key.clone(),
-            ByteString(token.expose().as_bytes().to_vec()),
-        )])),
         ..Secret::default()
     }
 }
@@ -180,6 +186,7 @@ pub fn read(s: &Secret, name: &str, uid: &str, d: &Desired) -> Read {
         retired: annotations
             .get(ann::RETIRED_TOKEN_IDS)
             .map(|v| parse_retired(v)),
+        revoked_unused: annotations.get(ann::REVOKED_UNUSED).cloned(),
     };
     Read {
         obs,

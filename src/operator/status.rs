@@ -7,7 +7,7 @@
 use jiff::Timestamp;
 
 use super::crd::{ApiTokenStatus, Condition, PreviousToken};
-use super::names::condition::{READY, RECONCILING, STALLED};
+use super::names::condition::{READY, RECONCILING, STALLED, UNUSED};
 use super::names::reason;
 use super::plan::{Blocked, Desired, Plan};
 use super::policy::Verdict;
@@ -86,6 +86,13 @@ fn conditions_for(
                  Set a new loop.dev/rotate value to issue a new token."
             ),
         ),
+        Outcome::Blocked(Blocked::RevokedUnused { fingerprint, since }) => stalled(
+            reason::REVOKED_UNUSED,
+            format!(
+                "token {fingerprint} was revoked because it was not used since {since} (spec.unused.action Revoke); it was removed from its Secret and calls with it are refused. \
+                 Set a new loop.dev/rotate value to issue a new token."
+            ),
+        ),
         Outcome::Blocked(Blocked::Spec(problem)) => {
             stalled(reason::INVALID_SPEC, format!("{problem}; fix the spec"))
         }
@@ -156,7 +163,7 @@ fn converged_message(d: Option<&Desired>, plan: Option<&Plan>) -> String {
         let list: Vec<String> = p
             .in_grace
             .iter()
-            .map(|(_, fp, at)| format!("{fp} until {at}"))
+            .map(|g| format!("{} until {}", g.fingerprint, g.until))
             .collect();
         msg.push_str(&format!(
             "; previous token still active: {}",
@@ -215,7 +222,9 @@ pub fn compute(
     generation: Option<i64>,
     now: Timestamp,
 ) -> ApiTokenStatus {
-    let conditions = conditions_for(outcome, d, plan, overdue(old, now).as_ref())
+    let mut conds = conditions_for(outcome, d, plan, overdue(old, now).as_ref());
+    conds.extend(unused_condition(old, outcome, plan));
+    let conditions = conds
         .into_iter()
         .map(|(type_, status, reason, message)| {
             let since = old
@@ -251,20 +260,60 @@ pub fn compute(
         s.expires_at = p.expires_at.map(ts);
         s.next_rotation_at = p.next_rotation.map(|(at, _)| ts(at));
         s.last_rotation_request.clone_from(&p.handled_rotation);
-        s.previous_tokens = p
-            .in_grace
-            .iter()
-            .map(|(id, fp, at)| PreviousToken {
-                token_id: id.clone(),
-                fingerprint: fp.clone(),
-                expires_at: ts(*at),
-            })
-            .collect();
+        s.previous_tokens = previous_tokens(old, p);
         s.last_used_at = c.last_used_at.map(ts);
         s.use_count = Some(c.use_count);
         s.secret_name = d.map(|d| d.secret_name.clone());
     }
     s
+}
+
+/// `Unused=True` while the plan finds the current token unused (`spec.unused.action: Warn`).
+/// A failed pass, which planned nothing, keeps what the last status said; a blocked one drops
+/// it.
+fn unused_condition(
+    old: &ApiTokenStatus,
+    outcome: &Outcome<'_>,
+    plan: Option<&Plan>,
+) -> Option<Cond> {
+    match (outcome, plan) {
+        (Outcome::Converged, Some(p)) => p.unused.as_ref().map(|idle| {
+            (
+                UNUSED,
+                "True",
+                reason::IDLE,
+                format!(
+                    "token {} has not been used since {}, longer than spec.unused.after ({:#}); \
+                     if nothing needs it, delete the ApiToken or set spec.unused.action: Revoke",
+                    idle.fingerprint, idle.since, idle.after
+                ),
+            )
+        }),
+        (Outcome::Blocked(_), _) | (Outcome::Converged, None) => None,
+        _ => old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == UNUSED && c.status == "True")
+            .map(|c| (UNUSED, "True", reason::IDLE, c.message.clone())),
+    }
+}
+
+/// `status.previousTokens` from the plan; `stillInUse`, once said, stays for that token.
+fn previous_tokens(old: &ApiTokenStatus, p: &Plan) -> Vec<PreviousToken> {
+    p.in_grace
+        .iter()
+        .map(|g| PreviousToken {
+            token_id: g.id.clone(),
+            fingerprint: g.fingerprint.clone(),
+            expires_at: ts(g.until),
+            last_used_at: g.last_used_at.map(ts),
+            still_in_use: g.in_use_half_way
+                || old
+                    .previous_tokens
+                    .iter()
+                    .any(|o| o.token_id == g.id && o.still_in_use),
+        })
+        .collect()
 }
 
 /// Where an ApiToken stands, as its conditions say (kstatus: `Stalled` wins over the rest).
@@ -329,6 +378,7 @@ mod tests {
                 created_at: now(),
             }),
             in_grace: vec![],
+            unused: None,
             handled_rotation: Some("r1".into()),
             issued_at: Some(now()),
             expires_at: None,
@@ -525,5 +575,126 @@ mod tests {
         let s = compute(&ok, &Outcome::Store(&down), None, None, Some(2), now());
         assert_eq!(s.token_id.as_deref(), Some("id-1"));
         assert_eq!(s.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn unused_is_a_condition_of_its_own_that_keeps_through_a_failed_pass() {
+        use crate::operator::usage::Idle;
+        let mut p = plan_with_current();
+        p.unused = Some(Idle {
+            fingerprint: "abcdef012345".into(),
+            since: now(),
+            after: jiff::SignedDuration::from_hours(720),
+        });
+        let s = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Converged,
+            None,
+            Some(&p),
+            Some(1),
+            now(),
+        );
+        assert_eq!(
+            readiness(&s),
+            Readiness::Ready,
+            "an unused token is still ready"
+        );
+        let c = s.conditions.iter().find(|c| c.type_ == UNUSED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::IDLE)
+        );
+        assert_eq!(
+            c.message,
+            "token abcdef012345 has not been used since 2027-01-15T08:00:00Z, longer than spec.unused.after (720h); \
+             if nothing needs it, delete the ApiToken or set spec.unused.action: Revoke"
+        );
+        // The same a day later: nothing to write.
+        let later = Timestamp::from_second(1_800_086_400).unwrap();
+        assert_eq!(
+            compute(&s, &Outcome::Converged, None, Some(&p), Some(1), later),
+            s
+        );
+        let down = StoreError::Unavailable("x".into());
+        let s2 = compute(&s, &Outcome::Store(&down), None, None, Some(1), later);
+        assert!(s2.conditions.iter().any(|c| c.type_ == UNUSED));
+        // Used again: gone.
+        let s3 = compute(
+            &s,
+            &Outcome::Converged,
+            None,
+            Some(&plan_with_current()),
+            Some(1),
+            later,
+        );
+        assert!(s3.conditions.iter().all(|c| c.type_ != UNUSED));
+    }
+
+    #[test]
+    fn revoked_unused_is_stalled_and_says_how_to_get_a_new_token() {
+        let b = Blocked::RevokedUnused {
+            fingerprint: "abcdef012345".into(),
+            since: now(),
+        };
+        let s = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Blocked(&b),
+            None,
+            None,
+            Some(1),
+            now(),
+        );
+        assert_eq!(readiness(&s), Readiness::Stalled);
+        let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.reason, reason::REVOKED_UNUSED);
+        assert!(
+            ready.message.contains("abcdef012345")
+                && ready
+                    .message
+                    .contains("not used since 2027-01-15T08:00:00Z")
+                && ready
+                    .message
+                    .ends_with("Set a new loop.dev/rotate value to issue a new token."),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
+    fn previous_tokens_show_their_use_and_still_in_use_stays_said() {
+        use crate::operator::plan::Grace;
+        let mut p = plan_with_current();
+        let g = Grace {
+            id: "id-0".into(),
+            fingerprint: "000000000000".into(),
+            until: Timestamp::from_second(1_800_003_600).unwrap(),
+            last_used_at: Some(now()),
+            in_use_half_way: true,
+        };
+        p.in_grace = vec![g.clone()];
+        let s = compute(
+            &ApiTokenStatus::default(),
+            &Outcome::Converged,
+            None,
+            Some(&p),
+            Some(1),
+            now(),
+        );
+        assert_eq!(
+            s.previous_tokens,
+            vec![PreviousToken {
+                token_id: "id-0".into(),
+                fingerprint: "000000000000".into(),
+                expires_at: "2027-01-15T09:00:00Z".into(),
+                last_used_at: Some("2027-01-15T08:00:00Z".into()),
+                still_in_use: true,
+            }]
+        );
+        p.in_grace = vec![Grace {
+            in_use_half_way: false,
+            ..g
+        }];
+        let s2 = compute(&s, &Outcome::Converged, None, Some(&p), Some(1), now());
+        assert!(s2.previous_tokens[0].still_in_use);
     }
 }

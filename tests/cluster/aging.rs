@@ -22,21 +22,21 @@ use support::operator::OperatorProcess;
 use support::store::ADMIN;
 use support::{ControlPlane, eventually, with_namespace};
 
-fn mins(m: i64) -> SignedDuration {
+pub(crate) fn mins(m: i64) -> SignedDuration {
     SignedDuration::from_mins(m)
 }
 
-fn hours(h: i64) -> SignedDuration {
+pub(crate) fn hours(h: i64) -> SignedDuration {
     SignedDuration::from_hours(h)
 }
 
 /// An environment whose store and operator share a fake clock.
-struct Aged {
-    e: Env,
-    clock: FakeClock,
+pub(crate) struct Aged {
+    pub(crate) e: Env,
+    pub(crate) clock: FakeClock,
 }
 
-async fn aged(cp: ControlPlane, ns: String) -> Aged {
+pub(crate) async fn aged(cp: ControlPlane, ns: String) -> Aged {
     support::install_crd(&cp).await;
     let clock = FakeClock::new();
     let data = tempfile::tempdir().unwrap();
@@ -68,7 +68,7 @@ fn start_operator(
 
 impl Aged {
     /// Reconciles done so far (all results).
-    async fn reconciles(&self) -> f64 {
+    pub(crate) async fn reconciles(&self) -> f64 {
         counter_sum(
             &self.e.operator.metrics().await,
             "loop_operator_reconciles_total",
@@ -76,7 +76,7 @@ impl Aged {
     }
 
     /// Wait until the operator has reconciled `n` more times: it has looked at the clock since.
-    async fn settle(&self, n: f64) {
+    pub(crate) async fn settle(&self, n: f64) {
         let before = self.reconciles().await;
         eventually(90, "the operator to reconcile again", || async {
             (self.reconciles().await >= before + n).then_some(())
@@ -85,12 +85,12 @@ impl Aged {
     }
 
     /// Start a new operator (after `operator.terminate()`), on the same clock.
-    fn restart_operator(&mut self) {
+    pub(crate) fn restart_operator(&mut self) {
         self.e.operator = start_operator(&self.e.cp, &self.e.store, &self.e.ns, &self.clock);
     }
 
     /// Every registration of the ApiToken in the store, revoked ones included.
-    async fn registrations(&self, t: &ApiToken) -> Vec<Value> {
+    pub(crate) async fn registrations(&self, t: &ApiToken) -> Vec<Value> {
         let uid = t.metadata.uid.clone().unwrap_or_default();
         let (_, v) = self
             .e
@@ -106,7 +106,7 @@ impl Aged {
     }
 
     /// The notes of this ApiToken's Events with `reason`.
-    fn notes(&self, name: &str, reason: &str) -> Vec<String> {
+    pub(crate) fn notes(&self, name: &str, reason: &str) -> Vec<String> {
         let v: Value = serde_json::from_str(&self.e.events()).unwrap_or(Value::Null);
         v["items"]
             .as_array()
@@ -117,12 +117,12 @@ impl Aged {
             .collect()
     }
 
-    async fn fingerprint(&self, name: &str) -> String {
+    pub(crate) async fn fingerprint(&self, name: &str) -> String {
         fingerprint(&self.e.get(name).await)
     }
 
     /// Wait until the ApiToken is Ready with a fingerprint other than `old`.
-    async fn wait_new_token(&self, name: &str, old: &str) -> ApiToken {
+    pub(crate) async fn wait_new_token(&self, name: &str, old: &str) -> ApiToken {
         let old = old.to_owned();
         self.e
             .wait_until(name, "a new token", move |t| {
@@ -131,7 +131,7 @@ impl Aged {
             .await
     }
 
-    async fn active(&self, token: &str) -> bool {
+    pub(crate) async fn active(&self, token: &str) -> bool {
         self.e.introspect(token).await["active"] == true
     }
 }
@@ -144,19 +144,19 @@ fn counter_sum(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn fingerprint(t: &ApiToken) -> String {
+pub(crate) fn fingerprint(t: &ApiToken) -> String {
     t.status
         .as_ref()
         .and_then(|s| s.fingerprint.clone())
         .unwrap_or_default()
 }
 
-fn time_of(v: Option<&String>) -> Timestamp {
+pub(crate) fn time_of(v: Option<&String>) -> Timestamp {
     v.and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not a time: {v:?}"))
 }
 
-fn spec(name: &str, extra: &str) -> String {
+pub(crate) fn spec(name: &str, extra: &str) -> String {
     format!("{}{extra}", token_yaml(name, ""))
 }
 

@@ -44,6 +44,13 @@ async fn invalid_specs_are_refused_by_the_api_server() {
             ("{scopes: [a:read], expiry: {after: 2h}}", "with expiry.renew, expiry.after must be at least 3 x rotation.gracePeriod"),
             ("{scopes: [a:read], expiry: {after: soon}}", "spec.expiry.after in body should match"),
             ("{scopes: [a:read], expiry: {renew: false}}", "spec.expiry.after: Required value"),
+            ("{scopes: [a:read], unused: {after: 23h}}", "unused.after must be at least 24h"),
+            ("{scopes: [a:read], unused: {after: 8761h}}", "unused.after must be at most 8760h (one year)"),
+            ("{scopes: [a:read], unused: {after: 720h, action: Delete}}", "spec.unused.action: Unsupported value: \"Delete\""),
+            ("{scopes: [a:read], unused: {action: Warn}}", "spec.unused.after: Required value"),
+            ("{scopes: [a:read], rotation: {retireWhenIdle: 30s}}", "rotation.retireWhenIdle must be at least 1m"),
+            ("{scopes: [a:read], rotation: {retireWhenIdle: 1h}}", "rotation.retireWhenIdle must be shorter than rotation.gracePeriod"),
+            ("{scopes: [a:read], rotation: {gracePeriod: 10m, retireWhenIdle: 10m}}", "rotation.retireWhenIdle must be shorter than rotation.gracePeriod"),
         ];
         for (i, (spec, expected)) in cases.iter().enumerate() {
             let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&token(&ns, &format!("bad-{i}"), spec)));
@@ -56,6 +63,7 @@ async fn invalid_specs_are_refused_by_the_api_server() {
         for (name, spec) in [
             ("aging", "{scopes: [a:read], rotation: {every: 720h, gracePeriod: 1h}, expiry: {after: 8760h}}"),
             ("lapsing", "{scopes: [a:read], expiry: {after: 1h, renew: false}}"),
+            ("usage", "{scopes: [a:read], unused: {after: 24h}, rotation: {gracePeriod: 2m, retireWhenIdle: 1m}}"),
         ] {
             let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&token(&ns, name, spec)));
             assert!(out.status.success(), "{spec}: {}", String::from_utf8_lossy(&out.stderr));
@@ -65,7 +73,7 @@ async fn invalid_specs_are_refused_by_the_api_server() {
         listed.sort_unstable();
         assert_eq!(
             listed,
-            ["apitoken.loop.dev/aging", "apitoken.loop.dev/good", "apitoken.loop.dev/lapsing"],
+            ["apitoken.loop.dev/aging", "apitoken.loop.dev/good", "apitoken.loop.dev/lapsing", "apitoken.loop.dev/usage"],
             "only the valid resources exist"
         );
 
@@ -74,6 +82,8 @@ async fn invalid_specs_are_refused_by_the_api_server() {
         assert_eq!(stored, "token 1h30m");
         let renew = cp.kubectl_ok(&["get", "lat", "aging", "-n", &ns, "-o", "jsonpath={.spec.expiry.renew}"]);
         assert_eq!(renew, "true", "expiry.renew defaults to true");
+        let action = cp.kubectl_ok(&["get", "lat", "usage", "-n", &ns, "-o", "jsonpath={.spec.unused.action}"]);
+        assert_eq!(action, "Warn", "unused.action defaults to Warn");
 
         // Printer columns and the short name.
         let table = cp.kubectl_ok(&["get", "lat", "-n", &ns]);

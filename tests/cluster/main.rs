@@ -1,6 +1,6 @@
 //! Tests against the shared local Kubernetes control plane (`scripts/dev-cluster up`, started
 //! on first use): the CRD's validation, the control plane itself, the operator end to end, the
-//! Helm chart, tenancy (ApiTokenPolicies, deletion policies), tokens that age, Flux from Git,
+//! Helm chart, tenancy (ApiTokenPolicies, deletion policies), tokens that age, usage that acts, Flux from Git,
 //! Argo CD's Lua and the container image. One test binary (one link of kube, sqlx and axum);
 //! each test works in its own namespace, so they run in parallel.
 
@@ -16,3 +16,4 @@ mod helm_chart;
 mod image;
 mod operator_e2e;
 mod tenancy;
+mod usage;

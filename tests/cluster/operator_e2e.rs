@@ -361,6 +361,143 @@ async fn the_life_of_a_token() {
     .await;
 }
 
+/// The store's audit trail of a token's whole life (create, edit scopes, rotate, delete) is
+/// exactly the expected sequence, with the scopes before and after and the reasons, on SQLite
+/// and on PostgreSQL, and holds no token and no hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_of_a_life_on_sqlite() {
+    with_namespace("e2e-trail-sqlite", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        audit_life(&e).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_of_a_life_on_postgresql() {
+    with_namespace("e2e-trail-pg", |cp, ns| async move {
+        support::install_crd(&cp).await;
+        let url = support::postgres().await;
+        let store = StoreProcess::start(
+            &["--database-url", &url, "--usage-flush-interval", "100ms"],
+            &[],
+        );
+        let operator = OperatorProcess::builder(&cp, &store, &ns).start();
+        let data = tempfile::tempdir().unwrap();
+        let e = Env {
+            cp,
+            ns,
+            store,
+            operator,
+            data,
+        };
+        audit_life(&e).await;
+    })
+    .await;
+}
+
+async fn audit_life(e: &Env) {
+    e.apply(&token_yaml("trail", ""));
+    e.wait_ready("trail");
+    let first = e.secret_token("trail").await;
+    e.kubectl(&[
+        "patch",
+        "apitoken",
+        "trail",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scopes":["orders:write"]}}"#,
+    ]);
+    eventually(60, "the new scopes in the store", || async {
+        (e.introspect(&first).await["scope"] == "orders:write").then_some(())
+    })
+    .await;
+    e.kubectl(&["annotate", "apitoken", "trail", "loop.dev/rotate=r1"]);
+    let t = e.wait_rotated("trail", "r1").await;
+    let second = e.secret_token("trail").await;
+    let ids: Vec<String> = {
+        let mut all: Vec<(String, String)> = audit_trail(e, &t)
+            .await
+            .iter()
+            .filter(|ev| ev["kind"] == "registered")
+            .map(|ev| {
+                (
+                    ev["id"].to_string(),
+                    ev["tokenId"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        all.sort_by_key(|(id, _)| id.parse::<u64>().unwrap_or(0));
+        all.into_iter().map(|(_, t)| t).collect()
+    };
+    assert_eq!(ids.len(), 2, "two tokens registered");
+    e.kubectl(&[
+        "delete",
+        "apitoken",
+        "trail",
+        "--wait=true",
+        "--timeout=90s",
+    ]);
+    let trail = audit_trail(e, &t).await;
+    let lines: Vec<(usize, String, String, Value, Value)> = trail
+        .iter()
+        .map(|ev| {
+            let token = ids
+                .iter()
+                .position(|id| ev["tokenId"] == id.as_str())
+                .map_or(0, |i| i + 1);
+            let s = |k: &str| ev[k].as_str().unwrap_or("").to_owned();
+            (
+                token,
+                s("kind"),
+                s("reason"),
+                ev["before"]["scopes"].clone(),
+                ev["after"]["scopes"].clone(),
+            )
+        })
+        .collect();
+    let both = json!(["customers:read", "subscriptions:read"]);
+    let edited = json!(["orders:write"]);
+    let n = Value::Null;
+    let s = |k: &str| k.to_owned();
+    assert_eq!(
+        lines[..4],
+        [
+            (1, s("registered"), s("manual"), n.clone(), both.clone()),
+            (1, s("updated"), s("manual"), both, edited.clone()),
+            (2, s("registered"), s("rotation"), n.clone(), edited.clone()),
+            (
+                1,
+                s("expiry_set"),
+                s("rotation"),
+                edited.clone(),
+                edited.clone()
+            ),
+        ],
+        "{trail:#?}"
+    );
+    let mut last: Vec<_> = lines[4..]
+        .iter()
+        .map(|l| (l.0, l.1.as_str(), l.2.as_str()))
+        .collect();
+    last.sort();
+    assert_eq!(
+        last,
+        [(1, "revoked", "deleted"), (2, "revoked", "deleted")],
+        "{trail:#?}"
+    );
+    let text = json!(trail).to_string();
+    for tok in [&first, &second] {
+        let hash = loop_token_operator::token::TokenHash::of(tok);
+        for secret in [tok.as_str(), hash.as_str(), &hash.as_str()[7..], "sha256:"] {
+            assert!(
+                !text.contains(secret),
+                "the audit trail holds a token or a hash"
+            );
+        }
+    }
+}
+
 /// Every event of the store's audit trail for an ApiToken (all pages of `GET /v1/events`).
 async fn audit_trail(e: &Env, t: &ApiToken) -> Vec<Value> {
     let uid = t.metadata.uid.clone().unwrap_or_default();
@@ -1035,6 +1172,7 @@ async fn the_examples_work() {
             "rotation.yaml",
             "two-integrations.yaml",
             "aging.yaml",
+            "usage.yaml",
         ] {
             e.kubectl(&["apply", "-f", root.join(f).to_str().unwrap_or_default()]);
         }
@@ -1094,6 +1232,18 @@ async fn the_examples_work() {
                 "backfill-job",
                 "token",
                 "subscriptions:read",
+            ),
+            (
+                "reporting",
+                "reporting",
+                "token",
+                "orders:read subscriptions:read",
+            ),
+            (
+                "quarterly-export",
+                "quarterly-export",
+                "token",
+                "customers:read",
             ),
         ];
         let secrets: Api<Secret> = Api::namespaced(e.cp.client.clone(), &e.ns);

@@ -1,0 +1,274 @@
+//! Usage that acts: when a token counts as unused (`spec.unused`), when a previous token may
+//! retire before its grace period ends (`spec.rotation.retireWhenIdle`), and when a previous
+//! token is still in use half-way through its grace period. Pure: the caller passes every time;
+//! usage is what the Loop token store recorded (`lastUsedAt`, `useCount`).
+//!
+//! - **Unused**: idle since the token's last use, or its issue if it was never used. Past
+//!   `spec.unused.after`, `Warn` reports it and `Revoke` revokes it.
+//! - **Retire when idle**: a previous token is idle since the later of its last use and the
+//!   rotation (an app gets at least `retireWhenIdle` after the rotation to show up). It retires
+//!   once that idle time reaches `retireWhenIdle` and the new token has been used; its grace
+//!   period stays the limit (the store's expiry).
+//! - **Still in use**: from half-way through its grace period, a previous token used since the
+//!   rotation and within the last `retireWhenIdle` (without it, within the last half grace
+//!   period) is still in use: some app missed the rotation.
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::crd::UnusedAction;
+use super::plan::RegObs;
+
+/// `spec.unused`, with durations parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unused {
+    pub after: SignedDuration,
+    pub action: UnusedAction,
+}
+
+/// A token unused for longer than `spec.unused.after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idle {
+    pub fingerprint: String,
+    /// Its last use, or its issue when it was never used.
+    pub since: Timestamp,
+    /// `spec.unused.after`.
+    pub after: SignedDuration,
+}
+
+/// Since when `r`, issued at `issued`, has not been used.
+pub fn idle_since(r: &RegObs, issued: Timestamp) -> Timestamp {
+    r.last_used_at.map_or(issued, |used| used.max(issued))
+}
+
+/// The current token `r` (issued at `issued`) judged by `rule`: `Ok(Some(idle))` when it is
+/// unused now, `Ok(None)` when it is not, and `Err(at)` with the time it will be if nothing uses
+/// it before then.
+pub fn unused(
+    rule: &Unused,
+    r: &RegObs,
+    issued: Timestamp,
+    now: Timestamp,
+) -> Result<Idle, Option<Timestamp>> {
+    let since = idle_since(r, issued);
+    match since.checked_add(rule.after) {
+        Ok(at) if at > now => Err(Some(at)),
+        Ok(_) => Ok(Idle {
+            fingerprint: r.fingerprint.clone(),
+            since,
+            after: rule.after,
+        }),
+        Err(_) => Err(None),
+    }
+}
+
+/// A previous token in its grace period, as the rules here see it.
+#[derive(Debug, Clone, Copy)]
+pub struct InGrace<'a> {
+    pub token: &'a RegObs,
+    /// When its grace period ends (its expiry in the store).
+    pub until: Timestamp,
+    /// When the current token was issued: the rotation that started the grace period.
+    pub rotated_at: Timestamp,
+}
+
+/// What to do with a previous token before its grace period ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Early {
+    /// Revoke it now: idle since then, and the new token is in use.
+    Retire { since: Timestamp },
+    /// Nothing yet; look again then (when it would be idle long enough).
+    Wait(Option<Timestamp>),
+}
+
+/// Whether a previous token retires early under `retire_when_idle`, given the current token.
+pub fn retire_early(
+    g: InGrace<'_>,
+    current: &RegObs,
+    retire_when_idle: Option<SignedDuration>,
+    now: Timestamp,
+) -> Early {
+    let Some(window) = retire_when_idle else {
+        return Early::Wait(None);
+    };
+    let since = idle_since(g.token, g.rotated_at);
+    let at = since.checked_add(window).ok().filter(|at| *at < g.until);
+    match at {
+        // The new token's first use is not predictable: the usage refresh looks again.
+        Some(at) if at <= now && current.use_count > 0 => Early::Retire { since },
+        Some(at) if at > now => Early::Wait(Some(at)),
+        _ => Early::Wait(None),
+    }
+}
+
+/// The middle of a grace period.
+pub fn half_way(g: InGrace<'_>) -> Timestamp {
+    let half = g.until.duration_since(g.rotated_at) / 2;
+    g.rotated_at.checked_add(half).unwrap_or(g.until)
+}
+
+/// Whether a previous token is still in use half-way through its grace period: `Ok(true)` when
+/// it is past half-way and was used since the rotation, within the last `retireWhenIdle`
+/// (without it, within the last half grace period); `Ok(false)` when not; `Err(at)` before
+/// half-way (look again at `at`).
+pub fn still_in_use(
+    g: InGrace<'_>,
+    retire_when_idle: Option<SignedDuration>,
+    now: Timestamp,
+) -> Result<bool, Timestamp> {
+    let mid = half_way(g);
+    if now < mid || now >= g.until {
+        return if now < mid { Err(mid) } else { Ok(false) };
+    }
+    let half = mid.duration_since(g.rotated_at);
+    let window = retire_when_idle.map_or(half, |w| w.min(half));
+    let used_after_rotation = g.token.last_used_at.filter(|u| *u > g.rotated_at);
+    Ok(used_after_rotation.is_some_and(|u| now.duration_since(u) <= window))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn at(offset_secs: i64) -> Timestamp {
+        Timestamp::from_second(T0 + offset_secs).unwrap()
+    }
+
+    fn reg(last_used: Option<i64>, uses: i64) -> RegObs {
+        RegObs {
+            id: "u.1".into(),
+            fingerprint: "fp1".into(),
+            name: "a".into(),
+            scopes: vec!["orders:read".into()],
+            expires_at: None,
+            revoked: false,
+            last_used_at: last_used.map(at),
+            use_count: uses,
+            created_at: at(0),
+        }
+    }
+
+    const DAY: i64 = 86_400;
+
+    fn rule() -> Unused {
+        Unused {
+            after: SignedDuration::from_hours(24),
+            action: UnusedAction::Warn,
+        }
+    }
+
+    #[test]
+    fn a_never_used_token_is_idle_since_its_issue() {
+        let r = reg(None, 0);
+        assert_eq!(unused(&rule(), &r, at(0), at(DAY - 1)), Err(Some(at(DAY))));
+        let idle = unused(&rule(), &r, at(0), at(DAY)).unwrap();
+        assert_eq!(idle.since, at(0));
+        assert_eq!(idle.fingerprint, "fp1");
+    }
+
+    #[test]
+    fn a_use_restarts_the_count() {
+        let r = reg(Some(3600), 1);
+        assert_eq!(
+            unused(&rule(), &r, at(0), at(DAY + 10)),
+            Err(Some(at(DAY + 3600)))
+        );
+        assert_eq!(
+            unused(&rule(), &r, at(0), at(DAY + 3600)).map(|i| i.since),
+            Ok(at(3600))
+        );
+    }
+
+    #[test]
+    fn a_use_recorded_before_the_issue_time_counts_from_the_issue() {
+        // A registration whose issue time in the Secret is later than a recorded use.
+        let r = reg(Some(10), 1);
+        assert_eq!(idle_since(&r, at(100)), at(100));
+    }
+
+    fn grace(token: &RegObs) -> InGrace<'_> {
+        InGrace {
+            token,
+            until: at(3600),
+            rotated_at: at(0),
+        }
+    }
+
+    const MINUTE: Option<SignedDuration> = Some(SignedDuration::from_secs(60));
+
+    #[test]
+    fn an_idle_previous_token_retires_once_the_new_one_is_used() {
+        let old = reg(Some(-100), 5);
+        let unused_new = reg(None, 0);
+        let used_new = reg(Some(30), 1);
+        // Counted from the rotation, not from its last use before it.
+        assert_eq!(
+            retire_early(grace(&old), &used_new, MINUTE, at(59)),
+            Early::Wait(Some(at(60)))
+        );
+        assert_eq!(
+            retire_early(grace(&old), &used_new, MINUTE, at(60)),
+            Early::Retire { since: at(0) }
+        );
+        // The new token not used yet: nothing, and no time to come back at.
+        assert_eq!(
+            retire_early(grace(&old), &unused_new, MINUTE, at(600)),
+            Early::Wait(None)
+        );
+    }
+
+    #[test]
+    fn a_previous_token_in_use_does_not_retire() {
+        let old = reg(Some(500), 9);
+        let new = reg(Some(30), 1);
+        assert_eq!(
+            retire_early(grace(&old), &new, MINUTE, at(530)),
+            Early::Wait(Some(at(560)))
+        );
+        assert_eq!(
+            retire_early(grace(&old), &new, MINUTE, at(560)),
+            Early::Retire { since: at(500) }
+        );
+        // Without retireWhenIdle: never early.
+        assert_eq!(
+            retire_early(grace(&old), &new, None, at(3000)),
+            Early::Wait(None)
+        );
+        // The grace period ends first: nothing early to do.
+        let late = reg(Some(3590), 9);
+        assert_eq!(
+            retire_early(grace(&late), &new, MINUTE, at(3595)),
+            Early::Wait(None)
+        );
+    }
+
+    #[test]
+    fn still_in_use_is_judged_from_half_way() {
+        let used_recently = reg(Some(1790), 9);
+        assert_eq!(
+            still_in_use(grace(&used_recently), MINUTE, at(1700)),
+            Err(at(1800))
+        );
+        assert_eq!(
+            still_in_use(grace(&used_recently), MINUTE, at(1800)),
+            Ok(true)
+        );
+        // Used only before the rotation, or not for longer than retireWhenIdle: not in use.
+        let before = reg(Some(-5), 9);
+        assert_eq!(still_in_use(grace(&before), MINUTE, at(1800)), Ok(false));
+        let a_while_ago = reg(Some(1000), 9);
+        assert_eq!(
+            still_in_use(grace(&a_while_ago), MINUTE, at(1800)),
+            Ok(false)
+        );
+        // Without retireWhenIdle, any use since the rotation within the last half grace period.
+        assert_eq!(still_in_use(grace(&a_while_ago), None, at(1800)), Ok(true));
+        assert_eq!(still_in_use(grace(&a_while_ago), None, at(2900)), Ok(false));
+        // After the grace period: nothing to say.
+        assert_eq!(
+            still_in_use(grace(&used_recently), MINUTE, at(3600)),
+            Ok(false)
+        );
+    }
+}
