@@ -21,6 +21,7 @@ use super::plan::{Action, Desired, IssueReason, RegObs, Retired, RevokeReason};
 use super::reconcile::Context;
 use super::secret::{self, Record};
 use super::store_client::Audit;
+use super::usage;
 use crate::api::ChangeReason;
 use crate::token::Token;
 
@@ -85,7 +86,7 @@ pub async fn execute(
             revoke(tg, ctx, scene, id, *reason).await?;
             Ok(None)
         }
-        Action::MarkUnused { id } => mark_unused(tg, scene, id).await,
+        Action::MarkUnused { id } => mark_unused(tg, ctx, scene, id).await,
     }
 }
 
@@ -134,6 +135,7 @@ async fn issue(
         issued_at,
         rotation: chain.answers.map(str::to_owned),
         retired: chain.retired.to_vec(),
+        usage_from: Some(usage_from_at_issue(scene.secret, issued_at)),
     };
     let desired = secret::desired(tg.t, d, &token, &record);
     let written = match tg.write_secret(&desired, scene.secret.is_some()).await {
@@ -147,15 +149,6 @@ async fn issue(
         }
     };
     crash::point(ctx.crash_at.as_deref(), "after-secret");
-    let marked = scene.secret.is_some_and(|s| {
-        s.annotations()
-            .contains_key(secret_annotations::REVOKED_UNUSED)
-    });
-    let written = if marked {
-        tg.clear_unused_mark(&d.secret_name).await?
-    } else {
-        written
-    };
     let fp = token.fingerprint();
     ctx.metrics.action(if previous.is_some() {
         "rotate"
@@ -169,7 +162,37 @@ async fn issue(
             tracing::info!(apitoken = %tg.name, namespace = %tg.ns, fingerprint = %fp, secret = %d.secret_name, "token issued");
         }
     }
-    Ok(written)
+    Ok(clear_unused_mark(tg, scene, written).await)
+}
+
+/// The count of non-use (`spec.unused`) goes on through a new token, and starts again with a
+/// first token or after a token was revoked as unused.
+fn usage_from_at_issue(existing: Option<&Secret>, issued_at: Timestamp) -> Timestamp {
+    let a = existing.map(|s| s.annotations());
+    let carried = a
+        .and_then(|a| a.get(secret_annotations::USAGE_COUNTED_FROM))
+        .and_then(|v| v.parse().ok());
+    let restart = a.is_some_and(|a| a.contains_key(secret_annotations::REVOKED_UNUSED));
+    usage::counting_from_at_issue(carried, restart, issued_at)
+}
+
+/// After a new token replaced one revoked as unused, remove the mark from the Secret. Best
+/// effort: a mark left behind names another token than the Secret's, so it is ignored.
+async fn clear_unused_mark(tg: &Target<'_>, scene: &Scene<'_>, written: Secret) -> Secret {
+    let marked = scene.secret.is_some_and(|s| {
+        s.annotations()
+            .contains_key(secret_annotations::REVOKED_UNUSED)
+    });
+    if !marked {
+        return written;
+    }
+    match tg.clear_unused_mark(&scene.d.secret_name).await {
+        Ok(cleared) => cleared,
+        Err(e) => {
+            tracing::warn!(apitoken = %tg.name, namespace = %tg.ns, error = %e, "could not remove the loop.dev/revoked-unused mark from the Secret; it names the previous token and is ignored");
+            written
+        }
+    }
 }
 
 /// The store lost the Secret's token: register the same token under the same id.
@@ -260,20 +283,26 @@ async fn revoke(
 /// Record in the Secret that its token is revoked as unused, and take the token out of it.
 async fn mark_unused(
     tg: &Target<'_>,
+    ctx: &Context,
     scene: &Scene<'_>,
     id: &str,
 ) -> Result<Option<Secret>, Error> {
-    let Some(existing) = scene.secret else {
-        return Ok(None);
+    // The plan asks for this only with the Secret read live holding `id`; anything else must
+    // stop the revocation that follows, or the next pass would read it as revoked elsewhere.
+    let changed = || Error::SecretChanged {
+        name: scene.d.secret_name.clone(),
+        id: id.to_owned(),
     };
+    let existing = scene.secret.ok_or_else(changed)?;
     let a = existing.annotations();
     if a.get(secret_annotations::TOKEN_ID).map(String::as_str) != Some(id) {
-        return Ok(None);
+        return Err(changed());
     }
     let key = a
         .get(secret_annotations::TOKEN_KEY)
         .map_or(scene.d.secret_key.as_str(), String::as_str);
     let written = tg.mark_unused(existing, key, id).await?;
+    crash::point(ctx.crash_at.as_deref(), "after-mark-unused");
     tracing::info!(apitoken = %tg.name, namespace = %tg.ns, token_id = %id, "token removed from its Secret: unused (spec.unused.action Revoke)");
     Ok(Some(written))
 }

@@ -235,6 +235,7 @@ mod tests {
             shape_ok: true,
             retired: Some(vec![]),
             revoked_unused: None,
+            usage_from: None,
         }
     }
 

@@ -77,6 +77,10 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("the ApiToken has no namespace or no name")]
     Unnamed,
+    #[error(
+        "Secret {name} no longer holds token {id}, which is being revoked as unused; looking again"
+    )]
+    SecretChanged { name: String, id: String },
     #[error("cannot mint a token: {0}")]
     Mint(#[from] MintError),
 }
@@ -102,12 +106,13 @@ impl Error {
                 StoreError::Rejected { .. } => "store_rejected",
             },
             Error::Unnamed => "unnamed",
+            Error::SecretChanged { .. } => "secret_changed",
             Error::Mint(_) => "mint",
         }
     }
 
     /// Every kind [`Error::kind`] can return.
-    pub const KINDS: [&'static str; 16] = [
+    pub const KINDS: [&'static str; 17] = [
         "get_secret",
         "create_secret",
         "apply_secret",
@@ -123,6 +128,7 @@ impl Error {
         "store_unauthorized",
         "store_rejected",
         "unnamed",
+        "secret_changed",
         "mint",
     ];
 }

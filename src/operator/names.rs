@@ -41,6 +41,9 @@ pub mod secret_annotations {
     /// The store id of the Secret's token when it was revoked as unused (`spec.unused.action:
     /// Revoke`); the token is no longer in the Secret. A new rotate value issues a new one.
     pub const REVOKED_UNUSED: &str = "loop.dev/revoked-unused";
+    /// From when non-use of the ApiToken's tokens is counted (`spec.unused`): the first token's
+    /// issue, carried to each new token, restarted after a revocation as unused.
+    pub const USAGE_COUNTED_FROM: &str = "loop.dev/usage-counted-from";
 }
 
 /// Condition types (kstatus conventions).

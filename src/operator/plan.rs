@@ -165,6 +165,8 @@ pub struct SecretObs {
     pub retired: Option<Vec<Retired>>,
     /// The token the record says was revoked as unused (`spec.unused.action: Revoke`).
     pub revoked_unused: Option<String>,
+    /// From when non-use is counted (`spec.unused`, see [`usage::counting_from`]).
+    pub usage_from: Option<Timestamp>,
 }
 
 /// A token an issue left in its grace period, as the Secret record lists it.
@@ -648,7 +650,11 @@ fn judge_use(o: &Observed<'_>, p: &mut Plan, cur: &RegObs, issued: Timestamp) ->
     let Some(rule) = &o.desired.unused else {
         return true;
     };
-    match usage::unused(rule, cur, issued, o.now) {
+    let recorded = o.secret.and_then(|s| s.usage_from);
+    let from = usage::counting_from(recorded, issued, cur, o.registrations);
+    // Any token's use counts: a previous one still in its grace period, used by an app not
+    // restarted yet, means the ApiToken is in use.
+    match usage::unused(rule, &cur.fingerprint, o.registrations, from, o.now) {
         Err(at) => {
             if let Some(at) = at {
                 p.wake(at);
@@ -735,22 +741,23 @@ fn keep_in_grace(o: &Observed<'_>, p: &mut Plan, r: &RegObs, until: Timestamp) {
     p.wake(until);
     let idle_rule = o.desired.retire_when_idle;
     let mut in_use_half_way = false;
-    if let (Some(cur), Some(rotated_at)) = (p.current.clone(), p.issued_at) {
+    if let (Some(cur), Some(issued)) = (p.current.clone(), p.issued_at) {
+        // Its grace period started when the token after it was issued: the current one, or
+        // (several tokens in grace) an earlier one.
+        let rotated_at = until
+            .checked_sub(o.desired.grace)
+            .map_or(issued, |t| t.min(issued));
         let g = InGrace {
             token: r,
             until,
             rotated_at,
         };
-        match usage::retire_early(g, &cur, idle_rule, o.now) {
-            Early::Retire { since } => {
-                p.actions.push(Action::Revoke {
-                    id: r.id.clone(),
-                    reason: RevokeReason::Idle { since },
-                });
-                return;
-            }
-            Early::Wait(Some(at)) => p.wake(at),
-            Early::Wait(None) => {}
+        if let Early::Retire { since } = usage::retire_early(g, &cur, idle_rule, o.now) {
+            p.actions.push(Action::Revoke {
+                id: r.id.clone(),
+                reason: RevokeReason::Idle { since },
+            });
+            return;
         }
         match usage::still_in_use(g, idle_rule, o.now) {
             Ok(in_use) => in_use_half_way = in_use,
@@ -918,6 +925,7 @@ mod tests {
             shape_ok: true,
             retired: Some(vec![]),
             revoked_unused: None,
+            usage_from: None,
         }
     }
 
@@ -1942,7 +1950,9 @@ mod tests {
             ..observed(&d, &s, &[busy, used(reg("b"), NOW + 30)])
         });
         assert_eq!(p.actions, vec![]);
-        assert_eq!(p.wake_at, Some(ts(NOW + 160)));
+        // No wake-up for the retirement (every use moves it: the usage refresh looks again),
+        // only half-way through the grace period.
+        assert_eq!(p.wake_at, Some(ts(NOW + 1800)));
     }
 
     #[test]
@@ -1964,12 +1974,55 @@ mod tests {
         );
         // Without retireWhenIdle, too, and it never retires early.
         let (d, s) = rotated(None);
-        let busy = used(expiring("a", NOW + HOUR), NOW + 100);
+        let busy = used(expiring("a", NOW + HOUR), NOW + 1000);
         let p = plan(&Observed {
             now: ts(NOW + 1800),
             ..observed(&d, &s, &[busy, used(reg("b"), NOW + 30)])
         });
         assert_eq!(p.actions, vec![]);
         assert!(p.in_grace[0].in_use_half_way);
+    }
+
+    #[test]
+    fn the_count_of_non_use_goes_on_through_scheduled_rotations() {
+        let mut d = unused_rule(UnusedAction::Warn);
+        d.aging.every = Some(SignedDuration::from_hours(12));
+        // The current token is an hour old; the ApiToken's first token, never used, 25h.
+        let mut s = issued_ago("b", HOUR);
+        s.usage_from = Some(ts(NOW - 25 * HOUR));
+        let mut old = reg("a");
+        old.created_at = ts(NOW - 25 * HOUR);
+        old.revoked = true;
+        let mut cur = reg("b");
+        cur.created_at = ts(NOW - HOUR);
+        let p = plan(&observed(&d, &s, &[old, cur]));
+        assert_eq!(p.unused.map(|i| i.since), Some(ts(NOW - 25 * HOUR)));
+    }
+
+    #[test]
+    fn a_previous_token_in_use_keeps_the_apitoken_in_use() {
+        let d = unused_rule(UnusedAction::Revoke);
+        let mut s = issued_ago("b", 30 * HOUR);
+        s.retired = Some(vec![until("a", NOW + 100 * HOUR)]);
+        let busy_old = used(expiring("a", NOW + 100 * HOUR), NOW - HOUR);
+        let mut cur = reg("b");
+        cur.created_at = ts(NOW - 30 * HOUR);
+        let p = plan(&observed(&d, &s, &[busy_old, cur]));
+        assert_eq!(
+            p.actions,
+            vec![],
+            "the app on the old token counts as a use"
+        );
+        assert_eq!(p.unused, None);
+    }
+
+    #[test]
+    fn a_token_registered_again_is_not_held_to_the_usage_the_store_lost() {
+        let d = unused_rule(UnusedAction::Revoke);
+        // Issued 40 days ago; the store lost it and the operator registered it again just now.
+        let s = issued_ago("a", 40 * DAY);
+        let p = plan(&observed(&d, &s, &[reg("a")]));
+        assert_eq!(p.actions, vec![]);
+        assert_eq!(p.wake_at, Some(ts(NOW + DAY)));
     }
 }

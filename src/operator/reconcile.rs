@@ -306,16 +306,31 @@ async fn act_all(
 }
 
 /// What usage says that the last status did not: the current token became unused, or a
-/// previous token is still in use half-way through its grace period (one Event each).
+/// previous token is still in use half-way through its grace period (one Event each). The watch
+/// cache can lag the status this operator wrote a moment ago, so a finding the cache does not
+/// show yet is checked against the live object before it is announced (a read only then).
 async fn announce_usage(tg: &Target<'_>, ctx: &Context, d: &Desired, p: &Plan) {
+    let cached = tg.status();
+    let news = p.unused.is_some() && decide::announce_unused(cached)
+        || !decide::announce_still_in_use(cached, p).is_empty();
+    if !news {
+        return;
+    }
+    let live = match tg.live().await {
+        Ok(live) => live.status,
+        Err(e) => {
+            tracing::warn!(apitoken = %tg.name, namespace = %tg.ns, error = %e, "could not read the ApiToken to announce its usage; next time");
+            return;
+        }
+    };
     if let Some(idle) = p
         .unused
         .as_ref()
-        .filter(|_| decide::announce_unused(tg.status()))
+        .filter(|_| decide::announce_unused(live.as_ref()))
     {
         tg.publish(&ctx.events, events::unused(idle)).await;
     }
-    for g in decide::announce_still_in_use(tg.status(), p) {
+    for g in decide::announce_still_in_use(live.as_ref(), p) {
         let note =
             events::previous_still_in_use(&g.fingerprint, g.last_used_at, g.until, &d.secret_name);
         tg.publish(&ctx.events, note).await;

@@ -32,6 +32,8 @@ pub struct Record {
     pub rotation: Option<String>,
     /// Tokens kept in their grace period by this issue, with the end of it.
     pub retired: Vec<Retired>,
+    /// From when non-use is counted (`spec.unused`).
+    pub usage_from: Option<Timestamp>,
 }
 
 impl Record {
@@ -49,6 +51,7 @@ impl Record {
                 .get(ann::RETIRED_TOKEN_IDS)
                 .map(|v| parse_retired(v))
                 .unwrap_or_default(),
+            usage_from: a.get(ann::USAGE_COUNTED_FROM).and_then(|v| v.parse().ok()),
         })
     }
 }
@@ -117,6 +120,9 @@ fn shell(t: &ApiToken, d: &Desired, r: &Record, fingerprint: String) -> Secret {
     }
     if let Some(v) = &r.rotation {
         annotations.insert(ann::ROTATION_REQUEST.to_owned(), v.clone());
+    }
+    if let Some(t) = r.usage_from {
+        annotations.insert(ann::USAGE_COUNTED_FROM.to_owned(), t.to_string());
     }
     Secret {
         metadata: ObjectMeta {
@@ -187,6 +193,9 @@ pub fn read(s: &Secret, name: &str, uid: &str, d: &Desired) -> Read {
             .get(ann::RETIRED_TOKEN_IDS)
             .map(|v| parse_retired(v)),
         revoked_unused: annotations.get(ann::REVOKED_UNUSED).cloned(),
+        usage_from: annotations
+            .get(ann::USAGE_COUNTED_FROM)
+            .and_then(|v| v.parse().ok()),
     };
     Read {
         obs,
@@ -250,6 +259,7 @@ mod tests {
                     until: Some(Timestamp::from_second(1_800_000_600).expect("a time")),
                 },
             ],
+            usage_from: Some(Timestamp::from_second(1_700_000_000).expect("a time")),
         }
     }
 

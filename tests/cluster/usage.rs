@@ -10,6 +10,7 @@
 
 use crate::aging::{Aged, aged, fingerprint, hours, mins, spec, time_of};
 use crate::operator_e2e::reason;
+use crate::support::operator::OperatorProcess;
 use crate::support::store::ADMIN;
 use crate::support::{eventually, with_namespace};
 
@@ -99,9 +100,59 @@ impl Aged {
         (old, new)
     }
 
+    /// Move the clock forward by `by` in steps of 40 s, shorter than `retireWhenIdle` (1m), each
+    /// followed by a recorded use of every token of `in_use` (token, id, ..): with the operator
+    /// running, a token an app keeps using never looks idle for a minute.
+    async fn step(&self, by: jiff::SignedDuration, in_use: &[&(String, String, String)]) {
+        let step = jiff::SignedDuration::from_secs(40);
+        let mut left = by;
+        while left.is_positive() {
+            let now = if left < step { left } else { step };
+            self.clock.advance(now);
+            left -= now;
+            for (token, id, _) in in_use {
+                self.use_now(token, id).await;
+            }
+        }
+    }
+
     async fn secret(&self, name: &str) -> Secret {
         let api: Api<Secret> = Api::namespaced(self.e.cp.client.clone(), &self.e.ns);
         api.get(name).await.unwrap()
+    }
+}
+
+/// An app that keeps calling with a token, every 2 s, until stopped: what makes a token "in
+/// use" however slowly the test itself goes.
+struct App {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    fn start(a: &Aged, token: &str) -> App {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (url, token, flag) = (a.e.store.url.clone(), token.to_owned(), stop.clone());
+        let task = tokio::spawn(async move {
+            let http = crate::support::http_client();
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            while !flag.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let _ = http
+                    .post(format!("{url}/v1/introspect"))
+                    .bearer_auth(crate::support::store::INTROSPECT)
+                    .json(&serde_json::json!({"token": token}))
+                    .send()
+                    .await;
+            }
+        });
+        App { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.task.await;
     }
 }
 
@@ -190,7 +241,22 @@ async fn an_unused_token_is_revoked_and_stays_so_until_a_new_rotate_value() {
         let fp = a.fingerprint("idle").await;
         a.use_now(&token, &id).await;
 
+        // Killed between taking the token out of the Secret and revoking it: the next operator
+        // finishes the revocation and does not take the empty Secret for a lost one.
+        a.e.operator.terminate();
+        let mut crashing = OperatorProcess::builder(&a.e.cp, &a.e.store, &a.e.ns)
+            .envs(&a.clock.envs())
+            .usage_interval("1s")
+            .crash_at("after-mark-unused")
+            .start();
         a.clock.advance(hours(49));
+        crashing
+            .wait_exit(90)
+            .unwrap_or_else(|| panic!("the operator did not reach after-mark-unused"));
+        let marked = a.secret("idle").await;
+        assert!(!marked.data.unwrap_or_default().contains_key("token"));
+        assert_eq!(a.registration(&id).await["active"], true, "not revoked yet");
+        a.restart_operator();
         let (t, msg) = a.e.wait_stalled("idle", "RevokedUnused").await;
         assert_eq!(reason(&t, "Stalled").as_deref(), Some("RevokedUnused"));
         assert!(
@@ -263,17 +329,16 @@ async fn an_idle_previous_token_retires_early_and_a_busy_one_is_reported() {
         let (old, new) = a.rotate_all(&["quiet", "busy"]).await;
         let (quiet_old, busy_old) = (&old[0], &old[1]);
 
-        // A minute and a bit later: both new tokens are in use, and busy's old one too.
-        a.e.operator.terminate();
-        a.clock
-            .advance(mins(1) + jiff::SignedDuration::from_secs(10));
+        // Both new tokens are used, and busy's old one keeps being used; a minute and a bit
+        // later quiet's old one, unused since the rotation, goes.
         for (token, id) in &new {
             a.use_now(token, id).await;
         }
-        a.use_now(&busy_old.0, &busy_old.1).await;
-        a.restart_operator();
+        let app = App::start(&a, &busy_old.0);
+        a.step(mins(1) + jiff::SignedDuration::from_secs(20), &[busy_old])
+            .await;
         // Asked of the management API: an introspection would be a use.
-        eventually(90, "quiet's previous token to be revoked", || async {
+        eventually(180, "quiet's previous token to be revoked", || async {
             (a.registration(&quiet_old.1).await["active"] == false).then_some(())
         })
         .await;
@@ -283,7 +348,7 @@ async fn an_idle_previous_token_retires_early_and_a_busy_one_is_reported() {
             a.revocations(&quiet).await,
             vec![(quiet_old.1.clone(), "idle".to_owned())]
         );
-        let retired = eventually(60, "the Retired Event", || async {
+        let retired = eventually(120, "the Retired Event", || async {
             let n = a.notes("quiet", "Retired");
             (!n.is_empty()).then_some(n)
         })
@@ -298,10 +363,7 @@ async fn an_idle_previous_token_retires_early_and_a_busy_one_is_reported() {
         assert!(a.notes("busy", "Retired").is_empty());
 
         // Half-way through the grace period, busy's old token is still used: one Warning.
-        a.e.operator.terminate();
-        a.clock.advance(mins(30));
-        a.use_now(&busy_old.0, &busy_old.1).await;
-        a.restart_operator();
+        a.step(mins(30), &[busy_old]).await;
         let t =
             a.e.wait_until("busy", "the previous token marked still in use", |t| {
                 t.status
@@ -321,6 +383,7 @@ async fn an_idle_previous_token_retires_early_and_a_busy_one_is_reported() {
         // The grace period is the cap, kept by the store itself: the old token works until it
         // ends (the operator is stopped, so nothing retires it early while the test looks).
         a.e.operator.terminate();
+        app.stop().await;
         assert!(a.active(&busy_old.0).await, "still in its grace period");
         a.clock.advance(mins(30));
         eventually(

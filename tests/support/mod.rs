@@ -396,7 +396,15 @@ pub fn spawn_logged(
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = Arc::clone(&logs);
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        // Lossy: one line that is not UTF-8 must not stop the reading (the process would then
+        // block on a full pipe).
+        let mut reader = BufReader::new(stderr);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches('\n')
+                .to_owned();
+            buf.clear();
             if line.contains(marker)
                 && let Some(v) = line.split_whitespace().find_map(|w| w.strip_prefix(key))
             {
