@@ -25,37 +25,99 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use axum::body::Bytes;
+
 use super::metrics::{CacheResult, IntrospectOutcome, Metrics};
 use super::model::{Activity, TokenRecord, activity};
 use super::repo::{RepoError, Repository};
-use super::usage::Usage;
+use super::usage::{Slot, Usage};
 use crate::api::IntrospectResponse;
 use crate::token::{self, TokenHash};
 
 /// Most unknown hashes remembered; past this the older half is forgotten.
 pub const MAX_UNKNOWN: usize = 65_536;
 
-/// What the cache keeps of a registration: just what an answer needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the cache keeps of a registration: just what an answer needs, with the active answer
+/// already encoded (its fields are fixed for the entry's life; only whether it is still active
+/// depends on the clock) and the token's usage slot, so that an active answer from the cache
+/// serialises nothing and takes no lock.
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub id: Arc<str>,
-    pub name: Arc<str>,
-    pub scope: Arc<str>,
     pub created_at_ms: i64,
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
+    /// The JSON body of the active answer (see [`Entry::active_response`]).
+    active_body: Bytes,
+    usage: Arc<Slot>,
+    /// The active answer's fields, for callers that want the struct.
+    name: Arc<str>,
+    scope: Arc<str>,
 }
 
-impl From<&TokenRecord> for Entry {
-    fn from(r: &TokenRecord) -> Self {
-        Entry {
-            id: Arc::from(r.id.as_str()),
+impl Entry {
+    /// The entry of a stored registration. `Err` only if its answer cannot be encoded.
+    pub fn new(r: &TokenRecord, usage: &Usage) -> Result<Self, RepoError> {
+        let id: Arc<str> = Arc::from(r.id.as_str());
+        let mut e = Entry {
+            usage: usage.slot(&id),
+            id,
             name: Arc::from(r.name.as_str()),
             scope: Arc::from(r.scopes.joined().as_str()),
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             revoked: r.revoked_at_ms.is_some(),
+            active_body: Bytes::new(),
+        };
+        let body = serde_json::to_vec(&e.active_response())
+            .map_err(|err| RepoError::Corrupt(format!("cannot encode an answer: {err}")))?;
+        e.active_body = Bytes::from(body);
+        Ok(e)
+    }
+
+    /// The answer while the token is active.
+    pub fn active_response(&self) -> IntrospectResponse {
+        IntrospectResponse {
+            active: true,
+            scope: Some(self.scope.to_string()),
+            token_id: Some(self.id.to_string()),
+            name: Some(self.name.to_string()),
+            exp: self.expires_at_ms.map(|ms| ms.div_euclid(1000)),
+            iat: Some(self.created_at_ms.div_euclid(1000)),
         }
+    }
+}
+
+/// An introspection answer: inactive, or active with the entry that says what.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Inactive,
+    Active(Arc<Entry>),
+}
+
+/// The JSON body of every inactive answer.
+pub const INACTIVE_BODY: &[u8] = br#"{"active":false}"#;
+
+impl Answer {
+    /// The answer as the RFC 7662 structure.
+    pub fn response(&self) -> IntrospectResponse {
+        match self {
+            Answer::Inactive => IntrospectResponse::inactive(),
+            Answer::Active(e) => e.active_response(),
+        }
+    }
+
+    /// The answer's JSON body, as `serde_json` encodes [`Answer::response`] (encoded once per
+    /// entry; a clone of [`Bytes`] is a reference count).
+    pub fn body(&self) -> Bytes {
+        match self {
+            Answer::Inactive => Bytes::from_static(INACTIVE_BODY),
+            Answer::Active(e) => e.active_body.clone(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        matches!(self, Answer::Active(_))
     }
 }
 
@@ -129,14 +191,14 @@ impl Cache {
         }
     }
 
-    fn fill(&self, hash: &TokenHash, generation: u64, found: Option<&TokenRecord>) {
+    fn fill(&self, hash: &TokenHash, generation: u64, found: Option<&Arc<Entry>>) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         if !self.trusted.load(Ordering::Acquire) || inner.generation != generation {
             return;
         }
         match found {
-            Some(r) => {
-                inner.known.insert(hash.clone(), Arc::new(Entry::from(r)));
+            Some(e) => {
+                inner.known.insert(hash.clone(), Arc::clone(e));
             }
             None => inner.add_unknown(hash),
         }
@@ -209,9 +271,14 @@ impl Introspector {
         presented: &str,
         now_ms: i64,
     ) -> Result<IntrospectResponse, RepoError> {
+        Ok(self.answer(presented, now_ms).await?.response())
+    }
+
+    /// [`Introspector::introspect`] as an [`Answer`], whose body is encoded once per entry.
+    pub async fn answer(&self, presented: &str, now_ms: i64) -> Result<Answer, RepoError> {
         if token::verify(presented).is_err() {
             self.metrics.introspection(IntrospectOutcome::Malformed);
-            return Ok(IntrospectResponse::inactive());
+            return Ok(Answer::Inactive);
         }
         let hash = TokenHash::of(presented);
         let lookup = if self.use_cache {
@@ -230,45 +297,44 @@ impl Introspector {
             }
             Lookup::Miss(generation) => {
                 self.metrics.cache(CacheResult::Miss);
-                let found = self.repo.find_by_hash(&hash).await?;
+                let found = self.read(&hash).await?;
                 self.cache.fill(&hash, generation, found.as_ref());
-                found.as_ref().map(|r| Arc::new(Entry::from(r)))
+                found
             }
             Lookup::Bypass => {
                 self.metrics.cache(CacheResult::Bypass);
-                let found = self.repo.find_by_hash(&hash).await?;
-                found.as_ref().map(|r| Arc::new(Entry::from(r)))
+                self.read(&hash).await?
             }
         };
-        Ok(self.answer(entry.as_deref(), now_ms))
+        Ok(self.decide(entry, now_ms))
     }
 
-    fn answer(&self, entry: Option<&Entry>, now_ms: i64) -> IntrospectResponse {
+    async fn read(&self, hash: &TokenHash) -> Result<Option<Arc<Entry>>, RepoError> {
+        match self.repo.find_by_hash(hash).await? {
+            Some(r) => Ok(Some(Arc::new(Entry::new(&r, &self.usage)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn decide(&self, entry: Option<Arc<Entry>>, now_ms: i64) -> Answer {
         let Some(e) = entry else {
             self.metrics.introspection(IntrospectOutcome::Unknown);
-            return IntrospectResponse::inactive();
+            return Answer::Inactive;
         };
         let revoked_marker = e.revoked.then_some(0);
         match activity(revoked_marker, e.expires_at_ms, now_ms) {
             Activity::Revoked => {
                 self.metrics.introspection(IntrospectOutcome::Revoked);
-                IntrospectResponse::inactive()
+                Answer::Inactive
             }
             Activity::Expired => {
                 self.metrics.introspection(IntrospectOutcome::Expired);
-                IntrospectResponse::inactive()
+                Answer::Inactive
             }
             Activity::Active => {
                 self.metrics.introspection(IntrospectOutcome::Active);
-                self.usage.record(&e.id, now_ms);
-                IntrospectResponse {
-                    active: true,
-                    scope: Some(e.scope.to_string()),
-                    token_id: Some(e.id.to_string()),
-                    name: Some(e.name.to_string()),
-                    exp: e.expires_at_ms.map(|ms| ms.div_euclid(1000)),
-                    iat: Some(e.created_at_ms.div_euclid(1000)),
-                }
+                e.usage.record(now_ms);
+                Answer::Active(e)
             }
         }
     }
@@ -277,6 +343,72 @@ impl Introspector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::model::{Owner, TokenId};
+    use crate::store::scopes::ScopeSet;
+
+    fn record(expires_at_ms: Option<i64>) -> TokenRecord {
+        TokenRecord {
+            id: TokenId::parse("t-1").unwrap(),
+            hash: TokenHash::of("x"),
+            name: "a \"quoted\" name".into(),
+            scopes: ScopeSet::parse(["orders:read", "customers:read"]).unwrap(),
+            owner: Owner {
+                cluster: "c".into(),
+                namespace: "n".into(),
+                name: "t".into(),
+                uid: "u".into(),
+            },
+            created_at_ms: 1_700_000_000_999,
+            updated_at_ms: 1_700_000_000_999,
+            expires_at_ms,
+            revoked_at_ms: None,
+            last_used_at_ms: None,
+            use_count: 0,
+        }
+    }
+
+    #[test]
+    fn the_encoded_bodies_are_what_serde_writes_for_the_answer() {
+        let usage = Usage::default();
+        for expires in [None, Some(1_800_000_000_500)] {
+            let e = Arc::new(Entry::new(&record(expires), &usage).unwrap());
+            let answer = Answer::Active(Arc::clone(&e));
+            let r = answer.response();
+            assert!(r.active);
+            assert_eq!(r.token_id.as_deref(), Some("t-1"));
+            assert_eq!(r.exp, expires.map(|ms| ms / 1000));
+            assert_eq!(r.iat, Some(1_700_000_000));
+            assert_eq!(answer.body(), serde_json::to_vec(&r).unwrap());
+            let parsed: IntrospectResponse = serde_json::from_slice(&answer.body()).unwrap();
+            assert_eq!(parsed, r);
+        }
+        let inactive = Answer::Inactive;
+        assert_eq!(
+            inactive.body(),
+            serde_json::to_vec(&IntrospectResponse::inactive()).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_active_answer_records_a_use_on_the_entry_slot_and_an_inactive_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let repo: Arc<dyn Repository> = Arc::new(
+            crate::store::repo::SqliteRepo::open(&url, &Default::default())
+                .await
+                .unwrap(),
+        );
+        let usage = Arc::new(Usage::default());
+        let cache = Arc::new(Cache::new(true));
+        let i = Introspector::new(repo, cache, Arc::clone(&usage), Metrics::new(), true);
+        let active = Some(Arc::new(Entry::new(&record(None), &usage).unwrap()));
+        let expired = Some(Arc::new(Entry::new(&record(Some(1_000)), &usage).unwrap()));
+        assert!(i.decide(active.clone(), 2_000).is_active());
+        assert!(i.decide(active, 3_000).is_active());
+        assert!(!i.decide(expired, 2_000).is_active());
+        assert!(!i.decide(None, 2_000).is_active());
+        assert_eq!(usage.pending(), 1);
+    }
 
     fn unknown(i: usize) -> TokenHash {
         TokenHash::of(&format!("unknown-{i}"))

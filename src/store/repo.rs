@@ -275,6 +275,11 @@ fn list_sql(f: &ListFilter) -> String {
 const SQL_USAGE: &str = "UPDATE tokens SET use_count = use_count + $2, \
      last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 THEN $3 ELSE last_used_at END \
      WHERE id = $1";
+/// [`SQL_USAGE`] for a whole flush in one statement (PostgreSQL): one round trip instead of one
+/// per token used in the interval (10,000 under the benchmark's load).
+const SQL_USAGE_BATCH: &str = "UPDATE tokens AS t SET use_count = t.use_count + u.n, \
+     last_used_at = CASE WHEN t.last_used_at IS NULL OR t.last_used_at < u.last THEN u.last ELSE t.last_used_at END \
+     FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS u(id, n, last) WHERE t.id = u.id";
 
 /// Implements [`Repository`] for a backend type with a `pool` field, an inherent
 /// `begin_write()` and an inherent `announce(tx, hash)`.
@@ -612,14 +617,7 @@ macro_rules! sql_repository {
                     return Ok(());
                 }
                 let mut tx = self.begin_write().await?;
-                for u in usage {
-                    sqlx::query(SQL_USAGE)
-                        .bind(u.id.as_str())
-                        .bind(u.count)
-                        .bind(u.last_used_at_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                Self::write_usage(&mut tx, usage).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -712,6 +710,24 @@ impl SqliteRepo {
     }
 }
 
+impl SqliteRepo {
+    /// One statement per token: SQLite runs them in-process, without round trips.
+    async fn write_usage(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        usage: &[UsageDelta],
+    ) -> Result<(), sqlx::Error> {
+        for u in usage {
+            sqlx::query(SQL_USAGE)
+                .bind(u.id.as_str())
+                .bind(u.count)
+                .bind(u.last_used_at_ms)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 sql_repository!(SqliteRepo, sqlx::sqlite::SqliteRow, "sqlite");
 
 /// PostgreSQL: shared by several store processes.
@@ -741,6 +757,24 @@ impl PostgresRepo {
     /// The pool, for the change listener.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The whole flush in one statement ([`SQL_USAGE_BATCH`]). Ids appear once per flush (the
+    /// flush sums per token), so no row is updated twice by one statement.
+    async fn write_usage(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        usage: &[UsageDelta],
+    ) -> Result<(), sqlx::Error> {
+        let ids: Vec<&str> = usage.iter().map(|u| u.id.as_str()).collect();
+        let counts: Vec<i64> = usage.iter().map(|u| u.count).collect();
+        let lasts: Vec<i64> = usage.iter().map(|u| u.last_used_at_ms).collect();
+        sqlx::query(SQL_USAGE_BATCH)
+            .bind(ids)
+            .bind(counts)
+            .bind(lasts)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {

@@ -341,6 +341,27 @@ async fn usage_is_additive(repo: Arc<dyn Repository>) {
     }])
     .await
     .unwrap();
+    // A flush of several tokens at once (one statement on PostgreSQL), an unknown one among them.
+    let u = new_token("use-2", &fresh_hash(), &["orders:read"], owner("u", "n"));
+    repo.register(&u, M, 1).await.unwrap();
+    let batch = [
+        d(1, 300),
+        UsageDelta {
+            id: TokenId::parse("ghost").unwrap(),
+            count: 9,
+            last_used_at_ms: 9,
+        },
+        UsageDelta {
+            id: u.id.clone(),
+            count: 4,
+            last_used_at_ms: 40,
+        },
+    ];
+    repo.record_usage(&batch).await.unwrap();
+    let r = repo.get(&t.id).await.unwrap().unwrap();
+    assert_eq!((r.use_count, r.last_used_at_ms), (6, Some(300)));
+    let r = repo.get(&u.id).await.unwrap().unwrap();
+    assert_eq!((r.use_count, r.last_used_at_ms), (4, Some(40)));
     repo.ping().await.unwrap();
 }
 
