@@ -147,6 +147,9 @@ pub fn revoked(id: &str, reason: RevokeReason) -> Note {
             "it was registered but never reached the Secret (an interrupted issue)"
         }
         RevokeReason::Deleted => "the ApiToken is being deleted",
+        RevokeReason::RolledOut => {
+            "every rollout target runs the new token (spec.rollout.retire: AfterRollout)"
+        }
     };
     normal(event::REVOKED, format!("token {id} revoked: {why}"))
 }

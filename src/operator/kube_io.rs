@@ -167,6 +167,16 @@ impl<'a> Target<'a> {
         self.patch_secret(&s.name_any(), &patch).await
     }
 
+    /// Remove from the Secret `name` the extras of `spec.secret` that the spec no longer has
+    /// (see [`secret::removal_patch`]).
+    pub async fn remove_from_secret(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<Secret, Error> {
+        self.patch_secret(name, patch).await
+    }
+
     async fn patch_secret(&self, name: &str, patch: &serde_json::Value) -> Result<Secret, Error> {
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),

@@ -35,6 +35,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::crd::ApiToken;
+use super::rollout::Consumers;
 use super::schedule::{self, Aging, Due, Expiry};
 
 /// Why a spec cannot be acted on (the schema prevents these; this is defence in depth).
@@ -59,6 +60,8 @@ pub struct Desired {
     pub rotation_request: Option<String>,
     /// Schedule and expiry.
     pub aging: Aging,
+    /// The Secret's extra labels, annotations and keys, and the workloads to restart.
+    pub consumers: Consumers,
 }
 
 /// Parse a Go-style duration (`1h30m`, `90s`, `0s`, `0`) of the spec field `field`.
@@ -112,6 +115,7 @@ pub fn desired(
         grace: parse_duration("rotation.gracePeriod", &spec.rotation.grace_period)?,
         rotation_request: rotation_request.map(str::to_owned),
         aging: aging(token)?,
+        consumers: Consumers::of(token),
     })
 }
 
@@ -197,6 +201,9 @@ pub enum RevokeReason {
     Orphan,
     /// The ApiToken is being deleted.
     Deleted,
+    /// Every rollout target runs the current token (`spec.rollout.retire: AfterRollout`): the
+    /// previous one is revoked before its grace period ends.
+    RolledOut,
 }
 
 /// One step, in the order the shell must run them.
@@ -289,6 +296,8 @@ pub struct Observed<'a> {
     /// The ids of `status.previousTokens` (a hint for which tokens are in grace when the Secret
     /// is lost).
     pub status_in_grace: &'a [String],
+    /// The token fingerprint every rollout target has completely rolled out, if any.
+    pub rolled_out: Option<&'a str>,
     pub now: Timestamp,
 }
 
@@ -577,6 +586,10 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
         };
         match (action, r.expires_at) {
             (Some(a), _) => p.actions.push(a),
+            (None, Some(_)) if retires_early(o, p) => p.actions.push(Action::Revoke {
+                id: r.id.clone(),
+                reason: RevokeReason::RolledOut,
+            }),
             (None, Some(at)) => {
                 p.in_grace.push((r.id.clone(), r.fingerprint.clone(), at));
                 p.wake(at);
@@ -585,6 +598,15 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
         }
     }
     p.in_grace.sort_by_key(|g| g.2);
+}
+
+/// With `spec.rollout.retire: AfterRollout`, a token in its grace period is revoked once every
+/// rollout target has rolled out the current token (not while a new one is being issued).
+fn retires_early(o: &Observed<'_>, p: &Plan) -> bool {
+    o.desired.consumers.retire_after_rollout()
+        && p.current
+            .as_ref()
+            .is_some_and(|c| o.rolled_out == Some(c.fingerprint.as_str()))
 }
 
 /// By the Secret record's list: a retired token keeps its grace period until the time the
@@ -696,6 +718,7 @@ mod tests {
             grace: SignedDuration::from_hours(1),
             rotation_request: None,
             aging: Aging::default(),
+            consumers: Consumers::default(),
         }
     }
 
@@ -736,6 +759,7 @@ mod tests {
             status_token_id: status,
             status_handled: None,
             status_in_grace: &[],
+            rolled_out: None,
             now: ts(NOW),
         })
     }
@@ -1493,6 +1517,7 @@ mod tests {
             status_token_id: Some("a"),
             status_handled: Some("r1"),
             status_in_grace: &[],
+            rolled_out: None,
             now: ts(NOW),
         });
         assert_eq!(p.blocked, None);
@@ -1514,6 +1539,7 @@ mod tests {
             status_token_id: Some("cur"),
             status_handled: None,
             status_in_grace: &["grace".to_owned()],
+            rolled_out: None,
             now: ts(NOW),
         });
         assert!(p.actions.contains(&Action::Revoke {
@@ -1538,6 +1564,66 @@ mod tests {
         let p = run(&d, Some(&s), &[reg("a")], Some("a"));
         assert!(
             matches!(p.actions.first(), Some(Action::Issue { reason: IssueReason::Scheduled, answers: Some(v), .. }) if v == "2026-12-02T09:00:00Z"),
+            "{:?}",
+            p.actions
+        );
+    }
+
+    /// A plan for token "b", which replaced "a" (in its grace period), with this rollout.
+    fn rolled(d: &Desired, rolled_out: Option<&str>) -> Plan {
+        let mut s = issued_ago("b", 600);
+        s.previous_token_id = Some("a".into());
+        s.retired = Some(vec![until("a", NOW + 3000)]);
+        plan(&Observed {
+            desired: d,
+            secret: Some(&s),
+            registrations: &[expiring("a", NOW + 3000), reg("b")],
+            status_token_id: Some("b"),
+            status_handled: None,
+            status_in_grace: &[],
+            rolled_out,
+            now: ts(NOW),
+        })
+    }
+
+    fn with_rollout(retire: crate::operator::crd::Retire) -> Desired {
+        use crate::operator::crd::{RolloutKind, RolloutPolicy, RolloutTarget};
+        let mut d = desired();
+        d.consumers.rollout = Some(RolloutPolicy {
+            targets: vec![RolloutTarget {
+                kind: RolloutKind::Deployment,
+                name: "shop".into(),
+            }],
+            retire,
+        });
+        d
+    }
+
+    #[test]
+    fn after_rollout_the_previous_token_goes_once_every_target_runs_the_new_one() {
+        use crate::operator::crd::Retire;
+        let d = with_rollout(Retire::AfterRollout);
+        // Not rolled out yet, or only the previous token was: the grace period runs.
+        assert_eq!(rolled(&d, None).actions, vec![]);
+        assert_eq!(rolled(&d, Some("fp-a")).actions, vec![]);
+        assert_eq!(
+            rolled(&d, Some("fp-b")).actions,
+            vec![Action::Revoke {
+                id: "a".into(),
+                reason: RevokeReason::RolledOut
+            }]
+        );
+        // AfterGrace: the rollout does not shorten the grace period.
+        let d = with_rollout(Retire::AfterGrace);
+        assert_eq!(rolled(&d, Some("fp-b")).actions, vec![]);
+        // A new rotation: the old rollout retires nothing; "a" keeps its grace period.
+        let mut d = with_rollout(Retire::AfterRollout);
+        d.rotation_request = Some("again".into());
+        let p = rolled(&d, Some("fp-b"));
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Revoke { id, .. } if id == "a")),
             "{:?}",
             p.actions
         );
