@@ -190,8 +190,8 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             .await?;
             let mut next =
                 decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
-            if report.unsettled() {
-                next = next.min(rollout_io::RECHECK);
+            if let Some(soon) = report.recheck_after() {
+                next = next.min(soon);
             }
             Ok(Requeue::requeue(next))
         }

@@ -11,6 +11,7 @@
 //! annotation differs.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -60,6 +61,12 @@ impl Consumers {
             .is_some_and(|r| r.retire == Retire::AfterRollout)
     }
 }
+
+/// How soon an ApiToken whose rollout is pending, or whose target is missing, is looked at
+/// again.
+pub const RECHECK_PENDING: Duration = Duration::from_secs(5);
+/// How soon an ApiToken whose rollout targets the operator may not read is looked at again.
+pub const RECHECK_FORBIDDEN: Duration = Duration::from_secs(60);
 
 /// The longest ApiToken name whose restart annotation is a valid key (`restarted-for.` plus
 /// the name must fit the 63 characters of an annotation name).
@@ -256,9 +263,17 @@ impl Report {
         })
     }
 
-    /// Whether the operator should look again soon (a target is pending or missing).
-    pub fn unsettled(&self) -> bool {
-        matches!(self, Report::Entries(e) if e.iter().any(|e| e.state != RolloutState::Complete))
+    /// How soon the operator should look again (targets are not watched): soon while a target
+    /// is pending or missing, now and then while it may not read them (the chart may be
+    /// upgraded), not for a name that will stay too long.
+    pub fn recheck_after(&self) -> Option<Duration> {
+        match self {
+            Report::Entries(e) if e.iter().any(|e| e.state != RolloutState::Complete) => {
+                Some(RECHECK_PENDING)
+            }
+            Report::Unfollowable(Unfollowable::Forbidden(_)) => Some(RECHECK_FORBIDDEN),
+            _ => None,
+        }
     }
 }
 
@@ -616,7 +631,9 @@ mod tests {
         let (why, msg) = report.reconciling().expect("a condition");
         assert_eq!(why, reason::ROLLOUT_TARGET_MISSING);
         assert!(msg.contains("Deployment gone"), "{msg}");
-        assert!(report.unsettled());
+        assert_eq!(report.recheck_after(), Some(RECHECK_PENDING));
+        let done = Report::Entries(entries("fp-b", true, &seen[..1], &[]));
+        assert_eq!(done.recheck_after(), None);
     }
 
     #[test]

@@ -4,10 +4,8 @@
 //!
 //! Targets are read with a GET each time an ApiToken with `spec.rollout` is reconciled, and
 //! not watched: while a rollout is pending or a target is missing, the ApiToken is looked at
-//! again every [`RECHECK`]. So an operator whose ApiTokens have no rollout reads, caches and
-//! watches no workload at all, and needs no permission on them.
-
-use std::time::Duration;
+//! again soon ([`rollout::Report::recheck_after`]). So an operator whose ApiTokens have no
+//! rollout reads, caches and watches no workload at all, and needs no permission on them.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{Patch, PatchParams};
@@ -20,10 +18,6 @@ use super::names::FIELD_MANAGER;
 use super::plan::{Desired, Plan};
 use super::reconcile::Context;
 use super::rollout::{self, Found, Report, Restart, TargetObs, Unfollowable};
-
-/// How soon an ApiToken whose rollout is pending (or whose target is missing) is looked at
-/// again.
-pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// The rollout targets as read before planning.
 pub enum Targets {

@@ -15,4 +15,5 @@ mod foundation;
 mod helm_chart;
 mod image;
 mod operator_e2e;
+mod rollout;
 mod tenancy;
