@@ -739,8 +739,9 @@ mod tests {
         let base = json!({"currentNumberScheduled": 3, "numberMisscheduled": 0, "numberReady": 3});
         let with = |extra: serde_json::Value| {
             let mut v = base.clone();
-            v.as_object_mut()
-                .map(|o| o.extend(extra.as_object().cloned().unwrap_or_default()));
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
             v
         };
         let done = with(
