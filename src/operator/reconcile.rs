@@ -167,35 +167,61 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             acted,
             replaced,
         } => {
-            if decide::secret_may_have_moved(tg.status(), &d) {
-                tg.remove_secrets_except(&d.secret_name).await?;
-            }
-            if issued {
-                crash::point(ctx.crash_at.as_deref(), "before-status");
-            }
-            let report = match rollout_io::restart(&tg, ctx, &plan, replaced, &targets).await {
-                Ok(r) => r,
-                Err(e) => return fail(&tg, ctx, &d, e).await,
-            };
-            let converged = Outcome::Converged;
-            write_status_with(
-                &tg,
-                ctx,
-                &converged,
-                Some(&d),
-                Some(&plan),
+            let done = Converged {
+                plan: &plan,
+                issued,
                 acted,
-                Some(&report),
-            )
-            .await?;
-            let mut next =
-                decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
-            if let Some(soon) = report.recheck_after() {
-                next = next.min(soon);
-            }
-            Ok(Requeue::requeue(next))
+                replaced,
+            };
+            converge(&tg, ctx, &d, &done, &targets).await
         }
     }
+}
+
+/// How the passes converged.
+struct Converged<'p> {
+    plan: &'p Plan,
+    issued: bool,
+    acted: bool,
+    replaced: bool,
+}
+
+/// After the passes converged: tidy former Secrets, restart the rollout targets, write the
+/// status, and say when to come back.
+async fn converge(
+    tg: &Target<'_>,
+    ctx: &Context,
+    d: &Desired,
+    done: &Converged<'_>,
+    targets: &rollout_io::Targets,
+) -> Result<Requeue, Error> {
+    let plan = done.plan;
+    if decide::secret_may_have_moved(tg.status(), d) {
+        tg.remove_secrets_except(&d.secret_name).await?;
+    }
+    if done.issued {
+        crash::point(ctx.crash_at.as_deref(), "before-status");
+    }
+    let report = match rollout_io::restart(tg, ctx, plan, done.replaced, targets).await {
+        Ok(r) => r,
+        Err(e) => return fail(tg, ctx, d, e).await,
+    };
+    let converged = Outcome::Converged;
+    write_status_with(
+        tg,
+        ctx,
+        &converged,
+        Some(d),
+        Some(plan),
+        done.acted,
+        Some(&report),
+    )
+    .await?;
+    let mut next = decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
+    if let Some(soon) = report.recheck_after() {
+        next = next.min(soon);
+    }
+    Ok(Requeue::requeue(next))
 }
 
 /// Where a pass reads the Secret from.
