@@ -437,7 +437,9 @@ pub struct ApiTokenStatus {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutTargetStatus {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
     pub kind: String,
+    /// The target's name.
     pub name: String,
     /// The token it is rolling out (the current token's fingerprint).
     pub fingerprint: String,
