@@ -213,6 +213,7 @@ async fn after_rollout_retires_the_previous_token_early_and_the_grace_period_cap
         e.wait_ready("fast-token");
         e.wait_ready("stuck-token");
         let fast_old = e.secret_token("fast-token").await;
+        let fast_old_id = e.get("fast-token").await.status.and_then(|s| s.token_id).unwrap_or_default();
         let stuck_old = e.secret_token("stuck-token").await;
 
         for name in ["fast-token", "stuck-token"] {
@@ -231,6 +232,15 @@ async fn after_rollout_retires_the_previous_token_early_and_the_grace_period_cap
         .await;
         assert_eq!(e.introspect(&e.secret_token("fast-token").await).await["active"], true);
         assert!(t.status.is_some_and(|s| !s.rollout[0].fingerprint.is_empty()));
+        // The store's audit trail: revoked as the end of a rotation.
+        let (status, trail) = e
+            .store
+            .call(reqwest::Method::GET, &format!("/v1/tokens/{fast_old_id}/events"), Some(support::store::ADMIN), None)
+            .await;
+        assert_eq!(status, 200, "{trail}");
+        let revoked: Vec<&Value> = trail["items"].as_array().into_iter().flatten().filter(|ev| ev["kind"] == "revoked").collect();
+        assert_eq!(revoked.len(), 1, "{trail}");
+        assert_eq!(revoked[0]["reason"], "rotation");
 
         // Never complete: the ApiToken says it waits for the rollout; the old token works.
         let t = e
@@ -342,6 +352,7 @@ async fn the_secret_gets_labels_annotations_and_rendered_keys() {
         // Nowhere else: not in the status or the events.
         let status = serde_json::to_string(&e.get("shaped").await.status).unwrap_or_default();
         assert!(!status.contains(&new) && !e.events().contains(&new));
+        assert!(!e.operator.log_text().contains(&new), "a token in the operator's log");
 
         // The spec drops the label and the template and edits the annotation.
         let edited = "  secret:\n    annotations: {reloader.stakater.com/match: \"false\"}\n";
@@ -358,6 +369,35 @@ async fn the_secret_gets_labels_annotations_and_rendered_keys() {
         let labels = s.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels.get("replicator/sync").map(String::as_str), Some("yes"), "a foreign label stays");
         assert_eq!(data(&s, "token"), Some(new), "an edit does not rotate");
+    })
+    .await;
+}
+
+/// StatefulSets and DaemonSets are restarted and followed too (`replicas: 0`, and no node for
+/// the DaemonSet: both complete once their controller has seen the change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_sets_and_daemon_sets_are_restarted_and_followed() {
+    with_namespace("rollout-kinds", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        let pod = "  template:\n    metadata: {labels: {app: x}}\n    spec: {containers: [{name: app, image: registry.invalid/app:1}]}\n";
+        let sts = format!("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: 0\n  serviceName: db\n  selector: {{matchLabels: {{app: x}}}}\n{pod}");
+        let ds = format!("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent}}\nspec:\n  selector: {{matchLabels: {{app: x}}}}\n{pod}");
+        for yaml in [sts, ds] {
+            let out = e.cp.kubectl_stdin(&["create", "-n", &e.ns, "-f", "-"], Some(&yaml));
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let rollout = "  rollout:\n    targets: [{kind: StatefulSet, name: db}, {kind: DaemonSet, name: agent}]\n";
+        e.apply(&token("kinds", "orders:read", rollout));
+        e.wait_until("kinds", "a first token, rolled out", rolled_out).await;
+        e.kubectl(&["annotate", "apitoken/kinds", "loop.dev/rotate=r1"]);
+        let t = e.wait_rotated("kinds", "r1").await;
+        let want = fingerprint(&t);
+        e.wait_until("kinds", "the rollout of the new token", move |t| rolled_out(t) && fingerprint(t) == want)
+            .await;
+        assert_eq!(
+            (audited(&e, "statefulsets", "db", Some("patch")), audited(&e, "daemonsets", "agent", Some("patch"))),
+            (1, 1)
+        );
     })
     .await;
 }
