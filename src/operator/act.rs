@@ -138,7 +138,7 @@ async fn issue(
         usage_from: Some(usage_from_at_issue(scene.secret, issued_at)),
     };
     let desired = secret::desired(tg.t, d, &token, &record);
-    let written = match tg.write_secret(&desired, scene.secret.is_some()).await {
+    let written = match write(tg, scene, &desired).await {
         Ok(w) => w,
         Err(e) => {
             let orphan = audit(tg, ChangeReason::Orphan);
@@ -245,11 +245,22 @@ async fn rewrite_secret(
         return Ok(None);
     };
     let desired = secret::desired(tg.t, scene.d, token, &record);
-    let written = tg.write_secret(&desired, true).await?;
+    let written = write(tg, scene, &desired).await?;
     ctx.metrics.action("repair_secret");
     tg.publish(&ctx.events, events::secret_repaired(&scene.d.secret_name))
         .await;
     Ok(Some(written))
+}
+
+/// Write the Secret: first remove the extras the spec dropped (recorded by the Secret as it
+/// was), then create or apply it.
+async fn write(tg: &Target<'_>, scene: &Scene<'_>, desired: &Secret) -> Result<Secret, Error> {
+    if let Some(existing) = scene.secret
+        && let Some(patch) = secret::removal_patch(existing, scene.d)
+    {
+        tg.remove_from_secret(&scene.d.secret_name, &patch).await?;
+    }
+    tg.write_secret(desired, scene.secret.is_some()).await
 }
 
 async fn revoke(
@@ -301,7 +312,9 @@ async fn mark_unused(
     let key = a
         .get(secret_annotations::TOKEN_KEY)
         .map_or(scene.d.secret_key.as_str(), String::as_str);
-    let written = tg.mark_unused(existing, key, id).await?;
+    let mut keys = secret::rendered_keys(existing);
+    keys.push(key.to_owned());
+    let written = tg.mark_unused(existing, &keys, id).await?;
     crash::point(ctx.crash_at.as_deref(), "after-mark-unused");
     tracing::info!(apitoken = %tg.name, namespace = %tg.ns, token_id = %id, "token removed from its Secret: unused (spec.unused.action Revoke)");
     Ok(Some(written))
@@ -331,7 +344,7 @@ pub fn issue_reason(r: IssueReason) -> ChangeReason {
 /// The audit reason of a revocation: the end of a grace period closes a rotation.
 pub fn revoke_reason(r: RevokeReason) -> ChangeReason {
     match r {
-        RevokeReason::GraceOver => ChangeReason::Rotation,
+        RevokeReason::GraceOver | RevokeReason::RolledOut => ChangeReason::Rotation,
         RevokeReason::Orphan => ChangeReason::Orphan,
         RevokeReason::Deleted => ChangeReason::Deleted,
         RevokeReason::Unused { .. } => ChangeReason::Unused,
@@ -367,6 +380,7 @@ mod tests {
         }
         let revokes = [
             (RevokeReason::GraceOver, ChangeReason::Rotation),
+            (RevokeReason::RolledOut, ChangeReason::Rotation),
             (RevokeReason::Orphan, ChangeReason::Orphan),
             (RevokeReason::Deleted, ChangeReason::Deleted),
             (

@@ -5,6 +5,8 @@
 //! scope in its catalogue) becomes a condition. `crds/apitoken.yaml` is generated from these
 //! types by `cargo run --bin crdgen`; a test fails when it is stale.
 
+use std::collections::BTreeMap;
+
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +126,76 @@ pub struct ApiTokenSpec {
     /// that is being deleted, `Orphan` revokes as well: the Secret goes with the namespace.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Workloads that read the token at start-up: after each new token is in the Secret (not on
+    /// first issue), the operator restarts them once, by setting the pod template annotation
+    /// `loop.dev/restarted-for.<ApiToken name>` to the new token's fingerprint (as `kubectl
+    /// rollout restart` does with its own annotation). Needs the chart's `rollout.enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+}
+
+/// Which workloads to restart when the token changes, and whether their rollout ends the
+/// previous token's grace period.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPolicy {
+    /// Deployments, StatefulSets and DaemonSets in this namespace (1 to 16).
+    #[schemars(
+        length(min = 1, max = 16),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"])
+    )]
+    pub targets: Vec<RolloutTarget>,
+
+    /// `AfterGrace` (the default): the previous token works until its grace period ends.
+    /// `AfterRollout`: it is revoked as soon as every target reports its rollout complete (as
+    /// `kubectl rollout status` judges it), and at the latest when its grace period ends.
+    #[serde(default)]
+    pub retire: Retire,
+}
+
+/// A workload to restart.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet` (group `apps`).
+    pub kind: RolloutKind,
+    /// Its name, in the ApiToken's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+}
+
+/// The kinds of workload a rollout restarts.
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum RolloutKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl RolloutKind {
+    /// The kind's name, as in `status.rollout[].kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutKind::Deployment => "Deployment",
+            RolloutKind::StatefulSet => "StatefulSet",
+            RolloutKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// When the previous token is revoked.
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum Retire {
+    /// At the end of its grace period.
+    #[default]
+    AfterGrace,
+    /// Once every rollout target has rolled out the new token; the grace period is the cap.
+    AfterRollout,
 }
 
 /// What deleting an ApiToken does to its token.
@@ -150,6 +222,7 @@ const EXPIRY_COVERS_RENEWAL_MESSAGE: &str = "with expiry.renew, expiry.after mus
 /// The Secret that receives the token.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.template) || !(self.key in self.template)").message("spec.secret.template must not have a key named like spec.secret.key, which holds the token"))]
 pub struct SecretTarget {
     /// Name of the Secret in this namespace. Defaults to the resource's name. The operator
     /// creates it and never writes into a Secret it did not create.
@@ -161,6 +234,69 @@ pub struct SecretTarget {
     #[serde(default = "default_key")]
     #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
     pub key: String,
+
+    /// Labels added to the Secret (for a replicator or Reloader, say). Keys under `loop.dev/`
+    /// and `app.kubernetes.io/managed-by` are the operator's. A label removed here is removed
+    /// from the Secret; labels others add stay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "label_map")]
+    #[x_kube(validation = Rule::new(NOT_RESERVED).message(NOT_RESERVED_MESSAGE))]
+    #[x_kube(validation = Rule::new(LABEL_KEYS).message("spec.secret.labels: a key must be a label key ([prefix/]name, the name at most 63 characters of [-A-Za-z0-9_.], alphanumeric at both ends)"))]
+    #[x_kube(validation = Rule::new(LABEL_VALUES).message("spec.secret.labels: a value must be at most 63 characters of [-A-Za-z0-9_.], alphanumeric at both ends"))]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations added to the Secret (e.g. for Reloader). Keys under `loop.dev/` and
+    /// `app.kubernetes.io/managed-by` are the operator's. An annotation removed here is removed
+    /// from the Secret; annotations others add stay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "annotation_map")]
+    #[x_kube(validation = Rule::new(NOT_RESERVED).message(NOT_RESERVED_MESSAGE))]
+    #[x_kube(validation = Rule::new(LABEL_KEYS).message("spec.secret.annotations: a key must be [prefix/]name, the name at most 63 characters of [-A-Za-z0-9_.], alphanumeric at both ends"))]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Extra keys of the Secret, rendered each time a token is issued, for apps that read the
+    /// token in another shape: `{".env": "LOOP_TOKEN=${token}\n"}`. The placeholders are
+    /// `${token}`, `${tokenId}`, `${fingerprint}` and `${issuedAt}`; no others. A rendered value
+    /// holds the token: it is as secret as the token.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "template_map")]
+    #[x_kube(validation = Rule::new(TEMPLATE_KEYS).message("spec.secret.template: a key must be a valid Secret key ([-._a-zA-Z0-9], at most 253 characters)"))]
+    #[x_kube(validation = Rule::new(TEMPLATE_PLACEHOLDERS).message("spec.secret.template: the only placeholders are ${token}, ${tokenId}, ${fingerprint} and ${issuedAt}"))]
+    pub template: BTreeMap<String, String>,
+}
+
+/// Keys the operator writes itself.
+const NOT_RESERVED: &str =
+    "self.all(k, !k.startsWith('loop.dev/') && k != 'app.kubernetes.io/managed-by')";
+const NOT_RESERVED_MESSAGE: &str =
+    "keys under loop.dev/ and the key app.kubernetes.io/managed-by are the operator's own";
+/// A label or annotation key: an optional DNS-subdomain prefix and a name of at most 63.
+const LABEL_KEYS: &str = r"self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))";
+const LABEL_VALUES: &str =
+    r"self.all(k, self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))";
+const TEMPLATE_KEYS: &str = r"self.all(k, k.matches('^[-._a-zA-Z0-9]{1,253}$'))";
+/// Any `$` is either not followed by `{`, or starts one of the four placeholders.
+const TEMPLATE_PLACEHOLDERS: &str = r"self.all(k, self[k].matches('^([^$]|[$]+([^{$]|$)|[$]+[{](token|tokenId|fingerprint|issuedAt)[}])*$'))";
+
+/// A string map of at most `max_properties` entries whose values are at most `max_len` bytes.
+fn string_map(max_properties: u32, max_len: u32) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": max_properties,
+        "additionalProperties": {"type": "string", "maxLength": max_len},
+    })
+}
+
+fn label_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(32, 63)
+}
+
+fn annotation_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(32, 4096)
+}
+
+fn template_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(16, 4096)
 }
 
 impl Default for SecretTarget {
@@ -168,6 +304,9 @@ impl Default for SecretTarget {
         SecretTarget {
             name: None,
             key: default_key(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            template: BTreeMap::new(),
         }
     }
 }
@@ -340,6 +479,38 @@ pub struct ApiTokenStatus {
     /// How many calls the store has answered for the current token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_count: Option<i64>,
+
+    /// Each `spec.rollout.targets` entry: the token fingerprint it is rolling out and how far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout: Vec<RolloutTargetStatus>,
+}
+
+/// How far a rollout target is with the current token.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTargetStatus {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// The target's name.
+    pub name: String,
+    /// The token it is rolling out (the current token's fingerprint).
+    pub fingerprint: String,
+    /// `Pending`, `Complete` or `Missing`.
+    pub state: RolloutState,
+    /// What it waits for, when not complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A rollout target's state.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Restarted (or to be restarted) for the current token; not all its pods run it yet.
+    Pending,
+    /// Every pod runs with the current token.
+    Complete,
+    /// It does not exist (or the operator may not read it).
+    Missing,
 }
 
 /// A previous token in its grace period.
@@ -445,7 +616,8 @@ mod tests {
             spec.secret,
             SecretTarget {
                 name: None,
-                key: "token".into()
+                key: "token".into(),
+                ..SecretTarget::default()
             }
         );
         assert_eq!(spec.rotation.grace_period, "1h");

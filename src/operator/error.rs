@@ -73,6 +73,20 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading rollout target {kind} {name} failed: {}", describe(.source))]
+    GetRolloutTarget {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("restarting rollout target {kind} {name} failed: {}", describe(.source))]
+    RestartRolloutTarget {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the ApiToken has no namespace or no name")]
@@ -100,6 +114,8 @@ impl Error {
             Error::PatchStatus { .. } => "patch_status",
             Error::AddFinalizer { .. } => "add_finalizer",
             Error::RemoveFinalizer { .. } => "remove_finalizer",
+            Error::GetRolloutTarget { .. } => "get_rollout_target",
+            Error::RestartRolloutTarget { .. } => "restart_rollout_target",
             Error::Store(e) => match e {
                 StoreError::Unavailable(_) => "store_unavailable",
                 StoreError::Unauthorized { .. } => "store_unauthorized",
@@ -112,7 +128,7 @@ impl Error {
     }
 
     /// Every kind [`Error::kind`] can return.
-    pub const KINDS: [&'static str; 17] = [
+    pub const KINDS: [&'static str; 19] = [
         "get_secret",
         "create_secret",
         "apply_secret",
@@ -124,6 +140,8 @@ impl Error {
         "patch_status",
         "add_finalizer",
         "remove_finalizer",
+        "get_rollout_target",
+        "restart_rollout_target",
         "store_unavailable",
         "store_unauthorized",
         "store_rejected",

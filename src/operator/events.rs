@@ -152,6 +152,9 @@ pub fn revoked(id: &str, reason: RevokeReason) -> Note {
         RevokeReason::Idle { .. } => {
             "unused for spec.rotation.retireWhenIdle while the new token is in use"
         }
+        RevokeReason::RolledOut => {
+            "every rollout target runs the new token (spec.rollout.retire: AfterRollout)"
+        }
     };
     normal(event::REVOKED, format!("token {id} revoked: {why}"))
 }

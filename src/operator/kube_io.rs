@@ -167,16 +167,25 @@ impl<'a> Target<'a> {
         self.patch_secret(&s.name_any(), &patch).await
     }
 
-    /// Take the token `id` out of the Secret `s` (its data key `key`) and mark it revoked as
-    /// unused. A strategic merge patch, so the key goes whichever field manager wrote it; only
-    /// on the version read.
-    pub async fn mark_unused(&self, s: &Secret, key: &str, id: &str) -> Result<Secret, Error> {
+    /// Take the token `id` out of the Secret `s` (its data keys `keys`: the token's, and those
+    /// rendered from the template) and mark it revoked as unused. A strategic merge patch, so
+    /// the keys go whichever field manager wrote them; only on the version read.
+    pub async fn mark_unused(
+        &self,
+        s: &Secret,
+        keys: &[String],
+        id: &str,
+    ) -> Result<Secret, Error> {
+        let data: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .map(|k| (k.clone(), serde_json::Value::Null))
+            .collect();
         let patch = serde_json::json!({
             "metadata": {
                 "resourceVersion": s.metadata.resource_version,
                 "annotations": {REVOKED_UNUSED: id},
             },
-            "data": {key: null},
+            "data": data,
         });
         self.patch_secret(&s.name_any(), &patch).await
     }
@@ -185,6 +194,16 @@ impl<'a> Target<'a> {
     pub async fn clear_unused_mark(&self, name: &str) -> Result<Secret, Error> {
         let patch = serde_json::json!({"metadata": {"annotations": {REVOKED_UNUSED: null}}});
         self.patch_secret(name, &patch).await
+    }
+
+    /// Remove from the Secret `name` the extras of `spec.secret` that the spec no longer has
+    /// (see [`secret::removal_patch`]).
+    pub async fn remove_from_secret(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<Secret, Error> {
+        self.patch_secret(name, patch).await
     }
 
     async fn patch_secret(&self, name: &str, patch: &serde_json::Value) -> Result<Secret, Error> {

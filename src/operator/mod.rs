@@ -43,6 +43,8 @@ pub mod plan;
 pub mod policy;
 pub mod policy_crd;
 pub mod reconcile;
+pub mod rollout;
+pub mod rollout_io;
 pub mod run;
 pub mod schedule;
 pub mod secret;

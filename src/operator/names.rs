@@ -23,6 +23,9 @@ pub const DEFAULT_GRACE_PERIOD: &str = "1h";
 /// Annotation on an ApiToken that is being deleted: release it without reaching the store (the
 /// store is gone for good); the value says why. Ignored on an ApiToken not being deleted.
 pub const ABANDON_ANNOTATION: &str = "loop.dev/abandon-revocation";
+/// Prefix of the pod template annotation that restarts a rollout target for an ApiToken:
+/// `loop.dev/restarted-for.<ApiToken name>: <fingerprint>`.
+pub const RESTARTED_FOR_PREFIX: &str = "loop.dev/restarted-for.";
 /// The client-side-apply copy of an object, which the operator never reads.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -44,6 +47,11 @@ pub mod secret_annotations {
     /// From when non-use of the ApiToken's tokens is counted (`spec.unused`): the first token's
     /// issue, carried to each new token, restarted after a revocation as unused.
     pub const USAGE_COUNTED_FROM: &str = "loop.dev/usage-counted-from";
+    /// The labels, annotations and data keys the operator added from `spec.secret` (so that
+    /// those removed from the spec are removed from the Secret, and no others).
+    pub const EXTRAS: &str = "loop.dev/extras";
+    /// A digest of `spec.secret.template` as last rendered (an edited template renders again).
+    pub const TEMPLATE_DIGEST: &str = "loop.dev/template-digest";
 }
 
 /// Condition types (kstatus conventions).
@@ -77,6 +85,12 @@ pub mod reason {
     pub const REVOKED_UNUSED: &str = "RevokedUnused";
     /// `Unused=True`: no call for longer than `spec.unused.after`.
     pub const IDLE: &str = "Idle";
+    /// `Reconciling`: rollout targets are restarting for the current token.
+    pub const ROLLOUT_IN_PROGRESS: &str = "RolloutInProgress";
+    /// `Reconciling`: a rollout target does not exist.
+    pub const ROLLOUT_TARGET_MISSING: &str = "RolloutTargetMissing";
+    /// `Reconciling`: the operator may not read or patch the rollout targets.
+    pub const ROLLOUT_FORBIDDEN: &str = "RolloutForbidden";
 }
 
 /// Event reasons (the `reason` and `action` of each Event the operator publishes).
@@ -107,4 +121,10 @@ pub mod event {
     pub const RETIRED: &str = "Retired";
     /// A previous token is still used half-way through its grace period.
     pub const PREVIOUS_TOKEN_STILL_IN_USE: &str = "PreviousTokenStillInUse";
+    /// A rollout target was restarted for a new token.
+    pub const RESTARTED: &str = "RolloutRestarted";
+    pub const ROLLOUT_TARGET_MISSING: &str = super::reason::ROLLOUT_TARGET_MISSING;
+    pub const ROLLOUT_FORBIDDEN: &str = super::reason::ROLLOUT_FORBIDDEN;
+    /// The previous token's grace period ended before a target finished its rollout.
+    pub const ROLLOUT_INCOMPLETE: &str = "RolloutIncomplete";
 }

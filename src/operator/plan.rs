@@ -35,6 +35,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::crd::{ApiToken, UnusedAction};
+use super::rollout::Consumers;
 use super::schedule::{self, Aging, Due, Expiry};
 use super::usage::{self, Early, Idle, InGrace, Unused};
 
@@ -64,6 +65,8 @@ pub struct Desired {
     pub unused: Option<Unused>,
     /// `spec.rotation.retireWhenIdle`.
     pub retire_when_idle: Option<SignedDuration>,
+    /// The Secret's extra labels, annotations and keys, and the workloads to restart.
+    pub consumers: Consumers,
 }
 
 /// Parse a Go-style duration (`1h30m`, `90s`, `0s`, `0`) of the spec field `field`.
@@ -138,6 +141,7 @@ pub fn desired(
             .as_deref()
             .map(|w| parse_duration("rotation.retireWhenIdle", w))
             .transpose()?,
+        consumers: Consumers::of(token),
     })
 }
 
@@ -233,6 +237,9 @@ pub enum RevokeReason {
     /// A previous token went unused since then for `spec.rotation.retireWhenIdle`, and the new
     /// token is in use: its grace period ends early.
     Idle { since: Timestamp },
+    /// Every rollout target runs the current token (`spec.rollout.retire: AfterRollout`): the
+    /// previous one is revoked before its grace period ends.
+    RolledOut,
 }
 
 /// One step, in the order the shell must run them.
@@ -353,6 +360,8 @@ pub struct Observed<'a> {
     /// Whether the status says its token was revoked as unused (a hint for when the Secret is
     /// lost).
     pub status_revoked_unused: bool,
+    /// The token fingerprint every rollout target has completely rolled out, if any.
+    pub rolled_out: Option<&'a str>,
     pub now: Timestamp,
 }
 
@@ -727,6 +736,10 @@ fn plan_others(o: &Observed<'_>, p: &mut Plan, issuing_previous: Option<&str>) {
         };
         match (action, r.expires_at) {
             (Some(a), _) => p.actions.push(a),
+            (None, Some(_)) if retires_early(o, p) => p.actions.push(Action::Revoke {
+                id: r.id.clone(),
+                reason: RevokeReason::RolledOut,
+            }),
             (None, Some(at)) => keep_in_grace(o, p, r, at),
             (None, None) => {}
         }
@@ -771,6 +784,15 @@ fn keep_in_grace(o: &Observed<'_>, p: &mut Plan, r: &RegObs, until: Timestamp) {
         last_used_at: r.last_used_at,
         in_use_half_way,
     });
+}
+
+/// With `spec.rollout.retire: AfterRollout`, a token in its grace period is revoked once every
+/// rollout target has rolled out the current token (not while a new one is being issued).
+fn retires_early(o: &Observed<'_>, p: &Plan) -> bool {
+    o.desired.consumers.retire_after_rollout()
+        && p.current
+            .as_ref()
+            .is_some_and(|c| o.rolled_out == Some(c.fingerprint.as_str()))
 }
 
 /// By the Secret record's list: a retired token keeps its grace period until the time the
@@ -882,6 +904,7 @@ mod tests {
             grace: SignedDuration::from_hours(1),
             rotation_request: None,
             aging: Aging::default(),
+            consumers: Consumers::default(),
             unused: None,
             retire_when_idle: None,
         }
@@ -938,6 +961,7 @@ mod tests {
             status_handled: None,
             status_in_grace: &[],
             status_revoked_unused: false,
+            rolled_out: None,
             now: ts(NOW),
         })
     }
@@ -952,6 +976,7 @@ mod tests {
             status_handled: None,
             status_in_grace: &[],
             status_revoked_unused: false,
+            rolled_out: None,
             now: ts(NOW),
         }
     }
@@ -1707,6 +1732,7 @@ mod tests {
             status_handled: Some("r1"),
             status_in_grace: &[],
             status_revoked_unused: false,
+            rolled_out: None,
             now: ts(NOW),
         });
         assert_eq!(p.blocked, None);
@@ -1729,6 +1755,7 @@ mod tests {
             status_handled: None,
             status_in_grace: &["grace".to_owned()],
             status_revoked_unused: false,
+            rolled_out: None,
             now: ts(NOW),
         });
         assert!(p.actions.contains(&Action::Revoke {
@@ -1753,6 +1780,67 @@ mod tests {
         let p = run(&d, Some(&s), &[reg("a")], Some("a"));
         assert!(
             matches!(p.actions.first(), Some(Action::Issue { reason: IssueReason::Scheduled, answers: Some(v), .. }) if v == "2026-12-02T09:00:00Z"),
+            "{:?}",
+            p.actions
+        );
+    }
+
+    /// A plan for token "b", which replaced "a" (in its grace period), with this rollout.
+    fn rolled(d: &Desired, rolled_out: Option<&str>) -> Plan {
+        let mut s = issued_ago("b", 600);
+        s.previous_token_id = Some("a".into());
+        s.retired = Some(vec![until("a", NOW + 3000)]);
+        plan(&Observed {
+            desired: d,
+            secret: Some(&s),
+            registrations: &[expiring("a", NOW + 3000), reg("b")],
+            status_token_id: Some("b"),
+            status_handled: None,
+            status_in_grace: &[],
+            status_revoked_unused: false,
+            rolled_out,
+            now: ts(NOW),
+        })
+    }
+
+    fn with_rollout(retire: crate::operator::crd::Retire) -> Desired {
+        use crate::operator::crd::{RolloutKind, RolloutPolicy, RolloutTarget};
+        let mut d = desired();
+        d.consumers.rollout = Some(RolloutPolicy {
+            targets: vec![RolloutTarget {
+                kind: RolloutKind::Deployment,
+                name: "shop".into(),
+            }],
+            retire,
+        });
+        d
+    }
+
+    #[test]
+    fn after_rollout_the_previous_token_goes_once_every_target_runs_the_new_one() {
+        use crate::operator::crd::Retire;
+        let d = with_rollout(Retire::AfterRollout);
+        // Not rolled out yet, or only the previous token was: the grace period runs.
+        assert_eq!(rolled(&d, None).actions, vec![]);
+        assert_eq!(rolled(&d, Some("fp-a")).actions, vec![]);
+        assert_eq!(
+            rolled(&d, Some("fp-b")).actions,
+            vec![Action::Revoke {
+                id: "a".into(),
+                reason: RevokeReason::RolledOut
+            }]
+        );
+        // AfterGrace: the rollout does not shorten the grace period.
+        let d = with_rollout(Retire::AfterGrace);
+        assert_eq!(rolled(&d, Some("fp-b")).actions, vec![]);
+        // A new rotation: the old rollout retires nothing; "a" keeps its grace period.
+        let mut d = with_rollout(Retire::AfterRollout);
+        d.rotation_request = Some("again".into());
+        let p = rolled(&d, Some("fp-b"));
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Revoke { id, .. } if id == "a")),
             "{:?}",
             p.actions
         );

@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use super::act::{self, Scene};
 use super::crash;
-use super::crd::ApiToken;
+use super::crd::{ApiToken, ApiTokenStatus};
 use super::decide::{self, AfterFailure, StatusWrite};
 use super::deletion::{self, Deletion};
 use super::error::Error;
@@ -30,6 +30,8 @@ use super::kube_io::{Publisher, Target};
 use super::metrics::Metrics;
 use super::names::{FINALIZER, ROTATE_ANNOTATION};
 use super::plan::{self, Action, Blocked, Desired, Observed, Plan, RegObs};
+use super::rollout;
+use super::rollout_io;
 use super::secret;
 use super::status::{self, Outcome};
 use super::store_client::{StoreClient, StoreError};
@@ -97,6 +99,8 @@ enum Passes {
         plan: Box<Plan>,
         issued: bool,
         acted: bool,
+        /// The current token replaced an earlier one (the Secret record names it).
+        replaced: bool,
     },
     Blocked(Blocked),
     /// Still acting after [`MAX_PASSES`].
@@ -124,7 +128,12 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             Err(e) => fail(&tg, ctx, &d, e).await,
         };
     }
-    let passes = match run_passes(&tg, ctx, &d).await {
+    let targets = match rollout_io::observe(&tg, ctx, &d).await {
+        Ok(t) => t,
+        Err(e) => return fail(&tg, ctx, &d, e).await,
+    };
+    let rolled_out = targets.rolled_out(&tg.name);
+    let passes = match run_passes(&tg, ctx, &d, rolled_out.as_deref()).await {
         Ok(p) => p,
         Err(e) => return fail(&tg, ctx, &d, e).await,
     };
@@ -157,19 +166,64 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
             plan,
             issued,
             acted,
+            replaced,
         } => {
-            if decide::secret_may_have_moved(tg.status(), &d) {
-                tg.remove_secrets_except(&d.secret_name).await?;
-            }
-            if issued {
-                crash::point(ctx.crash_at.as_deref(), "before-status");
-            }
-            announce_usage(&tg, ctx, &d, &plan).await;
-            write_status(&tg, ctx, &Outcome::Converged, Some(&d), Some(&plan), acted).await?;
-            let next = decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
-            Ok(Requeue::requeue(next))
+            let done = Converged {
+                plan: &plan,
+                issued,
+                acted,
+                replaced,
+            };
+            converge(&tg, ctx, &d, &done, &targets).await
         }
     }
+}
+
+/// How the passes converged.
+struct Converged<'p> {
+    plan: &'p Plan,
+    issued: bool,
+    acted: bool,
+    replaced: bool,
+}
+
+/// After the passes converged: tidy former Secrets, restart the rollout targets, write the
+/// status, and say when to come back.
+async fn converge(
+    tg: &Target<'_>,
+    ctx: &Context,
+    d: &Desired,
+    done: &Converged<'_>,
+    targets: &rollout_io::Targets,
+) -> Result<Requeue, Error> {
+    let plan = done.plan;
+    if decide::secret_may_have_moved(tg.status(), d) {
+        tg.remove_secrets_except(&d.secret_name).await?;
+    }
+    if done.issued {
+        crash::point(ctx.crash_at.as_deref(), "before-status");
+    }
+    let report = match rollout_io::restart(tg, ctx, plan, done.replaced, targets).await {
+        Ok(r) => r,
+        Err(e) => return fail(tg, ctx, d, e).await,
+    };
+    announce_usage(tg, ctx, d, plan).await;
+    let converged = Outcome::Converged;
+    write_status_with(
+        tg,
+        ctx,
+        &converged,
+        Some(d),
+        Some(plan),
+        done.acted,
+        Some(&report),
+    )
+    .await?;
+    let mut next = decide::next_reconcile(Timestamp::now(), plan.wake_at, ctx.usage_interval);
+    if let Some(soon) = report.recheck_after() {
+        next = next.min(soon);
+    }
+    Ok(Requeue::requeue(next))
 }
 
 /// Where a pass reads the Secret from.
@@ -214,7 +268,12 @@ async fn observe(
     })
 }
 
-async fn run_passes(tg: &Target<'_>, ctx: &Context, d: &Desired) -> Result<Passes, Error> {
+async fn run_passes(
+    tg: &Target<'_>,
+    ctx: &Context,
+    d: &Desired,
+    rolled_out: Option<&str>,
+) -> Result<Passes, Error> {
     let (mut issued, mut acted) = (false, false);
     // The Secret as the previous pass left it (as written, or as read live), if known.
     let mut known: Option<Option<Box<Secret>>> = None;
@@ -252,6 +311,7 @@ async fn run_passes(tg: &Target<'_>, ctx: &Context, d: &Desired) -> Result<Passe
             status_handled: status.and_then(|s| s.last_rotation_request.as_deref()),
             status_in_grace: &in_grace,
             status_revoked_unused: status.is_some_and(decide::says_revoked_unused),
+            rolled_out,
             now: Timestamp::now(),
         });
         if from_cache && !decide::trust_cached_plan(&p, seen.secret.is_some(), &seen.registrations)
@@ -262,10 +322,15 @@ async fn run_passes(tg: &Target<'_>, ctx: &Context, d: &Desired) -> Result<Passe
             return Ok(Passes::Blocked(blocked));
         }
         if p.actions.is_empty() {
+            let replaced = seen
+                .read
+                .as_ref()
+                .is_some_and(|r| r.obs.previous_token_id.is_some());
             return Ok(Passes::Converged {
                 plan: Box::new(p),
                 issued,
                 acted,
+                replaced,
             });
         }
         let written = act_all(tg, ctx, d, &seen, &p.actions).await?;
@@ -428,10 +493,31 @@ pub(super) async fn write_status(
     p: Option<&Plan>,
     acted: bool,
 ) -> Result<(), Error> {
+    write_status_with(tg, ctx, outcome, d, p, acted, None).await
+}
+
+/// [`write_status`], with the rollout's report (see [`rollout::apply_to_status`]); without one,
+/// `status.rollout` stays as it was.
+async fn write_status_with(
+    tg: &Target<'_>,
+    ctx: &Context,
+    outcome: &Outcome<'_>,
+    d: Option<&Desired>,
+    p: Option<&Plan>,
+    acted: bool,
+    report: Option<&rollout::Report>,
+) -> Result<(), Error> {
     let now = Timestamp::now();
     let generation = tg.t.meta().generation;
     let cached = tg.status().cloned().unwrap_or_default();
-    let new = status::compute(&cached, outcome, d, p, generation, now);
+    let compute = |old: &ApiTokenStatus, generation| {
+        let mut new = status::compute(old, outcome, d, p, generation, now);
+        if let Some(r) = report {
+            rollout::apply_to_status(old, &mut new, r, &now.to_string());
+        }
+        new
+    };
+    let new = compute(&cached, generation);
     ctx.metrics.set_state(&tg.uid, status::readiness(&new));
     let seconds = |t: &Option<String>| {
         t.as_deref()
@@ -452,7 +538,7 @@ pub(super) async fn write_status(
             let live = tg.live().await?;
             let current = live.status.clone().unwrap_or_default();
             let generation = live.meta().generation.or(generation);
-            let new = status::compute(&current, outcome, d, p, generation, now);
+            let new = compute(&current, generation);
             ctx.metrics.set_state(&tg.uid, status::readiness(&new));
             if live.status.as_ref() == Some(&new) {
                 Ok(())

@@ -22,6 +22,8 @@ use crate::token::Token;
 
 /// What the Secret cache keeps in place of a token: this prefix and the token's fingerprint.
 const CACHED_FINGERPRINT: &str = "loop.dev/fingerprint:";
+/// What the Secret cache keeps in place of a rendered template value (which holds the token).
+const CACHED_RENDERED: &[u8] = b"loop.dev/rendered";
 
 /// The record a token is written with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,28 +95,28 @@ pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
 }
 
 /// The Secret to write for `t`: the token under the desired key, the record, the operator's
-/// labels, and a controller owner reference (so the Secret goes with its ApiToken).
+/// labels, and a controller owner reference (so the Secret goes with its ApiToken); with the
+/// labels, annotations and rendered keys of `spec.secret`, all in the same write.
 pub fn desired(t: &ApiToken, d: &Desired, token: &Token, r: &Record) -> Secret {
-    let mut s = shell(t, d, r, token.fingerprint());
-    s.data = Some(BTreeMap::from([(
-        d.secret_key.clone(),
-        ByteString(token.expose().as_bytes().to_vec()),
-    )]));
-    s
-}
-
-/// Everything of the Secret but its data.
-fn shell(t: &ApiToken, d: &Desired, r: &Record, fingerprint: String) -> Secret {
-    let mut annotations = BTreeMap::from([
+    let c = &d.consumers;
+    let mut annotations = c.annotations.clone();
+    annotations.extend([
         (ann::TOKEN_ID.to_owned(), r.token_id.clone()),
         (ann::ISSUED_AT.to_owned(), r.issued_at.to_string()),
-        (ann::FINGERPRINT.to_owned(), fingerprint),
+        (ann::FINGERPRINT.to_owned(), token.fingerprint()),
         (ann::TOKEN_KEY.to_owned(), d.secret_key.clone()),
         (
             ann::RETIRED_TOKEN_IDS.to_owned(),
             format_retired(&r.retired),
         ),
     ]);
+    let extras = extras(d);
+    if !extras.is_empty() {
+        annotations.insert(ann::EXTRAS.to_owned(), extras);
+    }
+    if let Some(digest) = template_digest(d) {
+        annotations.insert(ann::TEMPLATE_DIGEST.to_owned(), digest);
+    }
     if let Some(p) = &r.previous {
         annotations.insert(ann::PREVIOUS_TOKEN_ID.to_owned(), p.clone());
     }
@@ -124,21 +126,155 @@ fn shell(t: &ApiToken, d: &Desired, r: &Record, fingerprint: String) -> Secret {
     if let Some(t) = r.usage_from {
         annotations.insert(ann::USAGE_COUNTED_FROM.to_owned(), t.to_string());
     }
+    let mut labels = c.labels.clone();
+    labels.extend([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+        (API_TOKEN_LABEL.to_owned(), t.name_any()),
+    ]);
+    let mut data: BTreeMap<String, ByteString> = c
+        .template
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(render(v, token, r).into_bytes())))
+        .collect();
+    data.insert(
+        d.secret_key.clone(),
+        ByteString(token.expose().as_bytes().to_vec()),
+    );
     Secret {
         metadata: ObjectMeta {
             name: Some(d.secret_name.clone()),
             namespace: t.namespace(),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
-                (API_TOKEN_LABEL.to_owned(), t.name_any()),
-            ])),
+            labels: Some(labels),
             annotations: Some(annotations),
             owner_references: t.controller_owner_ref(&()).map(|r| vec![r]),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
+        data: Some(data),
         ..Secret::default()
     }
+}
+
+/// A template rendered for a token: its four placeholders replaced. The result holds the token:
+/// it goes into the Secret's data and nowhere else.
+fn render(template: &str, token: &Token, r: &Record) -> String {
+    template
+        .replace("${token}", token.expose())
+        .replace("${tokenId}", &r.token_id)
+        .replace("${fingerprint}", &token.fingerprint())
+        .replace("${issuedAt}", &r.issued_at.to_string())
+}
+
+/// The extras of `spec.secret` as the record lists them: `label:<key>`, `annotation:<key>`,
+/// `data:<key>`, sorted, comma-separated (no key of these kinds holds a comma).
+fn extras(d: &Desired) -> String {
+    let c = &d.consumers;
+    let mut all: Vec<String> = c
+        .labels
+        .keys()
+        .map(|k| format!("label:{k}"))
+        .chain(c.annotations.keys().map(|k| format!("annotation:{k}")))
+        .chain(c.template.keys().map(|k| format!("data:{k}")))
+        .collect();
+    all.sort();
+    all.join(",")
+}
+
+/// The data keys the Secret's record says were rendered from `spec.secret.template` (each holds
+/// the token).
+pub fn rendered_keys(s: &Secret) -> Vec<String> {
+    recorded_extras(s)
+        .iter()
+        .filter_map(|e| e.strip_prefix("data:").map(str::to_owned))
+        .collect()
+}
+
+/// The extras a Secret's record lists.
+fn recorded_extras(s: &Secret) -> Vec<String> {
+    s.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ann::EXTRAS))
+        .map(|v| {
+            v.split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A digest of the template texts (not of what they render to), so that an edited template is
+/// rendered again. `None` without a template.
+fn template_digest(d: &Desired) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    if d.consumers.template.is_empty() {
+        return None;
+    }
+    let mut h = Sha256::new();
+    for (k, v) in &d.consumers.template {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    let hex: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(hex)
+}
+
+/// Whether the Secret carries the extras of `spec.secret` as the operator writes them: the
+/// record of extras and the template digest, each label and annotation with its value, each
+/// rendered key (its value is not compared: it holds the token, which the cache does not keep).
+fn extras_ok(s: &Secret, d: &Desired) -> bool {
+    let c = &d.consumers;
+    let empty = BTreeMap::new();
+    let annotations = s.metadata.annotations.as_ref().unwrap_or(&empty);
+    let labels = s.metadata.labels.as_ref().unwrap_or(&empty);
+    let has_all = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    let data_keys = s.data.as_ref();
+    annotations.get(ann::EXTRAS).map_or("", String::as_str) == extras(d)
+        && annotations.get(ann::TEMPLATE_DIGEST) == template_digest(d).as_ref()
+        && has_all(labels, &c.labels)
+        && has_all(annotations, &c.annotations)
+        && c.template
+            .keys()
+            .all(|k| data_keys.is_some_and(|data| data.contains_key(k)))
+}
+
+/// The patch that removes from `existing` the extras its record lists and the spec no longer
+/// has (server-side apply cannot: the Secret was created by a plain create, whose fields stay
+/// with it). Labels, annotations and keys that others added are never listed, so they stay.
+/// `None` when nothing is to be removed.
+pub fn removal_patch(existing: &Secret, d: &Desired) -> Option<serde_json::Value> {
+    let wanted = extras(d);
+    let wanted: Vec<&str> = wanted.split(',').collect();
+    let mut labels = serde_json::Map::new();
+    let mut annotations = serde_json::Map::new();
+    let mut data = serde_json::Map::new();
+    for e in recorded_extras(existing) {
+        if wanted.contains(&e.as_str()) {
+            continue;
+        }
+        let (map, key) = match e.split_once(':') {
+            Some(("label", k)) => (&mut labels, k),
+            Some(("annotation", k)) => (&mut annotations, k),
+            Some(("data", k)) => (&mut data, k),
+            _ => continue,
+        };
+        map.insert(key.to_owned(), serde_json::Value::Null);
+    }
+    if labels.is_empty() && annotations.is_empty() && data.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({
+        "metadata": {"labels": labels, "annotations": annotations},
+        "data": data,
+    }))
 }
 
 /// The body of a server-side apply of `s` (apiVersion and kind set, as apply requires).
@@ -180,7 +316,8 @@ pub fn read(s: &Secret, name: &str, uid: &str, d: &Desired) -> Read {
         && labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
         && labels.get(API_TOKEN_LABEL).map(String::as_str) == Some(name)
         && annotations.get(ann::FINGERPRINT) == fingerprint.as_ref()
-        && annotations.get(ann::TOKEN_KEY) == Some(&d.secret_key);
+        && annotations.get(ann::TOKEN_KEY) == Some(&d.secret_key)
+        && extras_ok(s, d);
     let obs = SecretObs {
         owned,
         token_id: annotations.get(ann::TOKEN_ID).cloned(),
@@ -217,13 +354,22 @@ fn token_at(s: &Secret, key: &str) -> Option<(Option<Token>, String)> {
     }
 }
 
-/// Prepare an owned Secret for the watch cache: no managedFields (never read), and no token.
+/// Prepare an owned Secret for the watch cache: no managedFields (never read), and no token
+/// (rendered template values, which hold it, are kept as a mark).
 /// Each value that is a token becomes its fingerprint, which is all a plan made from the cache
 /// needs: anything that uses the token itself is planned again from a live read. So the
 /// operator's memory does not hold thousands of tokens for as long as it runs.
 pub fn for_cache(s: &mut Secret) {
     s.managed_fields_mut().clear();
-    for v in s.data.iter_mut().flat_map(|d| d.values_mut()) {
+    let rendered: Vec<String> = recorded_extras(s)
+        .iter()
+        .filter_map(|e| e.strip_prefix("data:").map(str::to_owned))
+        .collect();
+    for (k, v) in s.data.iter_mut().flat_map(|d| d.iter_mut()) {
+        if rendered.contains(k) {
+            v.0 = CACHED_RENDERED.to_vec();
+            continue;
+        }
         let fingerprint = std::str::from_utf8(&v.0)
             .ok()
             .and_then(|t| Token::parse(t).ok())
@@ -328,5 +474,86 @@ mod tests {
         assert_eq!(r.obs.fingerprint, Some(token.fingerprint()));
         assert!(r.obs.shape_ok);
         assert!(r.token.is_none());
+    }
+
+    fn shaped() -> Desired {
+        let mut d = desired_spec();
+        d.consumers.labels = BTreeMap::from([("team".into(), "shop".into())]);
+        d.consumers.annotations =
+            BTreeMap::from([("reloader.stakater.com/match".into(), "true".into())]);
+        d.consumers.template = BTreeMap::from([(
+            ".env".into(),
+            "LOOP_TOKEN=${token}\nLOOP_TOKEN_ID=${tokenId} ${fingerprint} ${issuedAt} $HOME\n"
+                .into(),
+        )]);
+        d
+    }
+
+    #[test]
+    fn labels_annotations_and_rendered_keys_land_in_the_same_secret() {
+        let token = Token::mint().expect("a token");
+        let d = shaped();
+        let s = desired(&minimal(), &d, &token, &record());
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("team").map(String::as_str), Some("shop"));
+        assert_eq!(
+            labels.get(MANAGED_BY_LABEL).map(String::as_str),
+            Some(MANAGED_BY_VALUE)
+        );
+        let annotations = s.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations["reloader.stakater.com/match"], "true");
+        let env = String::from_utf8(s.data.clone().unwrap_or_default()[".env"].0.clone()).unwrap();
+        assert_eq!(
+            env,
+            format!(
+                "LOOP_TOKEN={}\nLOOP_TOKEN_ID=u.abc {} {} $HOME\n",
+                token.expose(),
+                token.fingerprint(),
+                record().issued_at
+            )
+        );
+        assert!(read(&s, "a", "u", &d).obs.shape_ok);
+        // Nothing to remove while the spec still has them all.
+        assert_eq!(removal_patch(&s, &d), None);
+        // The cache keeps neither the token nor what was rendered from it.
+        let mut cached = s.clone();
+        for_cache(&mut cached);
+        assert!(!format!("{cached:?}").contains(token.expose()));
+        assert!(read(&cached, "a", "u", &d).obs.shape_ok);
+    }
+
+    #[test]
+    fn an_edited_shape_is_written_again_and_dropped_keys_only_are_removed() {
+        let token = Token::mint().expect("a token");
+        let s = desired(&minimal(), &shaped(), &token, &record());
+        // A label added by someone else is no concern of the operator.
+        let mut foreign = s.clone();
+        foreign
+            .metadata
+            .labels
+            .as_mut()
+            .map(|l| l.insert("replicator/sync".into(), "yes".into()));
+        assert!(read(&foreign, "a", "u", &shaped()).obs.shape_ok);
+        // The spec drops the label and the template, and edits the annotation.
+        let mut d = shaped();
+        d.consumers.labels.clear();
+        d.consumers.template.clear();
+        d.consumers
+            .annotations
+            .insert("reloader.stakater.com/match".into(), "false".into());
+        assert!(!read(&foreign, "a", "u", &d).obs.shape_ok);
+        assert_eq!(
+            removal_patch(&foreign, &d),
+            Some(serde_json::json!({
+                "metadata": {"labels": {"team": null}, "annotations": {}},
+                "data": {".env": null},
+            }))
+        );
+        // An edited template text renders again.
+        let mut d = shaped();
+        d.consumers
+            .template
+            .insert(".env".into(), "TOKEN=${token}".into());
+        assert!(!read(&s, "a", "u", &d).obs.shape_ok);
     }
 }

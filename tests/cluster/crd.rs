@@ -51,6 +51,23 @@ async fn invalid_specs_are_refused_by_the_api_server() {
             ("{scopes: [a:read], rotation: {retireWhenIdle: 30s}}", "rotation.retireWhenIdle must be at least 1m"),
             ("{scopes: [a:read], rotation: {retireWhenIdle: 1h}}", "rotation.retireWhenIdle must be shorter than rotation.gracePeriod"),
             ("{scopes: [a:read], rotation: {gracePeriod: 10m, retireWhenIdle: 10m}}", "rotation.retireWhenIdle must be shorter than rotation.gracePeriod"),
+            ("{scopes: [a:read], secret: {labels: {loop.dev/team: 'x'}}}", "keys under loop.dev/ and the key app.kubernetes.io/managed-by are the operator's own"),
+            ("{scopes: [a:read], secret: {annotations: {app.kubernetes.io/managed-by: 'x'}}}", "keys under loop.dev/ and the key app.kubernetes.io/managed-by are the operator's own"),
+            ("{scopes: [a:read], secret: {labels: {'bad key': 'x'}}}", "spec.secret.labels: a key must be a label key"),
+            ("{scopes: [a:read], secret: {labels: {team: 'a b'}}}", "spec.secret.labels: a value must be at most 63 characters"),
+            ("{scopes: [a:read], secret: {annotations: {'-x': 'y'}}}", "spec.secret.annotations: a key must be"),
+            ("{scopes: [a:read], secret: {key: env, template: {env: 'T=${token}'}}}", "spec.secret.template must not have a key named like spec.secret.key"),
+            ("{scopes: [a:read], secret: {template: {token: '${token}'}}}", "spec.secret.template must not have a key named like spec.secret.key"),
+            ("{scopes: [a:read], secret: {template: {'a/b': '${token}'}}}", "spec.secret.template: a key must be a valid Secret key"),
+            ("{scopes: [a:read], secret: {template: {.env: 'T=${secret}'}}}", "the only placeholders are ${token}, ${tokenId}, ${fingerprint} and ${issuedAt}"),
+            ("{scopes: [a:read], secret: {template: {.env: 'T=$${HOME}'}}}", "the only placeholders are"),
+            ("{scopes: [a:read], rollout: {targets: []}}", "spec.rollout.targets in body should have at least 1 items"),
+            ("{scopes: [a:read], rollout: {}}", "spec.rollout.targets: Required value"),
+            ("{scopes: [a:read], rollout: {targets: [{kind: Pod, name: web}]}}", "spec.rollout.targets[0].kind: Unsupported value: \"Pod\""),
+            ("{scopes: [a:read], rollout: {targets: [{kind: Deployment, name: Web}]}}", "spec.rollout.targets[0].name in body should match"),
+            ("{scopes: [a:read], rollout: {targets: [{kind: Deployment, name: web}, {kind: Deployment, name: web}]}}", "spec.rollout.targets[1]: Duplicate value"),
+            ("{scopes: [a:read], rollout: {retire: Later, targets: [{kind: Deployment, name: web}]}}", "spec.rollout.retire: Unsupported value: \"Later\""),
+            (&format!("{{scopes: [a:read], rollout: {{targets: [{}]}}}}", (0..17).map(|i| format!("{{kind: Deployment, name: w{i}}}")).collect::<Vec<_>>().join(", ")), "spec.rollout.targets: Too many: 17: must have at most 16 items"),
         ];
         for (i, (spec, expected)) in cases.iter().enumerate() {
             let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&token(&ns, &format!("bad-{i}"), spec)));
@@ -64,6 +81,7 @@ async fn invalid_specs_are_refused_by_the_api_server() {
             ("aging", "{scopes: [a:read], rotation: {every: 720h, gracePeriod: 1h}, expiry: {after: 8760h}}"),
             ("lapsing", "{scopes: [a:read], expiry: {after: 1h, renew: false}}"),
             ("usage", "{scopes: [a:read], unused: {after: 24h}, rotation: {gracePeriod: 2m, retireWhenIdle: 1m}}"),
+            ("consumed", "{scopes: [a:read], secret: {labels: {team: shop, example.com/tier: '1'}, annotations: {reloader.stakater.com/match: 'true'}, template: {.env: \"LOOP_TOKEN=${token}\\nID=${tokenId} ${fingerprint} ${issuedAt} $HOME $$5\\n\"}}, rollout: {retire: AfterRollout, targets: [{kind: Deployment, name: shop}, {kind: StatefulSet, name: db}, {kind: DaemonSet, name: agent}]}}"),
         ] {
             let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&token(&ns, name, spec)));
             assert!(out.status.success(), "{spec}: {}", String::from_utf8_lossy(&out.stderr));
@@ -73,7 +91,7 @@ async fn invalid_specs_are_refused_by_the_api_server() {
         listed.sort_unstable();
         assert_eq!(
             listed,
-            ["apitoken.loop.dev/aging", "apitoken.loop.dev/good", "apitoken.loop.dev/lapsing", "apitoken.loop.dev/usage"],
+            ["apitoken.loop.dev/aging", "apitoken.loop.dev/consumed", "apitoken.loop.dev/good", "apitoken.loop.dev/lapsing", "apitoken.loop.dev/usage"],
             "only the valid resources exist"
         );
 

@@ -375,7 +375,7 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         for (verb, what) in [("watch", "apitokens.loop.dev"), ("patch", "apitokens.loop.dev/status"), ("create", "secrets"), ("create", "events.events.k8s.io"), ("patch", "leases.coordination.k8s.io")] {
             assert!(can(verb, what), "the operator must be able to {verb} {what}");
         }
-        for (verb, what) in [("delete", "apitokens.loop.dev"), ("create", "apitokens.loop.dev"), ("update", "apitokens.loop.dev"), ("get", "configmaps"), ("create", "pods"), ("delete", "leases.coordination.k8s.io")] {
+        for (verb, what) in [("delete", "apitokens.loop.dev"), ("create", "apitokens.loop.dev"), ("update", "apitokens.loop.dev"), ("get", "configmaps"), ("create", "pods"), ("delete", "leases.coordination.k8s.io"), ("get", "deployments.apps"), ("patch", "deployments.apps"), ("patch", "statefulsets.apps"), ("patch", "daemonsets.apps")] {
             assert!(!can(verb, what), "the operator must not be able to {verb} {what}");
         }
         let elsewhere = cp.kubectl(&["auth", "can-i", "get", "secrets", "-n", "kube-system", "--as", &who]);
@@ -417,9 +417,89 @@ async fn installed_chart_rbac_is_sufficient_and_least_privilege() {
         let logs = operator.log_text();
         assert!(!logs.to_lowercase().contains("forbidden"), "the operator hit a permission error:\n{logs}");
 
+        // Rollout restarts are opt-in: without rollout.enabled the operator has no access to
+        // workloads, and an ApiToken that names one says so (its token works all the same).
+        rollout_is_opt_in(&cp, &ns, &who, &install, &tokens).await;
+
         helm_ok(&cp, &["uninstall", release, "--namespace", &ns]);
     })
     .await;
+}
+
+/// `rollout.enabled`: off, an ApiToken with `spec.rollout` is `Reconciling`, reason
+/// `RolloutForbidden`, and keeps its token; on, the operator may get and patch the three
+/// workload kinds (and nothing more on them), and the rollout is followed.
+async fn rollout_is_opt_in(
+    cp: &ControlPlane,
+    ns: &str,
+    who: &str,
+    install: &[&str],
+    tokens: &Api<ApiToken>,
+) {
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: registry.invalid/web:1}]}\n";
+    cp.apply_ok_in(ns, deployment);
+    let yaml = "apiVersion: loop.dev/v1alpha1\nkind: ApiToken\nmetadata: {name: web}\nspec: {scopes: [orders:read], rollout: {targets: [{kind: Deployment, name: web}]}}\n";
+    cp.apply_ok_in(ns, yaml);
+    let reconciling = |t: &ApiToken| {
+        t.status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == "Reconciling" && c.status == "True")
+            })
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let (_, message) = eventually(90, "RolloutForbidden", || async {
+        let t = tokens.get("web").await.ok()?;
+        reconciling(&t).filter(|(r, _)| r == "RolloutForbidden")
+    })
+    .await;
+    assert!(message.contains("rollout.enabled=true"), "{message}");
+    cp.kubectl_ok(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        "apitoken/web",
+        "--timeout=90s",
+    ]);
+
+    let mut enabled = install.to_vec();
+    enabled.extend(["--set", "rollout.enabled=true"]);
+    helm_ok(cp, &enabled);
+    let can = |verb: &str, what: &str| {
+        let out = cp.kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", who]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for kind in ["deployments.apps", "statefulsets.apps", "daemonsets.apps"] {
+        assert!(
+            can("get", kind) && can("patch", kind),
+            "rollout.enabled grants get and patch on {kind}"
+        );
+        for verb in ["create", "delete", "update", "list", "watch"] {
+            assert!(
+                !can(verb, kind),
+                "rollout.enabled must not grant {verb} on {kind}"
+            );
+        }
+    }
+    assert!(
+        !can("patch", "pods") && !can("patch", "replicasets.apps"),
+        "nothing beyond the three kinds"
+    );
+    // The next look (an annotation wakes it) follows the rollout.
+    cp.kubectl_ok(&["annotate", "-n", ns, "apitoken/web", "example.com/nudge=1"]);
+    eventually(90, "the rollout to be followed", || async {
+        let t = tokens.get("web").await.ok()?;
+        let s = t.status.as_ref()?;
+        (reconciling(&t).is_none()
+            && s.rollout.len() == 1
+            && s.rollout[0].state == loop_token_operator::operator::crd::RolloutState::Complete)
+            .then_some(())
+    })
+    .await;
+    cp.kubectl_ok(&["delete", "-n", ns, "apitoken/web", "--timeout=90s"]);
 }
 
 /// The peers of every ingress rule of the store's NetworkPolicy, in order.

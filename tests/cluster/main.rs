@@ -15,5 +15,6 @@ mod foundation;
 mod helm_chart;
 mod image;
 mod operator_e2e;
+mod rollout;
 mod tenancy;
 mod usage;

@@ -1173,6 +1173,7 @@ async fn the_examples_work() {
             "two-integrations.yaml",
             "aging.yaml",
             "usage.yaml",
+            "app-with-rollout.yaml",
         ] {
             e.kubectl(&["apply", "-f", root.join(f).to_str().unwrap_or_default()]);
         }
@@ -1245,6 +1246,12 @@ async fn the_examples_work() {
                 "token",
                 "customers:read",
             ),
+            (
+                "shop-orders-api",
+                "shop-orders-loop",
+                "token",
+                "customers:read orders:read",
+            ),
         ];
         let secrets: Api<Secret> = Api::namespaced(e.cp.client.clone(), &e.ns);
         for (name, secret, key, scopes) in expected {
@@ -1269,6 +1276,30 @@ async fn the_examples_work() {
                 "{name}"
             );
         }
+        // The app with a rollout target: its .env is rendered with the token, and the status
+        // follows its Deployment (whose pods never start here: no kubelet).
+        let s = secrets.get("shop-orders-loop").await.unwrap();
+        let data = s.data.unwrap_or_default();
+        let text = |k: &str| {
+            String::from_utf8(data.get(k).map(|b| b.0.clone()).unwrap_or_default()).unwrap()
+        };
+        assert_eq!(
+            text(".env"),
+            format!(
+                "LOOP_API_URL=https://api.loop.example/v1\nLOOP_API_TOKEN={}\n",
+                text("token")
+            )
+        );
+        let rollout = e
+            .get("shop-orders-api")
+            .await
+            .status
+            .unwrap_or_default()
+            .rollout;
+        assert_eq!(
+            (rollout.len(), rollout[0].name.as_str()),
+            (1, "shop-orders")
+        );
         let t = e.get("recharge-migration").await;
         assert_eq!(
             t.status

@@ -235,7 +235,8 @@ async fn an_unused_token_is_reported_once_with_warn() {
 async fn an_unused_token_is_revoked_and_stays_so_until_a_new_rotate_value() {
     with_namespace("usage-revoke", |cp, ns| async move {
         let mut a = aged(cp, ns).await;
-        a.e.apply(&spec("idle", "  unused: {after: 48h, action: Revoke}\n"));
+        let extra = "  unused: {after: 48h, action: Revoke}\n  secret: {template: {.env: \"T=${token}\"}}\n";
+        a.e.apply(&spec("idle", extra));
         a.e.wait_ready("idle");
         let (token, id) = (a.e.secret_token("idle").await, a.token_id("idle").await);
         let fp = a.fingerprint("idle").await;
@@ -268,9 +269,11 @@ async fn an_unused_token_is_revoked_and_stays_so_until_a_new_rotate_value() {
             serde_json::json!({"active": false})
         );
         let s = a.secret("idle").await;
+        let keys = s.data.unwrap_or_default();
         assert!(
-            !s.data.unwrap_or_default().contains_key("token"),
-            "the token's key is gone from the Secret"
+            !keys.contains_key("token") && !keys.contains_key(".env"),
+            "the token's key and the key rendered with it are gone from the Secret: {:?}",
+            keys.keys().collect::<Vec<_>>()
         );
         let marks = s.metadata.annotations.unwrap_or_default();
         assert_eq!(marks.get("loop.dev/revoked-unused"), Some(&id));
