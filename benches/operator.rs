@@ -60,6 +60,11 @@ struct Args {
     /// Extra arguments for the operator (for comparisons, e.g. --concurrency 16).
     #[arg(long, allow_hyphen_values = true)]
     operator_arg: Vec<String>,
+    /// A program the operator is started through, which must `exec` it so that the operator
+    /// keeps its pid (for heap profiles: a heaptrack preload wrapper). Its memory figures are
+    /// then the profiled process's, not comparable with a plain run.
+    #[arg(long)]
+    operator_wrapper: Option<PathBuf>,
 }
 
 /// Counts of kube-apiserver's `apiserver_request_total`, by (verb, resource, subresource).
@@ -311,7 +316,14 @@ async fn operator_profile(metrics: &str) -> anyhow::Result<Value> {
 
 async fn start_operator(args: &Args, store: &str, phase: &str) -> anyhow::Result<(Proc, String)> {
     let port = free_port()?;
-    let mut cmd = Command::new(&args.operator_bin);
+    let mut cmd = match &args.operator_wrapper {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.arg(&args.operator_bin);
+            c
+        }
+        None => Command::new(&args.operator_bin),
+    };
     cmd.args(["run", "--store-url", store, "--leader-election", "false"])
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .args(["--cluster-name", "bench"])
