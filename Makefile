@@ -1,5 +1,5 @@
 # Entry points; each target is a thin wrapper over a script in scripts/.
-.PHONY: test image bench bench-quick bench-store bench-operator demo demo-down build cluster-up cluster-down postgres-up postgres-down store
+.PHONY: test image bench bench-quick bench-store bench-operator bench-cert-manager demo demo-down build cluster-up cluster-down postgres-up postgres-down store
 
 test: ## Run every test (starts and stops the local control plane and PostgreSQL as needed)
 	scripts/test
@@ -10,7 +10,7 @@ demo: ## Bring up the control plane, the store and the operator, and walk throug
 demo-down: ## Stop everything the demo started
 	scripts/demo down
 
-bench: ## Store and operator benchmarks (see docs/benchmarks.md); results in bench-results/
+bench: ## Store and operator benchmarks, and cert-manager side by side (see docs/benchmarks.md); results in bench-results/
 	scripts/bench
 
 bench-quick: ## A quick variant of both
@@ -21,6 +21,9 @@ bench-store: ## Only the store benchmarks
 
 bench-operator: ## Only the operator benchmarks (against the local control plane)
 	scripts/bench operator
+
+bench-cert-manager: ## Only cert-manager side by side with the operator (builds cert-manager the first time)
+	scripts/bench cert-manager
 
 image: ## Build the container image loop-token-operator:dev with podman (static binaries FROM scratch; nothing pulled)
 	scripts/image

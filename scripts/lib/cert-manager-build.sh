@@ -55,8 +55,9 @@ cert_manager_drop_venafi() {
 	grep -q '"github.com/cert-manager/cert-manager/pkg/issuer/venafi"' "$start" ||
 		die "$start has no Venafi import: the patch does not fit v$CERT_MANAGER_VERSION"
 	sed -i '\#_ "github.com/cert-manager/cert-manager/pkg/issuer/venafi"#d' "$start"
-	grep -q 'crvenaficontroller "' "$defaults" && grep -q 'csrvenaficontroller "' "$defaults" ||
+	if ! grep -q 'crvenaficontroller "' "$defaults" || ! grep -q 'csrvenaficontroller "' "$defaults"; then
 		die "$defaults has no Venafi controller imports: the patch does not fit v$CERT_MANAGER_VERSION"
+	fi
 	sed -i -e '/crvenaficontroller "/d' -e '/csrvenaficontroller "/d' \
 		-e 's/crvenaficontroller\.CRControllerName/"certificaterequests-issuer-venafi"/g' \
 		-e 's/csrvenaficontroller\.CSRControllerName/"certificatesigningrequests-issuer-venafi"/g' \
