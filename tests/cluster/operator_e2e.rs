@@ -1021,6 +1021,34 @@ async fn hand_edits_of_the_secret_are_repaired() {
     .await;
 }
 
+/// A hand edit of the token itself (data only, none of the operator's metadata) is seen, and the
+/// Secret again holds a token the store answers active for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_overwritten_by_hand_is_replaced() {
+    with_namespace("e2e-overwrite", |cp, ns| async move {
+        let e = env(cp, ns).await;
+        e.apply(&token_yaml("scribbled", ""));
+        e.wait_ready("scribbled");
+        let first = e.secret_token("scribbled").await;
+        e.kubectl(&[
+            "patch",
+            "secret",
+            "scribbled",
+            "--type=merge",
+            "-p",
+            r#"{"stringData":{"token":"overwritten-by-hand"}}"#,
+        ]);
+        let repaired = eventually(60, "a working token in the Secret again", || async {
+            let t = e.secret_token("scribbled").await;
+            (t != "overwritten-by-hand" && e.introspect(&t).await["active"] == true).then_some(t)
+        })
+        .await;
+        assert_ne!(repaired, "overwritten-by-hand");
+        assert!(!first.is_empty());
+    })
+    .await;
+}
+
 /// Promise 3: a registration of this resource that is neither in the Secret nor in a grace
 /// period (as an interrupted issue would leave) is revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
