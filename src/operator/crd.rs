@@ -149,7 +149,9 @@ pub struct RolloutPolicy {
 
     /// `AfterGrace` (the default): the previous token works until its grace period ends.
     /// `AfterRollout`: it is revoked as soon as every target reports its rollout complete (as
-    /// `kubectl rollout status` judges it), and at the latest when its grace period ends.
+    /// `kubectl rollout status` judges it, except that a partitioned StatefulSet never counts as
+    /// complete: its pods below the partition keep the previous token), and at the latest when
+    /// its grace period ends.
     #[serde(default)]
     pub retire: Retire,
 }

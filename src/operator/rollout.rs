@@ -382,7 +382,10 @@ pub fn deployment(d: &Deployment, key: &str) -> Found {
 }
 
 /// A StatefulSet's rollout, by `kubectl rollout status`'s rules (only `RollingUpdate` can be
-/// followed: with `OnDelete` it never counts as complete).
+/// followed: with `OnDelete` it never counts as complete), except for a partition: `kubectl`
+/// calls a partitioned rollout done once the pods above the partition are updated, but the pods
+/// below it keep the previous token, so it never counts as complete here (`AfterRollout` must
+/// not revoke a token pods still hold).
 pub fn stateful_set(s: &StatefulSet, key: &str) -> Found {
     let spec = Some(&s.spec);
     let st = s.status.clone().unwrap_or_default();
@@ -405,11 +408,9 @@ pub fn stateful_set(s: &StatefulSet, key: &str) -> Found {
             st.ready_replicas.unwrap_or(0)
         ))
     } else if partition > 0 {
-        if st.updated_replicas.unwrap_or(0) < want - partition {
-            waiting("partitioned rollout in progress".into())
-        } else {
-            Progress::Complete
-        }
+        waiting(format!(
+            "rollingUpdate.partition {partition}: the pods below it keep the previous token until the partition is 0"
+        ))
     } else if st.update_revision != Some(st.current_revision.clone().unwrap_or_default()) {
         waiting(format!(
             "{} of {want} replicas updated",
@@ -724,9 +725,17 @@ mod tests {
         ));
         let on_delete = json!({"type": "OnDelete"});
         assert!(matches!(
-            stateful_set(&sts(done, on_delete), KEY).progress,
+            stateful_set(&sts(done.clone(), on_delete), KEY).progress,
             Progress::Waiting(_)
         ));
+        // Partitioned: however far it got, pods below the partition hold the previous token.
+        for partition in [1, 2] {
+            let held = json!({"type": "RollingUpdate", "rollingUpdate": {"partition": partition}});
+            assert!(matches!(
+                stateful_set(&sts(done.clone(), held), KEY).progress,
+                Progress::Waiting(_)
+            ));
+        }
 
         let ds = |status: serde_json::Value| -> DaemonSet {
             serde_json::from_value(json!({
