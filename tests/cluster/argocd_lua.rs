@@ -120,7 +120,9 @@ impl Env {
     async fn wait_for(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let tokens: Api<loop_token_operator::operator::crd::ApiToken> =
             Api::namespaced(self.cp.client.clone(), &self.ns);
-        eventually(90, what, || async {
+        // Generous: on a loaded machine (the whole suite in parallel on 2 cores) an operator
+        // started against a store that is down took longer than 90 s to say so.
+        eventually(240, what, || async {
             let t = tokens.get_opt(name).await.ok().flatten()?;
             let v = serde_json::to_value(t).ok()?;
             pred(&v).then(|| self.live(name))
