@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::BoxStream;
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -91,18 +92,51 @@ pub struct Tenancy {
     /// `None` when the ApiTokenPolicy CRD is not installed: there are no policies.
     policies: Option<Store<ApiTokenPolicy>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
+    ready: CachesReady,
     unselected: Unselected,
+}
+
+/// Resolves once both caches hold the cluster's state, for any number of waiters.
+///
+/// Not `Store::wait_until_ready` in each waiter: kube-runtime 5.0 keeps one waker per store
+/// (a oneshot receiver behind a mutex), so of several reconciles waiting at once only the last
+/// one polled was woken, and the others never ran again. One shared future waits on the stores
+/// and wakes every clone.
+type CachesReady = Shared<BoxFuture<'static, ()>>;
+
+fn caches_ready(
+    policies: Option<Store<ApiTokenPolicy>>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+) -> CachesReady {
+    async move {
+        if let Some(p) = policies {
+            let _ = p.wait_until_ready().await;
+        }
+        let _ = namespaces.wait_until_ready().await;
+    }
+    .boxed()
+    .shared()
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 impl Tenancy {
+    fn new(
+        policies: Option<Store<ApiTokenPolicy>>,
+        namespaces: Store<PartialObjectMeta<Namespace>>,
+        unselected: Unselected,
+    ) -> Self {
+        Tenancy {
+            ready: caches_ready(policies.clone(), namespaces.clone()),
+            policies,
+            namespaces,
+            unselected,
+        }
+    }
+
     /// Wait until both caches hold the cluster's state (at start-up only).
     async fn ready(&self) {
-        if let Some(p) = &self.policies {
-            let _ = p.wait_until_ready().await;
-        }
-        let _ = self.namespaces.wait_until_ready().await;
+        self.ready.clone().await;
     }
 
     fn namespace(&self, ns: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
@@ -186,6 +220,7 @@ pub struct Watches {
     namespaces: BoxStream<'static, Result<PartialObjectMeta<Namespace>, watcher::Error>>,
     policy_cache: Option<Store<ApiTokenPolicy>>,
     namespace_cache: Store<PartialObjectMeta<Namespace>>,
+    ready: CachesReady,
     digest: Option<Digest>,
 }
 
@@ -231,16 +266,17 @@ pub async fn start(
         name: name.clone(),
         changed,
     });
-    let tenancy = Tenancy {
-        policies: policy_cache.clone(),
-        namespaces: namespace_cache.clone(),
-        unselected: cfg.unselected,
-    };
+    let tenancy = Tenancy::new(
+        policy_cache.clone(),
+        namespace_cache.clone(),
+        cfg.unselected,
+    );
     let watches = Watches {
         policies,
         namespaces,
         policy_cache,
         namespace_cache,
+        ready: tenancy.ready.clone(),
         digest,
     };
     Ok((tenancy, watches))
@@ -289,7 +325,7 @@ impl Watches {
         }
         let digest = self
             .digest
-            .map(|d| d.with_caches(self.policy_cache, self.namespace_cache));
+            .map(|d| d.with_caches(self.policy_cache, self.namespace_cache, self.ready));
         (controller, digest)
     }
 }
@@ -333,6 +369,7 @@ pub struct DigestWriter {
     d: Digest,
     policies: Option<Store<ApiTokenPolicy>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
+    ready: CachesReady,
 }
 
 impl Digest {
@@ -340,11 +377,13 @@ impl Digest {
         self,
         policies: Option<Store<ApiTokenPolicy>>,
         namespaces: Store<PartialObjectMeta<Namespace>>,
+        ready: CachesReady,
     ) -> DigestWriter {
         DigestWriter {
             d: self,
             policies,
             namespaces,
+            ready,
         }
     }
 }
@@ -375,10 +414,7 @@ impl DigestWriter {
     /// controller). Writes only when the digest differs from what the ConfigMap holds, which
     /// is read at start and every [`DIGEST_RECHECK`] (to put right an edit by someone else).
     pub async fn run(self) {
-        if let Some(p) = &self.policies {
-            let _ = p.wait_until_ready().await;
-        }
-        let _ = self.namespaces.wait_until_ready().await;
+        self.ready.clone().await;
         let mut written = self.live().await;
         loop {
             let now = self.current();
@@ -490,6 +526,35 @@ mod tests {
         );
         for bad in ["lto-policies", "/x", "x/", "a/b/c"] {
             assert!(parse_configmap(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Every reconcile that starts before the caches are filled waits for them, and all of
+    /// them go on once the caches are: kube's `Store::wait_until_ready` wakes only the last of
+    /// several concurrent waiters (its oneshot receiver keeps one waker), which stalled all but
+    /// one of the first reconciles after a restart, for good.
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_the_caches_goes_on_once_they_are_filled() {
+        let (policies, mut policy_writer) = reflector::store::<ApiTokenPolicy>();
+        let (namespaces, mut ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let tenancy = Arc::new(Tenancy::new(Some(policies), namespaces, Unselected::Allow));
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let t = Arc::clone(&tenancy);
+                tokio::spawn(async move { t.ready().await })
+            })
+            .collect();
+        // Let every waiter register before the caches fill.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        policy_writer.apply_watcher_event(&watcher::Event::Init);
+        policy_writer.apply_watcher_event(&watcher::Event::InitDone);
+        ns_writer.apply_watcher_event(&watcher::Event::Init);
+        ns_writer.apply_watcher_event(&watcher::Event::InitDone);
+        for w in waiters {
+            let done = tokio::time::timeout(Duration::from_secs(10), w).await;
+            assert!(done.is_ok_and(|j| j.is_ok()), "a waiter was never woken");
         }
     }
 

@@ -120,10 +120,10 @@ impl Env {
     async fn wait_for(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let tokens: Api<loop_token_operator::operator::crd::ApiToken> =
             Api::namespaced(self.cp.client.clone(), &self.ns);
-        // Generous: on a loaded machine (the whole suite in parallel on 2 cores) an operator
-        // started against a store that is down has taken minutes to say so (a reconcile held
-        // up to the Kubernetes client's 295 s read timeout; not understood yet).
-        eventually(420, what, || async {
+        // Generous for a loaded machine (the whole suite in parallel on 2 cores). The minutes
+        // this once took were a lost wake-up in the operator (see `tenancy::caches_ready`), not
+        // load.
+        eventually(120, what, || async {
             let t = tokens.get_opt(name).await.ok().flatten()?;
             let v = serde_json::to_value(t).ok()?;
             pred(&v).then(|| self.live(name))

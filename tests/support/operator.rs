@@ -199,5 +199,21 @@ impl OperatorProcess {
 impl Drop for OperatorProcess {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the operator said (its first and last lines), so that a
+        // failure in CI can be read without running it again.
+        if std::thread::panicking() {
+            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            let (head, tail) = (200.min(logs.len()), logs.len().saturating_sub(200));
+            eprintln!("===== loop-token-operator log ({} lines) =====", logs.len());
+            for line in &logs[..head] {
+                eprintln!("{line}");
+            }
+            if tail > head {
+                eprintln!("[... {} lines left out ...]", tail - head);
+            }
+            for line in &logs[tail.max(head)..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
