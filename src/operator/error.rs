@@ -58,6 +58,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("encoding the ApiToken's status failed")]
+    EncodeStatus(#[source] serde_json::Error),
     #[error("writing the ApiToken's status failed: {}", describe(.source))]
     PatchStatus {
         #[source]
@@ -111,6 +113,7 @@ impl Error {
             Error::EncodeSecret { .. } => "encode_secret",
             Error::GetApiToken { .. } => "get_apitoken",
             Error::GetNamespace { .. } => "get_namespace",
+            Error::EncodeStatus(_) => "encode_status",
             Error::PatchStatus { .. } => "patch_status",
             Error::AddFinalizer { .. } => "add_finalizer",
             Error::RemoveFinalizer { .. } => "remove_finalizer",
@@ -128,7 +131,7 @@ impl Error {
     }
 
     /// Every kind [`Error::kind`] can return.
-    pub const KINDS: [&'static str; 19] = [
+    pub const KINDS: [&'static str; 20] = [
         "get_secret",
         "create_secret",
         "apply_secret",
@@ -137,6 +140,7 @@ impl Error {
         "encode_secret",
         "get_apitoken",
         "get_namespace",
+        "encode_status",
         "patch_status",
         "add_finalizer",
         "remove_finalizer",

@@ -18,6 +18,7 @@ use super::events::Note;
 use super::names::secret_annotations::{ORPHANED_FROM, REVOKED_UNUSED};
 use super::names::{API_TOKEN_LABEL, FIELD_MANAGER};
 use super::secret;
+use super::status;
 use crate::api::Owner;
 
 /// One ApiToken and the API handles its reconcile uses.
@@ -127,18 +128,16 @@ impl<'a> Target<'a> {
             .map_err(|source| Error::GetApiToken { source })
     }
 
-    /// Server-side apply of the whole status: fields the operator set before and leaves out
-    /// now are removed.
+    /// Write the whole status: fields the operator set before and leaves out now are removed
+    /// (a JSON merge patch; see [`status::replacement_patch`]).
     pub async fn patch_status(&self, new: &ApiTokenStatus) -> Result<(), Error> {
-        let patch = serde_json::json!({
-            "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken", "status": new,
-        });
+        let patch = status::replacement_patch(new).map_err(Error::EncodeStatus)?;
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
         self.tokens
-            .patch_status(
-                &self.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
+            .patch_status(&self.name, &pp, &Patch::Merge(&patch))
             .await
             .map_err(|source| Error::PatchStatus { source })?;
         Ok(())

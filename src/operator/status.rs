@@ -337,6 +337,42 @@ impl Readiness {
     }
 }
 
+/// Every field of `status`, as the CRD names them (a test checks the list against the schema).
+const STATUS_FIELDS: &[&str] = &[
+    "observedGeneration",
+    "conditions",
+    "tokenId",
+    "fingerprint",
+    "issuedAt",
+    "expiresAt",
+    "nextRotationAt",
+    "secretName",
+    "lastRotationRequest",
+    "previousTokens",
+    "lastUsedAt",
+    "useCount",
+    "rollout",
+];
+
+/// The JSON merge patch (RFC 7386) of the status subresource that makes it exactly `new`: each
+/// field `new` has, and `null` for each it leaves out, so a field the operator set before and
+/// leaves out now is removed whatever the watch cache showed. The status has no nested object
+/// a merge would combine (its lists are replaced whole).
+///
+/// A merge patch, not server-side apply: it gives the same status, and the API server does
+/// not compute a structured merge of the whole object for it; bulk creation ran 23 % faster
+/// with it (docs/benchmarks.md, "Bulk as a fraction of the floor").
+pub fn replacement_patch(new: &ApiTokenStatus) -> Result<serde_json::Value, serde_json::Error> {
+    let mut fields = match serde_json::to_value(new)? {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    for name in STATUS_FIELDS {
+        fields.entry(*name).or_insert(serde_json::Value::Null);
+    }
+    Ok(serde_json::json!({ "status": fields }))
+}
+
 /// The readiness a status states.
 pub fn readiness(s: &ApiTokenStatus) -> Readiness {
     let has = |t: &str| {
@@ -357,6 +393,52 @@ pub fn readiness(s: &ApiTokenStatus) -> Readiness {
 mod tests {
     use super::*;
     use crate::operator::plan::RegObs;
+
+    #[test]
+    fn the_status_patch_names_every_field_of_the_schema() {
+        use kube::CustomResourceExt;
+        let crd = crate::operator::crd::ApiToken::crd();
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| s.properties.as_ref())
+            .and_then(|p| p.get("status"))
+            .and_then(|s| s.properties.as_ref())
+            .expect("the CRD has status properties");
+        let mut in_schema: Vec<&str> = schema.keys().map(String::as_str).collect();
+        let mut listed = STATUS_FIELDS.to_vec();
+        in_schema.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(listed, in_schema);
+    }
+
+    #[test]
+    fn the_status_patch_removes_what_the_new_status_leaves_out() {
+        let new = ApiTokenStatus {
+            observed_generation: Some(3),
+            fingerprint: Some("1f352a8bc0f5".into()),
+            ..ApiTokenStatus::default()
+        };
+        let patch = replacement_patch(&new).expect("a status serialises");
+        let status = &patch["status"];
+        assert_eq!(status["observedGeneration"], 3);
+        assert_eq!(status["fingerprint"], "1f352a8bc0f5");
+        for gone in [
+            "tokenId",
+            "conditions",
+            "previousTokens",
+            "rollout",
+            "useCount",
+        ] {
+            assert!(status[gone].is_null(), "{gone} in {patch}");
+            assert!(
+                status.as_object().is_some_and(|m| m.contains_key(gone)),
+                "{gone} must be sent as null to be removed: {patch}"
+            );
+        }
+        assert_eq!(patch.as_object().map(|m| m.len()), Some(1), "{patch}");
+    }
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
