@@ -406,6 +406,14 @@ mod tests {
             .and_then(|p| p.get("status"))
             .and_then(|s| s.properties.as_ref())
             .expect("the CRD has status properties");
+        // A merge patch would merge an object field with what is there, not replace it.
+        for (name, field) in schema {
+            let object = field.type_.as_deref() == Some("object");
+            assert!(
+                !object,
+                "status.{name} is an object: replacement_patch would merge it"
+            );
+        }
         let mut in_schema: Vec<&str> = schema.keys().map(String::as_str).collect();
         let mut listed = STATUS_FIELDS.to_vec();
         in_schema.sort_unstable();
