@@ -363,10 +363,8 @@ const STATUS_FIELDS: &[&str] = &[
 /// not compute a structured merge of the whole object for it; bulk creation ran 23 % faster
 /// with it (docs/benchmarks.md, "Bulk as a fraction of the floor").
 pub fn replacement_patch(new: &ApiTokenStatus) -> Result<serde_json::Value, serde_json::Error> {
-    let mut fields = match serde_json::to_value(new)? {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    };
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::to_value(new)?)?;
     for name in STATUS_FIELDS {
         fields.entry(*name).or_insert(serde_json::Value::Null);
     }
