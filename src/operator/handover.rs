@@ -9,7 +9,6 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::act;
@@ -32,11 +31,9 @@ pub async fn abandon(tg: &Target<'_>, ctx: &Context, reason: &str, terminating: 
         .status()
         .and_then(|s| s.secret_name.clone())
         .unwrap_or_else(|| tg.name.clone());
-    let cached = ctx
-        .secrets
-        .get(&ObjectRef::new(&secret_name).within(&tg.ns));
+    let cached = ctx.secrets.get(&tg.ns, &secret_name);
     let cached_fp = cached
-        .as_ref()
+        .and_then(Result::ok)
         .and_then(|s| s.annotations().get(ann::FINGERPRINT).cloned());
     let fps = deletion::known_fingerprints(tg.status(), cached_fp.as_deref());
     tracing::warn!(apitoken = %tg.name, namespace = %tg.ns, fingerprints = %fps.join(","), reason, "released without revoking its tokens (loop.dev/abandon-revocation)");

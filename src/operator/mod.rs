@@ -28,6 +28,7 @@
 //! - [`run`]: wiring (configuration, watches, controller, metrics server).
 
 pub mod act;
+pub mod cache;
 pub mod crash;
 pub mod crd;
 pub mod decide;

@@ -15,10 +15,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{self, Event as Finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::act::{self, Scene};
+use super::cache::{CachedToken, SecretCache};
 use super::crash;
 use super::crd::{ApiToken, ApiTokenStatus};
 use super::decide::{self, AfterFailure, StatusWrite};
@@ -47,7 +47,7 @@ pub const MAX_PASSES: usize = 5;
 pub struct Context {
     pub client: Client,
     /// The owned Secrets (label-selected), as last seen by the controller's watch.
-    pub secrets: Store<Secret>,
+    pub secrets: SecretCache,
     pub store: StoreClient,
     pub cluster: String,
     /// Publishes Events.
@@ -64,11 +64,16 @@ pub struct Context {
 }
 
 /// Entry point for the controller.
-pub async fn reconcile(obj: Arc<ApiToken>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+pub async fn reconcile(obj: Arc<CachedToken>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let start = Instant::now();
-    let result = match obj.namespace() {
-        None => Err(Error::Unnamed),
-        Some(ns) => {
+    let result = match (obj.namespace(), obj.decode()) {
+        (None, _) => Err(Error::Unnamed),
+        (Some(_), Err(source)) => Err(Error::DecodeCache {
+            what: "the ApiToken",
+            source,
+        }),
+        (Some(ns), Ok(obj)) => {
+            let obj = Arc::new(obj);
             let api: Api<ApiToken> = Api::namespaced(ctx.client.clone(), &ns);
             finalizer::finalizer(&api, FINALIZER, obj, |event| async {
                 match event {
@@ -88,7 +93,7 @@ pub async fn reconcile(obj: Arc<ApiToken>, ctx: Arc<Context>) -> Result<Requeue,
 }
 
 /// Requeue after an error. Statuses were already written by the failing step.
-pub fn error_policy(obj: Arc<ApiToken>, err: &Error, ctx: Arc<Context>) -> Requeue {
+pub fn error_policy(obj: Arc<CachedToken>, err: &Error, ctx: Arc<Context>) -> Requeue {
     tracing::warn!(apitoken = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, kind = err.kind(), "reconcile failed; retrying");
     Requeue::requeue(ctx.retry_after)
 }
@@ -252,8 +257,12 @@ async fn observe(
     let secret = match source {
         Source::Cache => ctx
             .secrets
-            .get(&ObjectRef::new(&d.secret_name).within(&tg.ns))
-            .map(|s| Secret::clone(&s)),
+            .get(&tg.ns, &d.secret_name)
+            .transpose()
+            .map_err(|source| Error::DecodeCache {
+                what: "the Secret",
+                source,
+            })?,
         Source::Known(s) => s.map(|b| *b),
         Source::Live => tg.get_secret(&d.secret_name).await?,
     };

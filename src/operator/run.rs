@@ -10,23 +10,21 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Reporter;
-use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 
+use super::cache::{self, CachedToken, Changes, SecretCache};
 use super::crd::ApiToken;
 use super::kube_io::Publisher;
 use super::leader;
 use super::metrics::Metrics;
 use super::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::reconcile::{Context, error_policy, reconcile};
-use super::secret;
 use super::store_client::{StoreClient, Trust};
 use super::tenancy::{self, TenancyConfig, TenancyError, Watches};
-use super::watch::{token_for_cache, triggers};
 use crate::serve::{self, CredentialError, SecretFileError};
 
 /// Everything `run` needs, already parsed.
@@ -143,10 +141,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
     let cluster = tenancy::cluster_name(&client, cfg.cluster_name.clone()).await?;
     let (tenancy, watches) =
         tenancy::start(&client, &cfg.tenancy, cfg.namespace.as_deref()).await?;
-    let (secret_cache, secret_writer) = reflector::store::<Secret>();
+    let secret_cache = SecretCache::default();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        secrets: secret_cache,
+        secrets: secret_cache.clone(),
         store,
         cluster: cluster.clone(),
         events: Publisher::new(client.clone(), reporter()),
@@ -172,7 +170,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         },
         None => None,
     };
-    let controller = controller(&client, &cfg, ctx, secret_writer, watches);
+    let controller = controller(&client, &cfg, ctx, secret_cache, watches);
     match lease {
         None => controller.await,
         Some(lease) => leader::run_while_leading(controller, lease).await?,
@@ -262,8 +260,8 @@ fn list_config() -> watcher::Config {
 
 /// The controller over narrow watches, until a shutdown signal drains it.
 ///
-/// Both caches drop what the operator never reads (less memory per object), and the Secret
-/// cache keeps fingerprints, not tokens. Only the Secrets the operator manages are watched (and
+/// Both caches drop what the operator never reads and keep the rest in compact form (less
+/// memory per object: see [`cache`]), and the Secret cache keeps fingerprints, not tokens. Only the Secrets the operator manages are watched (and
 /// cached), and any change to one, its deletion included, wakes its owner; ApiTokens wake it
 /// only on the changes [`triggers`] names, and on the changes to ApiTokenPolicies and namespaces
 /// that concern them (see [`tenancy`]).
@@ -271,7 +269,7 @@ fn controller(
     client: &Client,
     cfg: &RunConfig,
     ctx: Arc<Context>,
-    secret_writer: reflector::store::Writer<Secret>,
+    secret_cache: SecretCache,
     tenancy: Watches,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let (tokens, secrets): (Api<ApiToken>, Api<Secret>) = match &cfg.namespace {
@@ -281,18 +279,19 @@ fn controller(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let (token_cache, token_writer) = reflector::store::<ApiToken>();
+    let (token_cache, token_writer) = reflector::store::<CachedToken>();
     let token_changes = watcher(tokens, list_config())
         .default_backoff()
-        .modify(token_for_cache)
+        .map_ok(cache::compact_event)
         .reflect(token_writer)
-        .applied_objects()
-        .predicate_filter(triggers, PredicateConfig::default());
+        .try_filter_map({
+            let mut changes = Changes::default();
+            move |event| futures::future::ready(Ok(changes.wake(event)))
+        });
     let owned = list_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let secret_changes = watcher(secrets, owned)
         .default_backoff()
-        .modify(secret::for_cache)
-        .reflect(secret_writer)
+        .map_ok(move |event| cache::secret_event(&secret_cache, event))
         .touched_objects();
     let controller =
         Controller::for_stream(token_changes, token_cache.clone()).owns_stream(secret_changes);

@@ -360,7 +360,7 @@ fn token_at(s: &Secret, key: &str) -> Option<(Option<Token>, String)> {
 /// needs: anything that uses the token itself is planned again from a live read. So the
 /// operator's memory does not hold thousands of tokens for as long as it runs.
 pub fn for_cache(s: &mut Secret) {
-    s.managed_fields_mut().clear();
+    s.metadata.managed_fields = None;
     let rendered: Vec<String> = recorded_extras(s)
         .iter()
         .filter_map(|e| e.strip_prefix("data:").map(str::to_owned))
@@ -468,7 +468,7 @@ mod tests {
         assert!(!format!("{s:?}").contains(token.expose()));
         let data = s.data.clone().unwrap_or_default();
         assert_eq!(data["other"].0, b"not a token");
-        assert_eq!(s.metadata.managed_fields, Some(vec![]));
+        assert_eq!(s.metadata.managed_fields, None);
         // Read back from the cache: the same observation, without the token.
         let r = read(&s, "a", "u", &desired_spec());
         assert_eq!(r.obs.fingerprint, Some(token.fingerprint()));

@@ -33,6 +33,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
+use super::cache::CachedToken;
 use super::crd::ApiToken;
 use super::error::Error;
 use super::events;
@@ -302,9 +303,9 @@ impl Watches {
     /// Returns the controller and the digest writer to run beside it, if any.
     pub fn wire(
         self,
-        controller: Controller<ApiToken>,
-        tokens: Store<ApiToken>,
-    ) -> (Controller<ApiToken>, Option<DigestWriter>) {
+        controller: Controller<CachedToken>,
+        tokens: Store<CachedToken>,
+    ) -> (Controller<CachedToken>, Option<DigestWriter>) {
         let in_ns = tokens.clone();
         let mut controller = controller.watches_stream(self.namespaces, move |n| {
             tokens_in(&in_ns, &BTreeSet::from([n.name_any()]))
@@ -348,7 +349,10 @@ fn selected_namespaces(
 }
 
 /// The ApiTokens (from the controller's cache) in these namespaces.
-fn tokens_in(tokens: &Store<ApiToken>, namespaces: &BTreeSet<String>) -> Vec<ObjectRef<ApiToken>> {
+fn tokens_in(
+    tokens: &Store<CachedToken>,
+    namespaces: &BTreeSet<String>,
+) -> Vec<ObjectRef<CachedToken>> {
     tokens
         .state()
         .iter()

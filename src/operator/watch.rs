@@ -18,11 +18,12 @@ use super::names::LAST_APPLIED_ANNOTATION;
 
 /// Prepare an ApiToken for the watch cache.
 pub fn token_for_cache(t: &mut ApiToken) {
-    t.managed_fields_mut().clear();
+    t.metadata.managed_fields = None;
     t.annotations_mut().remove(LAST_APPLIED_ANNOTATION);
 }
 
-/// The changes to an ApiToken that wake the controller: its spec (generation), its annotations
+/// The changes to an ApiToken that wake the controller: a new object of the same name (uid),
+/// its spec (generation), its annotations
 /// (`loop.dev/rotate`, and any other, so that annotating an ApiToken asks for a reconcile, as
 /// GitOps tools do), its finalizers and its deletion. Status-only changes, most of them the
 /// operator's own status writes, do not: a status edited by someone else is put right at the
@@ -30,6 +31,7 @@ pub fn token_for_cache(t: &mut ApiToken) {
 pub fn triggers(t: &ApiToken) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.metadata.uid.hash(&mut h);
     t.metadata.generation.hash(&mut h);
     t.annotations().hash(&mut h);
     t.finalizers().hash(&mut h);
@@ -77,7 +79,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_rotation_finalizer_and_deletion_changes_wake_the_controller() {
+    fn spec_rotation_finalizer_deletion_and_recreation_wake_the_controller() {
         let t = minimal();
         let mut spec = t.clone();
         spec.metadata.generation = Some(2);
@@ -95,7 +97,12 @@ mod tests {
         nudged
             .annotations_mut()
             .insert("reconcile.fluxcd.io/requestedAt".into(), "now".into());
-        let all = [&t, &spec, &rotate, &finalized, &deleting, &nudged].map(triggers);
+        let mut recreated = t.clone();
+        recreated.metadata.uid = Some("another".into());
+        let all = [
+            &t, &spec, &rotate, &finalized, &deleting, &nudged, &recreated,
+        ]
+        .map(triggers);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b);
@@ -135,7 +142,7 @@ mod tests {
             .insert(ROTATE_ANNOTATION.into(), "r1".into());
         t.metadata.managed_fields = Some(vec![Default::default()]);
         token_for_cache(&mut t);
-        assert_eq!(t.metadata.managed_fields, Some(vec![]));
+        assert_eq!(t.metadata.managed_fields, None);
         assert!(!t.annotations().contains_key(LAST_APPLIED_ANNOTATION));
         assert!(t.annotations().contains_key(ROTATE_ANNOTATION));
     }
