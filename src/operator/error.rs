@@ -64,7 +64,7 @@ pub enum Error {
     DecodeCache {
         what: &'static str,
         #[source]
-        source: serde_json::Error,
+        source: super::cache::CacheError,
     },
     #[error("writing the ApiToken's status failed: {}", describe(.source))]
     PatchStatus {
