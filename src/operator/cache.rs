@@ -10,7 +10,8 @@
 //! - an owned Secret is cached as compact JSON only, in the operator's own [`SecretCache`]
 //!   keyed by namespace and name (the controller needs no kube-runtime store of them);
 //! - what wakes the controller is decided by [`Changes`], which keeps one hash per ApiToken
-//!   (kube-runtime's predicate filter keeps an object reference of four strings for each).
+//!   (kube-runtime's predicate filter keeps a key of three strings for each: name, namespace
+//!   and uid).
 //!
 //! The JSON is LZ4-compressed against a dictionary: a typical object of its kind as the
 //! operator leaves it ([`TOKEN_DICTIONARY`], [`SECRET_DICTIONARY`]), so what is kept is mostly
@@ -20,9 +21,9 @@
 //! bytes per non-empty map, and an `ObjectMeta` of 360 bytes before any of them. The heap
 //! profile of 2,000 converged ApiTokens put a cached Secret at about 2.9 KB and a cached
 //! ApiToken at about 1.9 KB; as JSON each is one allocation of its length (about 850 bytes),
-//! compressed about a third of that. What the caches keep is unchanged: the same prepared
-//! objects (no managedFields, fingerprints in place of tokens), so every decision reads what it
-//! read before.
+//! and compressed a quarter to a third of that. What the caches keep is unchanged: the same
+//! prepared objects (no managedFields, fingerprints in place of tokens), so every decision
+//! reads what it read before.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -94,16 +95,20 @@ pub enum CacheError {
     Json(#[from] serde_json::Error),
 }
 
-/// `obj` as compressed JSON, or an empty buffer (which fails to decode) if it cannot be encoded.
-fn encode<K: Resource<DynamicType = ()> + Serialize>(obj: &K, dictionary: &[u8]) -> Box<[u8]> {
+/// `obj` as compressed JSON, or an empty buffer if it cannot be encoded (not expected for these
+/// kinds: string keys, derived `Serialize`): that fails to decode, and a reconcile then reads
+/// the object from the API server instead.
+fn encode<K: Resource<DynamicType = ()> + Serialize>(
+    obj: &K,
+    dictionary: &[u8],
+    name: Option<&str>,
+) -> Box<[u8]> {
     match serde_json::to_vec(obj) {
         Ok(json) => {
             lz4_flex::block::compress_prepend_size_with_dict(&json, dictionary).into_boxed_slice()
         }
         Err(e) => {
-            // Not expected for these kinds (string keys, derived Serialize). The reconcile that
-            // reads it reports the error, and the next watch event replaces it.
-            tracing::error!(kind = %K::kind(&()), name = ?obj.meta().name, error = %e, "could not cache an object");
+            tracing::error!(kind = %K::kind(&()), name, error = %e, "could not cache an object");
             Box::default()
         }
     }
@@ -122,7 +127,7 @@ impl<K: Cached> Compact<K> {
             ..ObjectMeta::default()
         };
         Compact {
-            body: encode(&obj, K::dictionary()),
+            body: encode(&obj, K::dictionary(), metadata.name.as_deref()),
             metadata,
             trigger,
             kind: PhantomData,
@@ -320,7 +325,12 @@ impl Changes {
                 None
             }
             E::Init => {
-                self.before = Some(std::mem::take(&mut self.seen));
+                let seen = std::mem::take(&mut self.seen);
+                match self.before.as_mut() {
+                    // A re-list that failed part way starts again: what it saw is the newest.
+                    Some(before) => before.extend(seen),
+                    None => self.before = Some(seen),
+                }
                 None
             }
             E::InitApply(o) => {
@@ -350,7 +360,7 @@ impl Changes {
 /// The owned Secrets as the controller's watch last saw them, prepared by
 /// [`secret::for_cache`] and kept as compact JSON, by namespace and name. Filled like
 /// kube-runtime's reflector: a re-list replaces the whole set when it is complete.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct SecretCache {
     inner: Arc<RwLock<Sets>>,
 }
@@ -360,6 +370,10 @@ struct Sets {
     live: HashMap<Box<str>, Box<[u8]>>,
     /// Being filled by a re-list.
     next: Option<HashMap<Box<str>, Box<[u8]>>>,
+}
+
+fn encode_secret(s: &Secret) -> Box<[u8]> {
+    encode(s, &SECRET_DICTIONARY, s.metadata.name.as_deref())
 }
 
 fn secret_key(namespace: &str, name: &str) -> Box<str> {
@@ -380,8 +394,7 @@ impl SecretCache {
         let mut sets = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         match event {
             E::Apply(s) => {
-                sets.live
-                    .insert(key_of_secret(s), encode(s, &SECRET_DICTIONARY));
+                sets.live.insert(key_of_secret(s), encode_secret(s));
             }
             E::Delete(s) => {
                 sets.live.remove(&key_of_secret(s));
@@ -389,7 +402,7 @@ impl SecretCache {
             E::Init => sets.next = Some(HashMap::new()),
             E::InitApply(s) => {
                 if let Some(next) = sets.next.as_mut() {
-                    next.insert(key_of_secret(s), encode(s, &SECRET_DICTIONARY));
+                    next.insert(key_of_secret(s), encode_secret(s));
                 }
             }
             E::InitDone => {
@@ -420,6 +433,15 @@ impl SecretCache {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The count only: the bodies are not printed.
+impl fmt::Debug for SecretCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretCache")
+            .field("secrets", &self.len())
+            .finish()
     }
 }
 
@@ -640,6 +662,46 @@ mod tests {
         // `c` was deleted while the watch was away: forgotten.
         assert_eq!(c.len(), 3);
         assert!(woken(&mut c, E::Apply(named("c"))));
+    }
+
+    #[test]
+    fn a_relist_that_starts_again_wakes_only_what_changed() {
+        let mut c = Changes::default();
+        for n in ["a", "b"] {
+            assert!(woken(&mut c, E::Apply(named(n))));
+        }
+        assert!(!woken(&mut c, E::Init));
+        assert!(!woken(&mut c, E::InitApply(named("a"))));
+        // The list failed after one page; the watcher lists again from the start.
+        assert!(!woken(&mut c, E::Init));
+        assert!(!woken(&mut c, E::InitApply(named("a"))), "unchanged");
+        assert!(!woken(&mut c, E::InitApply(named("b"))), "unchanged");
+        assert!(!woken(&mut c, E::InitDone));
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_an_error_not_an_absent_object() {
+        // What `encode` leaves when it cannot encode: the reconcile then reads live.
+        let mut c = Compact::new(token());
+        c.body = Box::default();
+        assert!(c.decode().is_err());
+        let cache = SecretCache::default();
+        cache
+            .inner
+            .write()
+            .expect("not poisoned")
+            .live
+            .insert(secret_key("team-a", "a"), Box::default());
+        assert!(matches!(cache.get("team-a", "a"), Some(Err(_))));
+    }
+
+    #[test]
+    fn the_secret_cache_debug_shows_the_count_only() {
+        let token = Token::mint().expect("a token");
+        let cache = SecretCache::default();
+        secret_event(&cache, E::Apply(a_secret("a", &token)));
+        assert_eq!(format!("{cache:?}"), "SecretCache { secrets: 1 }");
     }
 
     fn a_secret(name: &str, token: &Token) -> Secret {

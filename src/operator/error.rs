@@ -60,12 +60,6 @@ pub enum Error {
     },
     #[error("encoding the ApiToken's status failed")]
     EncodeStatus(#[source] serde_json::Error),
-    #[error("reading the watch cache's copy of {what} failed")]
-    DecodeCache {
-        what: &'static str,
-        #[source]
-        source: super::cache::CacheError,
-    },
     #[error("writing the ApiToken's status failed: {}", describe(.source))]
     PatchStatus {
         #[source]
@@ -120,7 +114,6 @@ impl Error {
             Error::GetApiToken { .. } => "get_apitoken",
             Error::GetNamespace { .. } => "get_namespace",
             Error::EncodeStatus(_) => "encode_status",
-            Error::DecodeCache { .. } => "decode_cache",
             Error::PatchStatus { .. } => "patch_status",
             Error::AddFinalizer { .. } => "add_finalizer",
             Error::RemoveFinalizer { .. } => "remove_finalizer",
@@ -138,7 +131,7 @@ impl Error {
     }
 
     /// Every kind [`Error::kind`] can return.
-    pub const KINDS: [&'static str; 21] = [
+    pub const KINDS: [&'static str; 20] = [
         "get_secret",
         "create_secret",
         "apply_secret",
@@ -148,7 +141,6 @@ impl Error {
         "get_apitoken",
         "get_namespace",
         "encode_status",
-        "decode_cache",
         "patch_status",
         "add_finalizer",
         "remove_finalizer",

@@ -33,7 +33,10 @@ pub async fn abandon(tg: &Target<'_>, ctx: &Context, reason: &str, terminating: 
         .unwrap_or_else(|| tg.name.clone());
     let cached = ctx.secrets.get(&tg.ns, &secret_name);
     let cached_fp = cached
-        .and_then(Result::ok)
+        .and_then(|read| {
+            read.inspect_err(|e| tracing::warn!(secret = %secret_name, namespace = %tg.ns, error = %e, "the cached Secret could not be read back"))
+                .ok()
+        })
         .and_then(|s| s.annotations().get(ann::FINGERPRINT).cloned());
     let fps = deletion::known_fingerprints(tg.status(), cached_fp.as_deref());
     tracing::warn!(apitoken = %tg.name, namespace = %tg.ns, fingerprints = %fps.join(","), reason, "released without revoking its tokens (loop.dev/abandon-revocation)");

@@ -66,23 +66,21 @@ pub struct Context {
 /// Entry point for the controller.
 pub async fn reconcile(obj: Arc<CachedToken>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let start = Instant::now();
-    let result = match (obj.namespace(), obj.decode()) {
-        (None, _) => Err(Error::Unnamed),
-        (Some(_), Err(source)) => Err(Error::DecodeCache {
-            what: "the ApiToken",
-            source,
-        }),
-        (Some(ns), Ok(obj)) => {
-            let obj = Arc::new(obj);
+    let result = match obj.namespace() {
+        None => Err(Error::Unnamed),
+        Some(ns) => {
             let api: Api<ApiToken> = Api::namespaced(ctx.client.clone(), &ns);
-            finalizer::finalizer(&api, FINALIZER, obj, |event| async {
-                match event {
-                    Finalizer::Apply(t) => apply(&t, &ctx).await,
-                    Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
-                }
-            })
-            .await
-            .map_err(Error::from)
+            match cached_or_live(&obj, &api).await {
+                Err(e) => Err(e),
+                Ok(t) => finalizer::finalizer(&api, FINALIZER, Arc::new(t), |event| async {
+                    match event {
+                        Finalizer::Apply(t) => apply(&t, &ctx).await,
+                        Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
+                    }
+                })
+                .await
+                .map_err(Error::from),
+            }
         }
     };
     ctx.metrics.reconciled(
@@ -90,6 +88,21 @@ pub async fn reconcile(obj: Arc<CachedToken>, ctx: Arc<Context>) -> Result<Reque
         start.elapsed().as_secs_f64(),
     );
     result
+}
+
+/// The ApiToken from the watch cache, or from the API server if the cached copy cannot be read
+/// back (not expected; see [`super::cache`]): the next watch event would replace it, but none
+/// may come.
+async fn cached_or_live(obj: &CachedToken, api: &Api<ApiToken>) -> Result<ApiToken, Error> {
+    match obj.decode() {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            tracing::warn!(apitoken = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %e, "the cached ApiToken could not be read back; reading it from the API server");
+            api.get(&obj.name_any())
+                .await
+                .map_err(|source| Error::GetApiToken { source })
+        }
+    }
 }
 
 /// Requeue after an error. Statuses were already written by the failing step.
@@ -255,14 +268,14 @@ async fn observe(
     source: Source,
 ) -> Result<Seen, Error> {
     let secret = match source {
-        Source::Cache => ctx
-            .secrets
-            .get(&tg.ns, &d.secret_name)
-            .transpose()
-            .map_err(|source| Error::DecodeCache {
-                what: "the Secret",
-                source,
-            })?,
+        Source::Cache => match ctx.secrets.get(&tg.ns, &d.secret_name) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                tracing::warn!(secret = %d.secret_name, namespace = %tg.ns, error = %e, "the cached Secret could not be read back; reading it from the API server");
+                tg.get_secret(&d.secret_name).await?
+            }
+        },
         Source::Known(s) => s.map(|b| *b),
         Source::Live => tg.get_secret(&d.secret_name).await?,
     };

@@ -261,10 +261,11 @@ fn list_config() -> watcher::Config {
 /// The controller over narrow watches, until a shutdown signal drains it.
 ///
 /// Both caches drop what the operator never reads and keep the rest in compact form (less
-/// memory per object: see [`cache`]), and the Secret cache keeps fingerprints, not tokens. Only the Secrets the operator manages are watched (and
-/// cached), and any change to one, its deletion included, wakes its owner; ApiTokens wake it
-/// only on the changes [`triggers`] names, and on the changes to ApiTokenPolicies and namespaces
-/// that concern them (see [`tenancy`]).
+/// memory per object: see [`cache`]), and the Secret cache keeps fingerprints, not tokens.
+/// Only the Secrets the operator manages are watched (and cached), and any change to one, its
+/// deletion included, wakes its owner; ApiTokens wake it only on the changes
+/// [`super::watch::triggers`] names ([`Changes`]), and on the changes to ApiTokenPolicies and
+/// namespaces that concern them (see [`tenancy`]).
 fn controller(
     client: &Client,
     cfg: &RunConfig,
