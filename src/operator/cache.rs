@@ -4,9 +4,9 @@
 //! kube-runtime's reflector, owner mapping and scheduler read only an object's name and
 //! namespace; a reconcile reads the whole object, once. So:
 //!
-//! - an ApiToken is cached as a [`Compact`]: an `ObjectMeta` with its name and namespace (what
-//!   kube-runtime reads), and everything else as one buffer of compact JSON, decoded when a
-//!   reconcile asks for it ([`Compact::decode`]);
+//! - an ApiToken is cached as a [`CachedToken`]: an `ObjectMeta` with its name and namespace
+//!   (what kube-runtime reads), and everything else as one buffer of compact JSON, decoded when
+//!   a reconcile asks for it ([`CachedToken::decode`]);
 //! - an owned Secret is cached as compact JSON only, in the operator's own [`SecretCache`]
 //!   keyed by namespace and name (the controller needs no kube-runtime store of them);
 //! - what wakes the controller is decided by [`Changes`], which keeps one hash per ApiToken
@@ -29,7 +29,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::marker::PhantomData;
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -47,44 +46,14 @@ use super::names::{
 };
 use super::{secret, watch};
 
-/// A kind the controller caches in [`Compact`] form.
-pub trait Cached:
-    Resource<DynamicType = ()> + Serialize + DeserializeOwned + Send + Sync + 'static
-{
-    /// Drop or replace what the cache must not keep.
-    fn prepare(&mut self);
-
-    /// The hash of the fields whose change wakes the controller (see [`watch::triggers`]).
-    fn trigger(&self) -> u64;
-
-    /// What its JSON is compressed against.
-    fn dictionary() -> &'static [u8];
-}
-
-impl Cached for ApiToken {
-    fn prepare(&mut self) {
-        watch::token_for_cache(self);
-    }
-
-    fn dictionary() -> &'static [u8] {
-        &TOKEN_DICTIONARY
-    }
-
-    fn trigger(&self) -> u64 {
-        watch::triggers(self).unwrap_or_default()
-    }
-}
-
-/// An object as a watch cache keeps it: name and namespace in `metadata`, the rest as JSON.
-pub struct Compact<K> {
+/// An ApiToken as the controller's cache keeps it: name and namespace in `metadata`, the hash
+/// of what wakes the controller ([`watch::triggers`]), the rest as compressed JSON.
+#[derive(Clone)]
+pub struct CachedToken {
     metadata: ObjectMeta,
     trigger: u64,
     body: Box<[u8]>,
-    kind: PhantomData<fn() -> K>,
 }
-
-/// The ApiToken as the controller's cache keeps it.
-pub type CachedToken = Compact<ApiToken>;
 
 /// Why a cached object could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -114,43 +83,29 @@ fn encode<K: Resource<DynamicType = ()> + Serialize>(
     }
 }
 
-impl<K: Cached> Compact<K> {
-    /// Prepare `obj` for the cache and compact it.
-    pub fn new(mut obj: K) -> Self {
-        obj.prepare();
-        let trigger = obj.trigger();
-        let m = obj.meta_mut();
-        m.managed_fields = None;
+impl CachedToken {
+    /// Prepare `t` for the cache ([`watch::token_for_cache`]) and compact it.
+    pub fn new(mut t: ApiToken) -> Self {
+        watch::token_for_cache(&mut t);
+        let trigger = watch::triggers(&t);
         let metadata = ObjectMeta {
-            name: m.name.take(),
-            namespace: m.namespace.take(),
+            name: t.metadata.name.take(),
+            namespace: t.metadata.namespace.take(),
             ..ObjectMeta::default()
         };
-        Compact {
-            body: encode(&obj, K::dictionary(), metadata.name.as_deref()),
+        CachedToken {
+            body: encode(&t, &TOKEN_DICTIONARY, metadata.name.as_deref()),
             metadata,
             trigger,
-            kind: PhantomData,
         }
     }
 
-    /// The object as it was cached (prepared: see [`Cached::prepare`]).
-    pub fn decode(&self) -> Result<K, CacheError> {
-        let mut obj: K = unpack(&self.body, K::dictionary())?;
-        let m = obj.meta_mut();
-        m.name.clone_from(&self.metadata.name);
-        m.namespace.clone_from(&self.metadata.namespace);
-        Ok(obj)
-    }
-
-    /// The hash [`Cached::trigger`] took.
-    pub fn trigger(&self) -> u64 {
-        self.trigger
-    }
-
-    /// Bytes held for the body (compressed).
-    pub fn body_len(&self) -> usize {
-        self.body.len()
+    /// The ApiToken as it was cached.
+    pub fn decode(&self) -> Result<ApiToken, CacheError> {
+        let mut t: ApiToken = unpack(&self.body, &TOKEN_DICTIONARY)?;
+        t.metadata.name.clone_from(&self.metadata.name);
+        t.metadata.namespace.clone_from(&self.metadata.namespace);
+        Ok(t)
     }
 }
 
@@ -172,7 +127,8 @@ const UID: &str = "00000000-0000-4000-8000-000000000000";
 const TIME: &str = "2026-01-01T00:00:00Z";
 const FINGERPRINT: &str = "000000000000";
 
-/// A converged ApiToken as the token cache keeps it (no name or namespace: see [`Compact`]).
+/// A converged ApiToken as the token cache keeps it (no name or namespace: see
+/// [`CachedToken`]).
 pub static TOKEN_DICTIONARY: LazyLock<Vec<u8>> = LazyLock::new(|| {
     typical::<ApiToken>(serde_json::json!({
         "apiVersion": "loop.dev/v1alpha1", "kind": "ApiToken",
@@ -217,33 +173,22 @@ pub static SECRET_DICTIONARY: LazyLock<Vec<u8>> = LazyLock::new(|| {
     }))
 });
 
-/// A watch event about `K` as one about its compact form.
-pub fn compact_event<K: Cached>(event: watcher::Event<K>) -> watcher::Event<Compact<K>> {
+/// A watch event about an ApiToken as one about its cached form.
+pub fn compact_event(event: watcher::Event<ApiToken>) -> watcher::Event<CachedToken> {
     use watcher::Event as E;
     match event {
-        E::Apply(o) => E::Apply(Compact::new(o)),
-        E::Delete(o) => E::Delete(Compact::new(o)),
+        E::Apply(t) => E::Apply(CachedToken::new(t)),
+        E::Delete(t) => E::Delete(CachedToken::new(t)),
         E::Init => E::Init,
-        E::InitApply(o) => E::InitApply(Compact::new(o)),
+        E::InitApply(t) => E::InitApply(CachedToken::new(t)),
         E::InitDone => E::InitDone,
     }
 }
 
-impl<K> Clone for Compact<K> {
-    fn clone(&self) -> Self {
-        Compact {
-            metadata: self.metadata.clone(),
-            trigger: self.trigger,
-            body: self.body.clone(),
-            kind: PhantomData,
-        }
-    }
-}
-
 /// Identity and size only: the body is not printed.
-impl<K> fmt::Debug for Compact<K> {
+impl fmt::Debug for CachedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Compact")
+        f.debug_struct("CachedToken")
             .field("namespace", &self.metadata.namespace)
             .field("name", &self.metadata.name)
             .field("body_bytes", &self.body.len())
@@ -251,35 +196,37 @@ impl<K> fmt::Debug for Compact<K> {
     }
 }
 
-/// Read as `K`, then compacted (kube-runtime's controller asks for `DeserializeOwned`).
-impl<'de, K: Cached> Deserialize<'de> for Compact<K> {
+/// Read as an ApiToken, then compacted (kube-runtime's controller asks for `DeserializeOwned`).
+impl<'de> Deserialize<'de> for CachedToken {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        K::deserialize(d).map(Compact::new)
+        ApiToken::deserialize(d).map(CachedToken::new)
     }
 }
 
-impl<K: Resource<DynamicType = ()>> Resource for Compact<K> {
+/// The ApiToken kind: kube-runtime's requests, object references and owner matching see an
+/// ApiToken.
+impl Resource for CachedToken {
     type DynamicType = ();
-    type Scope = K::Scope;
+    type Scope = <ApiToken as Resource>::Scope;
 
     fn kind(dt: &()) -> Cow<'_, str> {
-        K::kind(dt)
+        ApiToken::kind(dt)
     }
 
     fn group(dt: &()) -> Cow<'_, str> {
-        K::group(dt)
+        ApiToken::group(dt)
     }
 
     fn version(dt: &()) -> Cow<'_, str> {
-        K::version(dt)
+        ApiToken::version(dt)
     }
 
     fn api_version(dt: &()) -> Cow<'_, str> {
-        K::api_version(dt)
+        ApiToken::api_version(dt)
     }
 
     fn plural(dt: &()) -> Cow<'_, str> {
-        K::plural(dt)
+        ApiToken::plural(dt)
     }
 
     fn meta(&self) -> &ObjectMeta {
@@ -300,7 +247,7 @@ fn key_of(meta: &ObjectMeta) -> u64 {
 }
 
 /// Which watch events wake the controller: an ApiToken seen for the first time, or whose
-/// [`Compact::trigger`] changed. One `u64` per ApiToken, keyed by the hash of its namespace
+/// trigger hash changed. One `u64` per ApiToken, keyed by the hash of its namespace
 /// and name: two ApiTokens whose keys collide only wake each other more often, never less
 /// (each sees the other's trigger as a change).
 #[derive(Debug, Default)]
@@ -313,7 +260,7 @@ pub struct Changes {
 
 impl Changes {
     /// The ApiToken to reconcile for this event, if any.
-    pub fn wake<K>(&mut self, event: watcher::Event<Compact<K>>) -> Option<Compact<K>> {
+    pub fn wake(&mut self, event: watcher::Event<CachedToken>) -> Option<CachedToken> {
         use watcher::Event as E;
         match event {
             E::Apply(o) => {
@@ -344,16 +291,6 @@ impl Changes {
                 None
             }
         }
-    }
-
-    /// ApiTokens remembered.
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
     }
 }
 
@@ -422,17 +359,12 @@ impl SecretCache {
     }
 
     /// Secrets cached.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.inner
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .live
             .len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -516,11 +448,11 @@ mod tests {
             jiff::Timestamp::UNIX_EPOCH,
         ));
         let json = serde_json::to_vec(&t).expect("encodes");
-        let c = Compact::new(t);
+        let c = CachedToken::new(t);
         assert!(
-            c.body_len() * 2 < json.len(),
+            c.body.len() * 2 < json.len(),
             "{} bytes kept for {} of JSON",
-            c.body_len(),
+            c.body.len(),
             json.len()
         );
     }
@@ -539,8 +471,8 @@ mod tests {
     fn an_apitoken_decodes_to_what_the_cache_kept_before() {
         let t = token();
         let mut prepared = t.clone();
-        prepared.prepare();
-        let back = Compact::new(t).decode().expect("decodes");
+        watch::token_for_cache(&mut prepared);
+        let back = CachedToken::new(t).decode().expect("decodes");
         assert_eq!(json(&back), json(&prepared));
         assert_eq!(back.uid(), prepared.uid());
         assert_eq!(back.resource_version(), Some("42".into()));
@@ -552,7 +484,7 @@ mod tests {
         t.metadata.managed_fields = Some(vec![Default::default()]);
         t.annotations_mut()
             .insert(LAST_APPLIED_ANNOTATION.into(), "{\"big\": true}".into());
-        let c = Compact::new(t);
+        let c = CachedToken::new(t);
         let body = plain(&c.body, &TOKEN_DICTIONARY);
         assert!(!body.contains("managedFields"), "{body}");
         assert!(!body.contains("big"), "{body}");
@@ -564,7 +496,7 @@ mod tests {
     #[test]
     fn kube_runtime_sees_the_kind_name_and_namespace_and_nothing_twice() {
         let t = token();
-        let c = Compact::new(t.clone());
+        let c = CachedToken::new(t.clone());
         assert_eq!(
             ObjectRef::from_obj(&c),
             ObjectRef::<CachedToken>::new(&t.name_any()).within("n")
@@ -584,36 +516,33 @@ mod tests {
     #[test]
     fn the_trigger_is_taken_from_the_full_object() {
         let t = token();
-        let c = Compact::new(t.clone());
-        assert_eq!(Some(c.trigger()), watch::triggers(&t));
+        let c = CachedToken::new(t.clone());
+        assert_eq!(c.trigger, watch::triggers(&t));
         let mut rotated = t.clone();
         rotated
             .annotations_mut()
             .insert(ROTATE_ANNOTATION.into(), "r2".into());
-        assert_ne!(Compact::new(rotated).trigger(), c.trigger());
+        assert_ne!(CachedToken::new(rotated).trigger, c.trigger);
         let mut status_only = t;
         if let Some(s) = status_only.status.as_mut() {
             s.token_id = Some("id-2".into());
         }
-        assert_eq!(Compact::new(status_only).trigger(), c.trigger());
+        assert_eq!(CachedToken::new(status_only).trigger, c.trigger);
     }
 
     #[test]
     fn debug_shows_identity_and_size_only() {
-        let c = Compact::new(token());
+        let c = CachedToken::new(token());
         let shown = format!("{c:?}");
         assert!(shown.contains("body_bytes"), "{shown}");
         assert!(!shown.contains("Issued"), "{shown}");
-        assert!(c.body_len() > 0);
+        assert!(!c.body.is_empty());
     }
 
     #[test]
     fn watch_events_keep_their_kind() {
-        assert!(matches!(compact_event::<ApiToken>(E::Init), E::Init));
-        assert!(matches!(
-            compact_event::<ApiToken>(E::InitDone),
-            E::InitDone
-        ));
+        assert!(matches!(compact_event(E::Init), E::Init));
+        assert!(matches!(compact_event(E::InitDone), E::InitDone));
         assert!(matches!(compact_event(E::Apply(token())), E::Apply(_)));
         assert!(matches!(
             compact_event(E::InitApply(token())),
@@ -642,7 +571,7 @@ mod tests {
         assert!(!woken(&mut c, E::Apply(status_only)), "status only");
         // Deleted, then created again with the same content: seen as new.
         assert!(!woken(&mut c, E::Delete(rotated.clone())));
-        assert_eq!(c.len(), 1);
+        assert_eq!(c.seen.len(), 1);
         assert!(woken(&mut c, E::Apply(rotated)));
     }
 
@@ -660,7 +589,7 @@ mod tests {
         assert!(woken(&mut c, E::InitApply(named("d"))), "new");
         assert!(!woken(&mut c, E::InitDone));
         // `c` was deleted while the watch was away: forgotten.
-        assert_eq!(c.len(), 3);
+        assert_eq!(c.seen.len(), 3);
         assert!(woken(&mut c, E::Apply(named("c"))));
     }
 
@@ -677,13 +606,13 @@ mod tests {
         assert!(!woken(&mut c, E::InitApply(named("a"))), "unchanged");
         assert!(!woken(&mut c, E::InitApply(named("b"))), "unchanged");
         assert!(!woken(&mut c, E::InitDone));
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.seen.len(), 2);
     }
 
     #[test]
     fn an_unreadable_entry_is_an_error_not_an_absent_object() {
         // What `encode` leaves when it cannot encode: the reconcile then reads live.
-        let mut c = Compact::new(token());
+        let mut c = CachedToken::new(token());
         c.body = Box::default();
         assert!(c.decode().is_err());
         let cache = SecretCache::default();
@@ -769,6 +698,5 @@ mod tests {
         assert!(cache.get("team-a", "b").is_none());
         assert!(cache.get("team-a", "c").is_some());
         assert_eq!(cache.len(), 1);
-        assert!(!cache.is_empty());
     }
 }

@@ -28,7 +28,7 @@ pub fn token_for_cache(t: &mut ApiToken) {
 /// GitOps tools do), its finalizers and its deletion. Status-only changes, most of them the
 /// operator's own status writes, do not: a status edited by someone else is put right at the
 /// next periodic reconcile (`--usage-interval`).
-pub fn triggers(t: &ApiToken) -> Option<u64> {
+pub fn triggers(t: &ApiToken) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     t.metadata.uid.hash(&mut h);
@@ -36,7 +36,7 @@ pub fn triggers(t: &ApiToken) -> Option<u64> {
     t.annotations().hash(&mut h);
     t.finalizers().hash(&mut h);
     t.metadata.deletion_timestamp.is_some().hash(&mut h);
-    Some(h.finish())
+    h.finish()
 }
 
 /// The changes to a namespace that concern its ApiTokens: its labels (ApiTokenPolicies select
