@@ -94,6 +94,17 @@ struct ServeArgs {
     /// How long a request waits for a database connection before answering 503.
     #[arg(long, env = "LOOP_STORE_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     db_acquire_timeout: Duration,
+    /// Longest wait for introspection's database read (a connection included) before it
+    /// answers 503.
+    #[arg(long, env = "LOOP_STORE_DB_READ_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    db_read_timeout: Duration,
+    /// With PostgreSQL: how long after a change (a revocation) commits through another store
+    /// process this one may still answer from its cache as before. The cache answers only
+    /// while a heartbeat sent through the database every quarter of this came back through
+    /// the change listener within it; otherwise introspection reads the database, or answers
+    /// 503. Minimum 200ms.
+    #[arg(long, env = "LOOP_STORE_CACHE_TRUST_BOUND", default_value = "2s", value_parser = parse_trust_bound)]
+    cache_trust_bound: Duration,
     /// Answer introspection from memory (on) or query the database every time (off; a
     /// benchmark baseline, not for production).
     #[arg(long, env = "LOOP_STORE_INTROSPECTION_CACHE", default_value = "on", value_parser = ["on", "off"])]
@@ -132,6 +143,17 @@ struct ServeArgs {
     log_format: LogFormat,
 }
 
+fn parse_trust_bound(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < loop_token_operator::store::trust::MIN_BOUND {
+        return Err(format!(
+            "{s} is shorter than {:?}: a heartbeat is sent every quarter of the bound",
+            loop_token_operator::store::trust::MIN_BOUND
+        ));
+    }
+    Ok(d)
+}
+
 fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -157,6 +179,8 @@ fn serve_config(a: ServeArgs) -> ServeConfig {
             acquire_timeout: a.db_acquire_timeout,
         },
         introspection_cache: a.introspection_cache == "on",
+        cache_trust_bound: a.cache_trust_bound,
+        db_read_timeout: a.db_read_timeout,
         tls,
         tls_reload_interval: a.tls_reload_interval,
         limits: Limits {

@@ -11,9 +11,11 @@
 //!   [`super::repo::NOTIFY_CHANNEL`]) and invalidate the entry the moment they commit.
 //! - A read-through fill races with invalidations; every invalidation bumps a generation, and a
 //!   fill whose database read started before the latest invalidation is discarded.
-//! - While the notification listener is disconnected the cache is *untrusted*: it is emptied and
-//!   every request reads the database (and fails closed with 503 if that is down too), because
-//!   notifications sent in the gap are lost.
+//! - The cache answers only while it is *trusted* ([`super::trust`]): with PostgreSQL, while the
+//!   listener has received, within the trust bound, a heartbeat this process sent through the
+//!   database. Otherwise every request reads the database (and fails closed with 503 if that is
+//!   down too): past the bound, a silent listener may be missing notifications. A lost listener
+//!   connection also empties the cache, because notifications sent in the gap are lost.
 //!
 //! Unknown but well-formed tokens are cached too (a bounded set), so a flood of made-up tokens
 //! with valid checksums does not become a flood of database queries; registrations invalidate
@@ -22,14 +24,15 @@
 //! dropped, so passing the bound forgets the oldest half, never everything at once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use axum::body::Bytes;
 
 use super::metrics::{CacheResult, IntrospectOutcome, Metrics};
 use super::model::{Activity, TokenRecord, activity};
 use super::repo::{RepoError, Repository};
+use super::trust::Trust;
 use super::usage::{Slot, Usage};
 use crate::api::IntrospectResponse;
 use crate::token::{self, TokenHash};
@@ -165,21 +168,30 @@ enum Lookup {
 /// The hash-to-entry cache with generation-checked fills.
 pub struct Cache {
     inner: RwLock<Inner>,
-    trusted: AtomicBool,
+    trust: Trust,
 }
 
 impl Cache {
-    /// A cache that starts trusted (SQLite, or PostgreSQL once its listener is connected).
-    pub fn new(trusted: bool) -> Self {
+    /// A cache that may answer while `trust` says so.
+    pub fn new(trust: Trust) -> Self {
         Cache {
             inner: RwLock::new(Inner::default()),
-            trusted: AtomicBool::new(trusted),
+            trust,
         }
+    }
+
+    /// A cache that is always trusted (SQLite: this process is the only writer).
+    pub fn always_trusted() -> Self {
+        Self::new(Trust::always())
+    }
+
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     fn lookup(&self, hash: &TokenHash) -> Lookup {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        if !self.trusted.load(Ordering::Acquire) {
+        if !self.trust.is_trusted() {
             return Lookup::Bypass;
         }
         if let Some(e) = inner.known.get(hash) {
@@ -193,7 +205,7 @@ impl Cache {
 
     fn fill(&self, hash: &TokenHash, generation: u64, found: Option<&Arc<Entry>>) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        if !self.trusted.load(Ordering::Acquire) || inner.generation != generation {
+        if inner.generation != generation {
             return;
         }
         match found {
@@ -219,17 +231,18 @@ impl Cache {
         inner.forget_all();
     }
 
-    /// Forget everything and set whether the cache may answer (false while changes may be
-    /// missed, true once they can be heard again).
-    pub fn reset(&self, trusted: bool) {
+    /// Stop answering and forget everything: changes may have been missed (the listener's
+    /// connection is gone). Only a new heartbeat ([`Trust::proven`]) makes the cache answer
+    /// again.
+    pub fn untrust(&self) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        self.trust.withdraw();
         inner.generation = inner.generation.wrapping_add(1);
         inner.forget_all();
-        self.trusted.store(trusted, Ordering::Release);
     }
 
     pub fn is_trusted(&self) -> bool {
-        self.trusted.load(Ordering::Acquire)
+        self.trust.is_trusted()
     }
 }
 
@@ -241,7 +254,12 @@ pub struct Introspector {
     metrics: Arc<Metrics>,
     /// When false, every request reads the database (the benchmark baseline).
     use_cache: bool,
+    /// Longest wait for a database read (a connection included): past it the answer is 503.
+    read_timeout: Duration,
 }
+
+/// Default of [`Introspector::with_read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Introspector {
     pub fn new(
@@ -257,7 +275,15 @@ impl Introspector {
             usage,
             metrics,
             use_cache,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
+    }
+
+    /// Bound every database read of introspection: a read on a connection whose link went
+    /// silent would otherwise wait for the kernel to give up on it (many minutes).
+    pub fn with_read_timeout(mut self, read_timeout: Duration) -> Self {
+        self.read_timeout = read_timeout;
+        self
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -310,7 +336,10 @@ impl Introspector {
     }
 
     async fn read(&self, hash: &TokenHash) -> Result<Option<Arc<Entry>>, RepoError> {
-        match self.repo.find_by_hash(hash).await? {
+        let found = tokio::time::timeout(self.read_timeout, self.repo.find_by_hash(hash))
+            .await
+            .map_err(|_| RepoError::TimedOut(self.read_timeout))?;
+        match found? {
             Some(r) => Ok(Some(Arc::new(Entry::new(&r, &self.usage)?))),
             None => Ok(None),
         }
@@ -399,7 +428,7 @@ mod tests {
                 .unwrap(),
         );
         let usage = Arc::new(Usage::default());
-        let cache = Arc::new(Cache::new(true));
+        let cache = Arc::new(Cache::always_trusted());
         let i = Introspector::new(repo, cache, Arc::clone(&usage), Metrics::new(), true);
         let active = Some(Arc::new(Entry::new(&record(None), &usage).unwrap()));
         let expired = Some(Arc::new(Entry::new(&record(Some(1_000)), &usage).unwrap()));
@@ -416,7 +445,7 @@ mod tests {
 
     #[test]
     fn the_unknown_set_forgets_its_oldest_entries_not_all_of_them() {
-        let cache = Cache::new(true);
+        let cache = Cache::always_trusted();
         for i in 0..=MAX_UNKNOWN {
             let Lookup::Miss(generation) = cache.lookup(&unknown(i)) else {
                 panic!("{i} should be a miss");

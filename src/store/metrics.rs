@@ -73,6 +73,22 @@ struct CacheLabels {
     result: CacheResult,
 }
 
+/// Why the change listener's connection was replaced.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ListenerRestart {
+    /// The connection was lost or failed.
+    Lost,
+    /// No heartbeat came back within the silence limit (a link that stopped delivering).
+    Silent,
+    /// A new connection could not be made or subscribed.
+    Error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RestartLabels {
+    reason: ListenerRestart,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -88,6 +104,7 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     cache_trusted: Gauge,
     usage_flush_failures: Counter,
+    listener_restarts: Family<RestartLabels, Counter>,
 }
 
 impl Metrics {
@@ -120,7 +137,7 @@ impl Metrics {
         let cache_trusted = Gauge::default();
         registry.register(
             "introspection_cache_trusted",
-            "1 when the cache may answer, 0 while changes by other processes could be missed",
+            "1 when the cache may answer (a heartbeat came back through the change listener within the trust bound), 0 while changes by other processes could be missed",
             cache_trusted.clone(),
         );
         let usage_flush_failures = Counter::default();
@@ -129,8 +146,15 @@ impl Metrics {
             "Failed writes of coalesced usage figures",
             usage_flush_failures.clone(),
         );
+        let listener_restarts = Family::<RestartLabels, Counter>::default();
+        registry.register(
+            "change_listener_restarts",
+            "Change listener connections replaced, by reason (lost, silent: no heartbeat came back, error)",
+            listener_restarts.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            listener_restarts,
             requests,
             latency,
             introspections,
@@ -169,6 +193,12 @@ impl Metrics {
 
     pub fn set_cache_trusted(&self, trusted: bool) {
         self.cache_trusted.set(i64::from(trusted));
+    }
+
+    pub fn listener_restart(&self, reason: ListenerRestart) {
+        self.listener_restarts
+            .get_or_create(&RestartLabels { reason })
+            .inc();
     }
 
     pub fn usage_flush_failed(&self) {

@@ -7,6 +7,8 @@
 //!   [`crate::api`]; the scope catalogue is read from its file at start-up);
 //! - [`repo`]: storage (SQLite, PostgreSQL);
 //! - [`cache`]: the in-memory introspection cache and its invalidation rules;
+//! - [`trust`]: when the cache may answer (the trust bound; pure);
+//! - [`notify`]: the change listener and its heartbeat (PostgreSQL);
 //! - [`writes`]: every change to a registration, with its cache invalidation, as one unit;
 //! - [`usage`]: coalesced usage counters;
 //! - [`http`]: the HTTP API (`app(state) -> Router`), one file per concern;
@@ -15,7 +17,7 @@
 //! - [`listen`]: the HTTP transport (accept loop, timeouts, connection limit, bounded shutdown);
 //! - [`tls`]: the certificate and key, reloaded when their files change.
 //!
-//! Only [`server`], [`listen`], [`tls`] and [`repo`] do I/O of their own; [`cache`], [`usage`], [`writes`] and
+//! Only [`server`], [`listen`], [`notify`], [`tls`] and [`repo`] do I/O of their own; [`cache`], [`usage`], [`writes`] and
 //! [`http`] reach the database through [`repo`].
 
 pub mod cache;
@@ -23,9 +25,11 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod repo;
 pub mod scopes;
 pub mod server;
 pub mod tls;
+pub mod trust;
 pub mod usage;
 pub mod writes;

@@ -10,23 +10,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::watch;
 
 use super::cache::{Cache, Introspector};
 use super::http::{self, AppState, Credential, Credentials};
 use super::listen::{self, Limits};
 use super::metrics::Metrics;
-use super::repo::{self, NOTIFY_CHANNEL, PoolSettings, Repository};
+use super::notify;
+use super::repo::{self, PoolSettings, Repository};
 use super::scopes::{Catalogue, CatalogueError};
 use super::tls::{self, ReloadingCert, TlsError, TlsFiles};
+use super::trust::Trust;
 use super::usage::Usage;
 use super::writes::Writer;
 use crate::clock::{Clock, system_clock};
 use crate::serve::{
     CredentialError, SecretFileError, check_secret_file, read_credential, shutdown_signal,
 };
-use crate::token::TokenHash;
 
 /// Shortest credential accepted.
 pub const MIN_CREDENTIAL_LEN: usize = 16;
@@ -47,6 +47,11 @@ pub struct ServeConfig {
     pub usage_flush_interval: Duration,
     pub pool: PoolSettings,
     pub introspection_cache: bool,
+    /// With PostgreSQL: how long after a change commits elsewhere this process's cache may
+    /// still answer as before (see [`super::trust`]).
+    pub cache_trust_bound: Duration,
+    /// Longest wait for introspection's database read; past it the answer is 503.
+    pub db_read_timeout: Duration,
     /// Serve HTTPS with this certificate and key (reloaded when they change), else HTTP.
     pub tls: Option<TlsFiles>,
     /// How often the TLS files are checked for a change.
@@ -310,20 +315,34 @@ async fn open_parts(
     let metrics = Metrics::new();
     let usage = Arc::new(Usage::default());
     // A SQLite file has one writer, this process: its cache is trusted from the start. With
-    // PostgreSQL the cache is trusted only while the change listener is connected.
-    let cache = Arc::new(Cache::new(opened.postgres.is_none()));
-    if let Some(pool) = opened.postgres.clone() {
-        let connected = spawn_change_listener(pool, Arc::clone(&cache), shutdown_rx.clone());
-        // Serve once the first subscription is in place (or after 10 s, reading the database).
-        let _ = tokio::time::timeout(Duration::from_secs(10), connected).await;
-    }
-    let introspector = Arc::new(Introspector::new(
-        Arc::clone(&repo),
-        Arc::clone(&cache),
-        Arc::clone(&usage),
-        Arc::clone(&metrics),
-        cfg.introspection_cache,
-    ));
+    // PostgreSQL the cache is trusted only within the trust bound of a heartbeat that came
+    // back through the change listener.
+    let cache = match &opened.postgres {
+        None => Arc::new(Cache::always_trusted()),
+        Some(pool) => {
+            let cache = Arc::new(Cache::new(Trust::bounded(cfg.cache_trust_bound)));
+            let options = (*pool.connect_options()).clone();
+            let trusted = notify::spawn(
+                options,
+                Arc::clone(&cache),
+                Arc::clone(&metrics),
+                shutdown_rx.clone(),
+            );
+            // Serve once the cache is trusted (or after 10 s, reading the database).
+            let _ = tokio::time::timeout(Duration::from_secs(10), trusted).await;
+            cache
+        }
+    };
+    let introspector = Arc::new(
+        Introspector::new(
+            Arc::clone(&repo),
+            Arc::clone(&cache),
+            Arc::clone(&usage),
+            Arc::clone(&metrics),
+            cfg.introspection_cache,
+        )
+        .with_read_timeout(cfg.db_read_timeout),
+    );
     let writer = Writer::new(Arc::clone(&repo), Arc::clone(&cache));
     let state = AppState {
         repo: Arc::clone(&repo),
@@ -440,71 +459,6 @@ fn spawn_usage_flusher(
             }
         }
     })
-}
-
-/// Listen for changes by other store processes. Resolves the returned receiver once the first
-/// subscription is in place.
-fn spawn_change_listener(
-    pool: PgPool,
-    cache: Arc<Cache>,
-    mut shutdown: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> {
-    let (connected_tx, mut connected_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let listener = async {
-                let mut l = PgListener::connect_with(&pool).await?;
-                l.listen(NOTIFY_CHANNEL).await?;
-                Ok::<_, sqlx::Error>(l)
-            };
-            let mut listener = tokio::select! {
-                r = listener => r,
-                _ = shutdown.wait_for(|s| *s) => return,
-            };
-            match listener.as_mut() {
-                Ok(l) => {
-                    // Changes made while we were not listening are unknown: start afresh.
-                    cache.reset(true);
-                    let _ = connected_tx.send(true);
-                    backoff = Duration::from_millis(100);
-                    tracing::info!(
-                        channel = NOTIFY_CHANNEL,
-                        "listening for token changes by other store processes"
-                    );
-                    loop {
-                        let next = tokio::select! {
-                            n = l.try_recv() => n,
-                            _ = shutdown.wait_for(|s| *s) => return,
-                        };
-                        match next {
-                            Ok(Some(n)) => match n.payload().parse::<TokenHash>() {
-                                Ok(h) => cache.invalidate(&h),
-                                Err(_) => cache.reset(true),
-                            },
-                            Ok(None) | Err(_) => break,
-                        }
-                    }
-                    cache.reset(false);
-                    tracing::warn!(
-                        "lost the change listener connection; introspection reads the database until it is back"
-                    );
-                }
-                Err(e) => {
-                    cache.reset(false);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot listen for token changes");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {},
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    });
-    async move {
-        let _ = connected_rx.wait_for(|c| *c).await;
-    }
 }
 
 #[cfg(test)]

@@ -255,7 +255,7 @@ mod tests {
             committed: Mutex::new(Some(committed_tx)),
             release: Mutex::new(Some(release_rx)),
         });
-        let cache = Arc::new(Cache::new(true));
+        let cache = Arc::new(Cache::always_trusted());
         let writer = Writer::new(Arc::clone(&repo), Arc::clone(&cache));
         let introspector = Introspector::new(
             repo,

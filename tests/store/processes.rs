@@ -3,7 +3,7 @@
 
 use crate::support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use loop_token_operator::token::Token;
 use reqwest::Method;
@@ -147,10 +147,7 @@ async fn database_outage_fails_closed_and_recovers_without_half_writes() {
     // Revocations by other processes cannot be heard now: the cache stops answering, and
     // introspection fails closed instead of vouching for a token it cannot check.
     eventually(10, "the cache to be marked untrusted", || async {
-        s.metrics()
-            .await
-            .contains("loop_store_introspection_cache_trusted 0")
-            .then_some(())
+        (!cache_trusted(&s).await).then_some(())
     })
     .await;
     let (status, v) = s.introspect(t.expose()).await;
@@ -181,10 +178,152 @@ async fn database_outage_fails_closed_and_recovers_without_half_writes() {
         201
     );
     eventually(30, "the change listener to reconnect", || async {
-        s.metrics()
-            .await
-            .contains("loop_store_introspection_cache_trusted 1")
-            .then_some(())
+        cache_trusted(&s).await.then_some(())
+    })
+    .await;
+}
+
+/// The trust bound of the replica behind the held link in the next test.
+const TRUST_BOUND: Duration = Duration::from_secs(2);
+/// What an answer may take on its way back to the test (a busy machine): the bound is checked
+/// in the store when it looks the token up, the test sees the answer a little later.
+const ANSWER_SLACK: Duration = Duration::from_secs(1);
+
+/// The gauge `loop_store_introspection_cache_trusted`, read from its sample line (its HELP text
+/// also contains "trusted 1").
+async fn cache_trusted(s: &StoreProcess) -> bool {
+    let m = s.metrics().await;
+    match m
+        .lines()
+        .find_map(|l| l.strip_prefix("loop_store_introspection_cache_trusted "))
+    {
+        Some("1") => true,
+        Some("0") => false,
+        other => panic!("no cache_trusted sample ({other:?}) in {m}"),
+    }
+}
+
+/// How many hits B's cache has answered so far.
+async fn cache_hits(s: &StoreProcess) -> f64 {
+    s.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("loop_store_introspection_cache_total{result=\"Hit\"} "))
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// Register through A and wait until B answers the token from its cache.
+async fn cached_by_b(a: &StoreProcess, b: &StoreProcess, id: &str) -> Token {
+    let t = Token::mint().unwrap();
+    assert_eq!(
+        a.register(id, t.hash().as_str(), &["orders:read"]).await.0,
+        201
+    );
+    let before = cache_hits(b).await;
+    eventually(30, "B to answer the token from its cache", || async {
+        let (s, v) = b.introspect(t.expose()).await;
+        assert!(s == 200 || s == 503, "{s} {v}");
+        (s == 200 && v["active"] == true && cache_hits(b).await >= before + 2.0).then_some(())
+    })
+    .await;
+    t
+}
+
+/// The live defect of issue 25: replica B's link to PostgreSQL silently stops delivering (every
+/// connection open at that moment held: no reset, no close), then a token B has cached is
+/// revoked through replica A. B must stop vouching for it within the trust bound: from then on
+/// every answer is `active: false` (read from the database over a new connection) or 503, never
+/// `active: true`. Then B comes back by itself: its listener, whose link never reported an error,
+/// is replaced once no heartbeat returns, and B's cache answers again and hears revocations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_silent_link_never_answers_a_revoked_token_active_beyond_the_bound() {
+    let url = support::postgres().await;
+    let proxy = Proxy::start(pg_addr(&url)).await;
+    let proxied = url.replace(&pg_addr(&url).to_string(), &proxy.addr.to_string());
+    let a = StoreProcess::start(&["--database-url", &url], &[]);
+    let bound = format!("{}ms", TRUST_BOUND.as_millis());
+    let b = StoreProcess::start(
+        &[
+            "--database-url",
+            &proxied,
+            "--cache-trust-bound",
+            &bound,
+            "--db-read-timeout",
+            "1s",
+            "--db-acquire-timeout",
+            "1s",
+        ],
+        &[],
+    );
+    let t = cached_by_b(&a, &b, "held").await;
+
+    proxy.hold();
+    let held_at = Instant::now();
+    let (s, _) = a
+        .call(Method::DELETE, "/v1/tokens/held", Some(ADMIN), None)
+        .await;
+    assert_eq!(s, 200, "A revokes");
+    assert_eq!(a.introspect(t.expose()).await.1, json!({"active": false}));
+
+    // Ask B for four bounds after the revocation.
+    let mut answers = std::collections::BTreeMap::<String, u32>::new();
+    let mut last_active = None;
+    let mut after_bound = 0;
+    while held_at.elapsed() < TRUST_BOUND * 4 {
+        let (s, v) = b.introspect(t.expose()).await;
+        let at = held_at.elapsed();
+        let active = s == 200 && v["active"] == true;
+        assert!(
+            !active || at < TRUST_BOUND + ANSWER_SLACK,
+            "B answered the revoked token active {at:?} after its link went silent (bound {TRUST_BOUND:?}): {v}"
+        );
+        assert!(s == 200 || s == 503, "{s} {v}");
+        if active {
+            last_active = Some(at);
+        }
+        if at >= TRUST_BOUND + ANSWER_SLACK {
+            after_bound += 1;
+        }
+        let kind = match (s, active) {
+            (200, true) => "active",
+            (200, false) => "inactive",
+            _ => "503",
+        };
+        *answers.entry(kind.to_owned()).or_default() += 1;
+    }
+    eprintln!(
+        "answers of B behind the held link: {answers:?}; last active answer {last_active:?} after the hold"
+    );
+    assert!(after_bound > 0, "B was asked after the bound");
+
+    // B recovers without help: the revocation is read, the cache is trusted again...
+    eventually(
+        60,
+        "B to answer from the database over a new connection",
+        || async {
+            (b.introspect(t.expose()).await == (200, json!({"active": false}))).then_some(())
+        },
+    )
+    .await;
+    eventually(60, "B's cache to be trusted again", || async {
+        cache_trusted(&b).await.then_some(())
+    })
+    .await;
+    let m = b.metrics().await;
+    assert!(
+        m.contains("loop_store_change_listener_restarts_total{reason=\"Silent\"}"),
+        "the silent listener was replaced: {m}\n{}",
+        b.log_text()
+    );
+    // ...and it hears revocations again.
+    let again = cached_by_b(&a, &b, "after-hold").await;
+    let (s, _) = a
+        .call(Method::DELETE, "/v1/tokens/after-hold", Some(ADMIN), None)
+        .await;
+    assert_eq!(s, 200);
+    eventually(10, "B to hear the next revocation", || async {
+        (b.introspect(again.expose()).await == (200, json!({"active": false}))).then_some(())
     })
     .await;
 }

@@ -175,12 +175,16 @@ pub fn start_failure(args: &[&str], envs: &[(&str, &str)]) -> String {
 }
 
 /// A TCP proxy in front of a server, which a test can cut (dropping every connection and
-/// refusing new ones) and restore: a database outage without touching the shared database.
+/// refusing new ones) and restore: a database outage without touching the shared database. It
+/// can also hold the connections open at that moment: they stay open and forward nothing ever
+/// again, in either direction (a blackhole: no reset, no close), while new ones pass.
 pub struct Proxy {
     pub addr: SocketAddr,
     down: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     accept: tokio::task::JoinHandle<()>,
+    /// Bumped by [`Proxy::hold`]; a connection opened before the bump is held.
+    holds: tokio::sync::watch::Sender<u64>,
 }
 
 impl Proxy {
@@ -192,15 +196,25 @@ impl Proxy {
         let down = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let (d, c) = (Arc::clone(&down), Arc::clone(&conns));
+        let (holds, holds_rx) = tokio::sync::watch::channel(0u64);
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if d.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let mut held = holds_rx.clone();
+                let opened_in = *held.borrow_and_update();
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = async { let _ = held.wait_for(|h| *h > opened_in).await; } => {
+                                // Both sockets stay open and nothing is read or written: the
+                                // peers see a link that accepts bytes and never answers.
+                                std::future::pending::<()>().await;
+                            }
+                        }
                     }
                 });
                 c.lock()
@@ -213,7 +227,14 @@ impl Proxy {
             down,
             conns,
             accept,
+            holds,
         }
+    }
+
+    /// Hold every connection open now: from here on it forwards nothing and never closes
+    /// (until [`Proxy::cut`] or the proxy's drop). New connections pass as usual.
+    pub fn hold(&self) {
+        self.holds.send_modify(|h| *h += 1);
     }
 
     /// Cut every connection and refuse new ones.

@@ -108,6 +108,10 @@ impl From<RepoError> for ApiError {
                 tracing::warn!(error = %source, "token database unreachable");
                 ApiError::Unavailable
             }
+            RepoError::TimedOut(after) => {
+                tracing::warn!(?after, "token database did not answer in time");
+                ApiError::Unavailable
+            }
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other).map(ToString::to_string), "token database error");
                 ApiError::Internal

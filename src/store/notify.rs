@@ -1,0 +1,275 @@
+//! The change listener and its heartbeat (PostgreSQL): how a store process hears of changes
+//! made through the others, and proves that it still hears them.
+//!
+//! I/O module. Two tasks, each on connections of its own (never the shared pool's, which busy
+//! requests could hold, and whose slots a connection frozen by a silent link would keep):
+//!
+//! - the **listener** `LISTEN`s on [`NOTIFY_CHANNEL`] (each payload is the hash of a changed
+//!   token, whose cache entry it drops) and on this process's own heartbeat channel (each
+//!   payload a send time, which extends the cache's trust: see [`super::trust`]);
+//! - the **heartbeat** sends `pg_notify(<own channel>, <send time>)` every quarter of the trust
+//!   bound, each call bounded by the bound itself.
+//!
+//! The listener replaces its connection when it is lost, and also when no heartbeat has arrived
+//! for [`super::trust::Trust::silence_limit`]: a link that silently stopped delivering never reports an error.
+//! Whenever its connection goes or is replaced the cache is emptied and stops answering until a
+//! heartbeat arrives on the new one, since notifications sent in between are lost. sqlx's
+//! `PgListener` would reconnect inside `try_recv` before reporting the loss; here it reports at
+//! once (`eager_reconnect(false)`) and is dropped, so no notification is missed unseen.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
+use tokio::sync::watch;
+
+use super::cache::Cache;
+use super::metrics::{ListenerRestart, Metrics};
+use super::repo::{NOTIFY_CHANNEL, tune_session};
+use crate::token::TokenHash;
+
+/// Start both tasks. The returned future resolves once the cache is first trusted (a heartbeat
+/// made the round trip), so that the store can wait for it before it serves.
+pub fn spawn(
+    options: PgConnectOptions,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> {
+    let channel = heartbeat_channel();
+    let (trusted_tx, mut trusted_rx) = watch::channel(false);
+    tokio::spawn(heartbeat(
+        options.clone(),
+        channel.clone(),
+        Arc::clone(&cache),
+        shutdown.clone(),
+    ));
+    tokio::spawn(listen(
+        options, channel, cache, metrics, trusted_tx, shutdown,
+    ));
+    async move {
+        let _ = trusted_rx.wait_for(|t| *t).await;
+    }
+}
+
+/// This process's heartbeat channel: a random name, so that each process hears only its own.
+fn heartbeat_channel() -> String {
+    let mut bytes = [0u8; 8];
+    // Another process's stamps read against this one's clock would prove nothing: the name
+    // must be this process's alone. Without randomness from the OS: the wall clock's
+    // nanoseconds and the process id.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+            .unwrap_or_default();
+        bytes[..4].copy_from_slice(&nanos.to_le_bytes());
+        bytes[4..].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("loop_store_heartbeat_{hex}")
+}
+
+async fn heartbeat(
+    options: PgConnectOptions,
+    channel: String,
+    cache: Arc<Cache>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let trust = cache.trust();
+    let deadline = trust.bound();
+    let mut tick = tokio::time::interval(trust.heartbeat_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<PgConnection> = None;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        // Stamped before anything is sent: the heartbeat commits later than this, never
+        // earlier, so the proof it carries is on the safe side.
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(deadline, async {
+            if conn.is_none() {
+                let mut c = PgConnection::connect_with(&options).await?;
+                tune_session(&mut c).await;
+                conn = Some(c);
+            }
+            let Some(c) = conn.as_mut() else {
+                return Ok(());
+            };
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&channel)
+                .bind(trust.stamp(sent))
+                .execute(c)
+                .await
+                .map(|_| ())
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {
+                if failing {
+                    tracing::info!("heartbeats reach the database again");
+                }
+                failing = false;
+            }
+            failed => {
+                // A connection that failed or did not answer is not used again: dropping it
+                // closes the socket without waiting on the link.
+                conn = None;
+                if !failing {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {deadline:?}"),
+                    };
+                    tracing::warn!(%error, "cannot send a heartbeat through the database; the introspection cache stops answering within the trust bound");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+/// Why a listener connection ended.
+enum Ended {
+    Shutdown,
+    Restart(ListenerRestart),
+}
+
+async fn listen(
+    options: PgConnectOptions,
+    channel: String,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    trusted: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let silence = cache.trust().silence_limit();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let subscribed = tokio::select! {
+            s = tokio::time::timeout(silence, subscribe(&options, &channel)) => s,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match subscribed {
+            Ok(Ok(listener)) => {
+                // Changes made while nobody listened are unknown: start afresh. The cache
+                // answers again with the first heartbeat heard on this connection.
+                cache.untrust();
+                backoff = Duration::from_millis(100);
+                tracing::info!(
+                    channel = NOTIFY_CHANNEL,
+                    "listening for token changes by other store processes"
+                );
+                let ended = receive(listener, &channel, &cache, &trusted, &mut shutdown).await;
+                cache.untrust();
+                match ended {
+                    Ended::Shutdown => return,
+                    Ended::Restart(why) => metrics.listener_restart(why),
+                }
+            }
+            failed => {
+                cache.untrust();
+                metrics.listener_restart(ListenerRestart::Error);
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {silence:?}"),
+                };
+                tracing::warn!(%error, retry_in = ?backoff, "cannot listen for token changes; introspection reads the database");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {},
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A listener on a connection of its own (a pool of one, new for each attempt: a connection
+/// frozen by a silent link may keep its slot, and must not keep the next attempt waiting).
+async fn subscribe(options: &PgConnectOptions, channel: &str) -> Result<PgListener, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                tune_session(conn).await;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.eager_reconnect(false);
+    listener.ignore_pool_close_event(true);
+    listener.listen_all([NOTIFY_CHANNEL, channel]).await?;
+    Ok(listener)
+}
+
+/// Apply notifications until the connection is lost, goes silent, or the store stops.
+async fn receive(
+    mut listener: PgListener,
+    channel: &str,
+    cache: &Cache,
+    trusted: &watch::Sender<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let silence = cache.trust().silence_limit();
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        let next = tokio::select! {
+            n = listener.try_recv() => n,
+            _ = tokio::time::sleep_until(last_heard + silence) => {
+                tracing::warn!(?silence, "no heartbeat came back through the change listener; replacing its connection (introspection reads the database meanwhile)");
+                return Ended::Restart(ListenerRestart::Silent);
+            }
+            _ = shutdown.wait_for(|s| *s) => return Ended::Shutdown,
+        };
+        match next {
+            Ok(Some(n)) if n.channel() == channel => {
+                let now = Instant::now();
+                if let Some(sent) = cache.trust().parse_stamp(n.payload(), now) {
+                    cache.trust().proven(sent);
+                    last_heard = tokio::time::Instant::now();
+                    let _ = trusted.send(true);
+                }
+            }
+            Ok(Some(n)) => match n.payload().parse::<TokenHash>() {
+                Ok(h) => cache.invalidate(&h),
+                Err(_) => cache.clear(),
+            },
+            Ok(None) => {
+                tracing::warn!(
+                    "lost the change listener connection; introspection reads the database until it is back"
+                );
+                return Ended::Restart(ListenerRestart::Lost);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the change listener failed; introspection reads the database until it is back");
+                return Ended::Restart(ListenerRestart::Lost);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_channels_are_distinct_lowercase_identifiers() {
+        let (a, b) = (heartbeat_channel(), heartbeat_channel());
+        assert_ne!(a, b);
+        for c in [&a, &b] {
+            assert!(c.len() < 64, "{c}");
+            assert!(
+                c.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'),
+                "{c}"
+            );
+        }
+    }
+}
