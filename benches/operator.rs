@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use loop_token_operator::operator::crd::ApiToken;
+use loop_token_operator::operator::resource::crd::ApiToken;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

@@ -2,7 +2,7 @@
 //! `cargo run --bin crdgen -- apitokenpolicy > crds/apitokenpolicy.yaml`.
 
 fn main() -> anyhow::Result<()> {
-    use loop_token_operator::operator::{crd, policy_crd};
+    use loop_token_operator::operator::resource::{crd, policy_crd};
     let which = std::env::args().nth(1);
     let yaml = match which.as_deref() {
         None | Some("apitoken") => crd::crd_yaml()?,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use jiff::{SignedDuration, Timestamp};
-use loop_token_operator::operator::crd::ApiToken;
+use loop_token_operator::operator::resource::crd::ApiToken;
 use reqwest::Method;
 use serde_json::Value;
 use support::clock::FakeClock;

@@ -118,7 +118,7 @@ impl Env {
 
     /// Wait until `pred` holds for the live object; returns it.
     async fn wait_for(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let tokens: Api<loop_token_operator::operator::crd::ApiToken> =
+        let tokens: Api<loop_token_operator::operator::resource::crd::ApiToken> =
             Api::namespaced(self.cp.client.clone(), &self.ns);
         // Generous for a loaded machine (the whole suite in parallel on 2 cores). The minutes
         // this once took were a lost wake-up in the operator (see `tenancy::caches_ready`), not
@@ -243,7 +243,7 @@ async fn progressing_while_the_store_is_down(
         assert_eq!(health(s, &obj), ("Progressing".into(), expected));
     }
     let _store = start_store(data, Some(&listen), &[]);
-    let tokens: Api<loop_token_operator::operator::crd::ApiToken> =
+    let tokens: Api<loop_token_operator::operator::resource::crd::ApiToken> =
         Api::namespaced(e.cp.client.clone(), &e.ns);
     eventually(90, "apitoken/shop to be deleted", || async {
         let gone = tokens.get_opt("shop").await.ok()?.is_none();

@@ -9,7 +9,7 @@ use crate::support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use loop_token_operator::operator::crd::ApiToken;
+use loop_token_operator::operator::resource::crd::ApiToken;
 use serde_json::{Value, json};
 use support::docs::{marked_block, marked_yaml};
 use support::flux::Flux;

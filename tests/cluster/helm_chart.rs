@@ -15,7 +15,7 @@ use std::process::Command;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use loop_token_operator::operator::crd::ApiToken;
+use loop_token_operator::operator::resource::crd::ApiToken;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use support::operator::OperatorProcess;
@@ -495,7 +495,7 @@ async fn rollout_is_opt_in(
         let s = t.status.as_ref()?;
         (reconciling(&t).is_none()
             && s.rollout.len() == 1
-            && s.rollout[0].state == loop_token_operator::operator::crd::RolloutState::Complete)
+            && s.rollout[0].state == loop_token_operator::operator::resource::crd::RolloutState::Complete)
             .then_some(())
     })
     .await;
@@ -1225,10 +1225,10 @@ async fn helm_prometheus_rule_alerts_on_metrics_the_operator_exports() {
         );
 
         // What the operator exports with --per-token-metrics, for one ApiToken with a schedule.
-        let metrics = loop_token_operator::operator::metrics::Metrics::new(true);
+        let metrics = loop_token_operator::operator::shell::metrics::Metrics::new(true);
         metrics.set_state(
             "u",
-            loop_token_operator::operator::status::Readiness::Stalled,
+            loop_token_operator::operator::core::status::Readiness::Stalled,
         );
         metrics.set_times("u", "ns", "a", Some(1_800_000_000), Some(1_700_000_000));
         let exported = metrics.encode().unwrap_or_default();

@@ -530,7 +530,7 @@ async fn token_life(
         "apitoken/boxed",
         "loop.dev/rotate=2026-11-29T12:00:00Z",
     ]);
-    let tokens: Api<loop_token_operator::operator::crd::ApiToken> =
+    let tokens: Api<loop_token_operator::operator::resource::crd::ApiToken> =
         Api::namespaced(cp.client.clone(), ns);
     eventually(120, "the rotation", || async {
         let t = tokens.get("boxed").await.ok()?;

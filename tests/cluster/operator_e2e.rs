@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use loop_token_operator::operator::crd::ApiToken;
+use loop_token_operator::operator::resource::crd::ApiToken;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::operator::OperatorProcess;

@@ -11,7 +11,7 @@ use crate::support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use loop_token_operator::operator::crd::{ApiToken, RolloutState};
+use loop_token_operator::operator::resource::crd::{ApiToken, RolloutState};
 use serde_json::Value;
 use support::operator::OperatorProcess;
 use support::{ControlPlane, eventually, with_namespace};

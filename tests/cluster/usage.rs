@@ -55,7 +55,7 @@ impl Aged {
     /// The revocations in the store's audit trail of this ApiToken: (token id, reason).
     async fn revocations(
         &self,
-        t: &loop_token_operator::operator::crd::ApiToken,
+        t: &loop_token_operator::operator::resource::crd::ApiToken,
     ) -> Vec<(String, String)> {
         let uid = t.metadata.uid.clone().unwrap_or_default();
         let uri = format!("/v1/events?ownerUid={uid}");
@@ -157,9 +157,9 @@ impl App {
 }
 
 fn condition<'t>(
-    t: &'t loop_token_operator::operator::crd::ApiToken,
+    t: &'t loop_token_operator::operator::resource::crd::ApiToken,
     type_: &str,
-) -> Option<&'t loop_token_operator::operator::crd::Condition> {
+) -> Option<&'t loop_token_operator::operator::resource::crd::Condition> {
     t.status
         .as_ref()?
         .conditions

@@ -140,10 +140,10 @@ impl ControlPlane {
         ns: &str,
         name: &str,
         what: &str,
-        pred: impl Fn(&loop_token_operator::operator::crd::ApiToken) -> bool + Send + 'static,
-    ) -> loop_token_operator::operator::crd::ApiToken {
+        pred: impl Fn(&loop_token_operator::operator::resource::crd::ApiToken) -> bool + Send + 'static,
+    ) -> loop_token_operator::operator::resource::crd::ApiToken {
         use kube::runtime::wait::await_condition;
-        use loop_token_operator::operator::crd::ApiToken;
+        use loop_token_operator::operator::resource::crd::ApiToken;
         let tokens: Api<ApiToken> = Api::namespaced(self.client.clone(), ns);
         within(
             90,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::names::{DEFAULT_GRACE_PERIOD, DEFAULT_SECRET_KEY};
+use crate::operator::resource::names::{DEFAULT_GRACE_PERIOD, DEFAULT_SECRET_KEY};
 
 /// A Kubernetes DNS subdomain name (Secret names).
 pub const DNS_SUBDOMAIN_PATTERN: &str =
@@ -628,7 +628,7 @@ mod tests {
 
     #[test]
     fn the_committed_crd_is_current() {
-        let committed = include_str!("../../crds/apitoken.yaml");
+        let committed = include_str!("../../../crds/apitoken.yaml");
         assert!(
             committed == crd_yaml().unwrap(),
             "crds/apitoken.yaml is stale; regenerate it with: cargo run --bin crdgen > crds/apitoken.yaml"
@@ -638,8 +638,8 @@ mod tests {
     #[test]
     fn the_charts_crd_is_the_same() {
         assert!(
-            include_str!("../../charts/loop-token-operator/crds/apitoken.yaml")
-                == include_str!("../../crds/apitoken.yaml"),
+            include_str!("../../../charts/loop-token-operator/crds/apitoken.yaml")
+                == include_str!("../../../crds/apitoken.yaml"),
             "charts/loop-token-operator/crds/apitoken.yaml differs; copy it: cp crds/apitoken.yaml charts/loop-token-operator/crds/"
         );
     }

@@ -1,5 +1,5 @@
 //! What deleting an ApiToken does to its tokens, and when a later ApiToken of the same name may
-//! take over what an earlier one left behind. Pure: no I/O; [`super::handover`] acts on it.
+//! take over what an earlier one left behind. Pure: no I/O; [`crate::operator::shell::handover`] acts on it.
 //!
 //! - **Revoke** (`deletionPolicy: Revoke`, the default): every token the ApiToken registered is
 //!   revoked before the finalizer goes; with the store down, deletion waits and says why.
@@ -24,10 +24,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::crd::{ApiToken, ApiTokenStatus, DeletionPolicy};
-use super::names::secret_annotations as ann;
-use super::names::{ABANDON_ANNOTATION, API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use super::plan::{RegObs, SecretObs};
+use crate::operator::resource::crd::{ApiToken, ApiTokenStatus, DeletionPolicy};
+use crate::operator::resource::names::secret_annotations as ann;
+use crate::operator::resource::names::{ABANDON_ANNOTATION, API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::operator::core::plan::{RegObs, SecretObs};
 use crate::api::{Owner, TokenView};
 
 /// What a deletion does.
@@ -201,8 +201,8 @@ pub fn may_adopt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::PreviousToken;
-    use crate::operator::crd::fixtures::api_token;
+    use crate::operator::resource::crd::PreviousToken;
+    use crate::operator::resource::crd::fixtures::api_token;
 
     const NOW: i64 = 1_800_000_000;
 

@@ -33,19 +33,19 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
-use super::cache::CachedToken;
-use super::crd::ApiToken;
-use super::error::Error;
-use super::events;
-use super::kube_io::Target;
-use super::names::condition::STALLED;
-use super::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, reason};
-use super::plan::{self, Action, Desired};
-use super::policy::{self, Asked, Unselected, Verdict};
-use super::policy_crd::{ApiTokenPolicy, NamespaceSelector};
-use super::reconcile::{Context, write_status};
-use super::status::Outcome;
-use super::watch::namespace_triggers;
+use crate::operator::shell::cache::CachedToken;
+use crate::operator::resource::crd::ApiToken;
+use crate::operator::core::error::Error;
+use crate::operator::core::events;
+use crate::operator::shell::kube_io::Target;
+use crate::operator::resource::names::condition::STALLED;
+use crate::operator::resource::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, reason};
+use crate::operator::core::plan::{self, Action, Desired};
+use crate::operator::core::policy::{self, Asked, Unselected, Verdict};
+use crate::operator::resource::policy_crd::{ApiTokenPolicy, NamespaceSelector};
+use crate::operator::shell::reconcile::{Context, write_status};
+use crate::operator::core::status::Outcome;
+use crate::operator::core::watch::namespace_triggers;
 use crate::api::ChangeReason;
 
 /// How long the digest writer waits before trying a failed write again.
@@ -58,12 +58,12 @@ const DIGEST_RECHECK: Duration = Duration::from_secs(300);
 pub enum TenancyError {
     #[error(
         "cannot list ApiTokenPolicies: {}; grant get, list and watch on apitokenpolicies.loop.dev (the chart does)",
-        super::error::describe(.0)
+        crate::operator::core::error::describe(.0)
     )]
     Policies(#[source] kube::Error),
     #[error(
         "--cluster-name is not set and the uid of the kube-system namespace cannot be read: {}; set --cluster-name or grant get on namespaces/kube-system",
-        super::error::describe(.0)
+        crate::operator::core::error::describe(.0)
     )]
     ClusterName(#[source] kube::Error),
     #[error("--admission-configmap must be NAMESPACE/NAME, not {0:?}")]
@@ -211,7 +211,7 @@ impl Tenancy {
 /// one the schema should have refused).
 fn requested_expiry(t: &ApiToken) -> Option<(&str, SignedDuration)> {
     let after = t.spec.expiry.as_ref()?.after.as_str();
-    let d = super::plan::parse_duration("expiry.after", after).ok()?;
+    let d = crate::operator::core::plan::parse_duration("expiry.after", after).ok()?;
     Some((after, d))
 }
 
@@ -426,7 +426,7 @@ impl DigestWriter {
                 match self.write(&now).await {
                     Ok(()) => written = Some(now),
                     Err(e) => {
-                        tracing::warn!(configmap = %self.d.name, error = %super::error::describe(&e), "could not write the policy digest for the admission policy; retrying");
+                        tracing::warn!(configmap = %self.d.name, error = %crate::operator::core::error::describe(&e), "could not write the policy digest for the admission policy; retrying");
                         tokio::time::sleep(DIGEST_RETRY).await;
                         continue;
                     }
@@ -484,7 +484,7 @@ pub async fn hold(
                     continue;
                 };
                 ctx.store
-                    .revoke(&id, super::act::audit(tg, ChangeReason::Policy))
+                    .revoke(&id, crate::operator::shell::act::audit(tg, ChangeReason::Policy))
                     .await?;
                 ctx.metrics.action("revoke");
                 let fp = regs.iter().filter(|r| r.id == id);
@@ -564,7 +564,7 @@ mod tests {
 
     #[test]
     fn policies_see_the_expiry_an_apitoken_asks_for() {
-        use crate::operator::crd::fixtures::api_token;
+        use crate::operator::resource::crd::fixtures::api_token;
         let none = api_token(serde_json::json!({"scopes": ["orders:read"]}));
         assert_eq!(requested_expiry(&none), None);
         let asks =

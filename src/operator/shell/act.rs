@@ -1,7 +1,7 @@
 //! Carrying out one [`Action`] of a plan: calls to the store and the Kubernetes API, a metric,
-//! and the Event [`super::events`] words for it. I/O module.
+//! and the Event [`crate::operator::core::events`] words for it. I/O module.
 //!
-//! An issue runs in the crash-safe order of [`super::plan`]: mint → register the hash → write
+//! An issue runs in the crash-safe order of [`crate::operator::core::plan`]: mint → register the hash → write
 //! the Secret. If the Secret cannot be written, nobody holds the new token, so it is withdrawn
 //! at once (and, should that fail too, revoked as an orphan by the next reconcile).
 //!
@@ -12,16 +12,16 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use super::crash;
-use super::error::Error;
-use super::events;
-use super::kube_io::Target;
-use super::names::secret_annotations;
-use super::plan::{Action, Desired, IssueReason, RegObs, Retired, RevokeReason};
-use super::reconcile::Context;
-use super::secret::{self, Record};
-use super::store_client::Audit;
-use super::usage;
+use crate::operator::shell::crash;
+use crate::operator::core::error::Error;
+use crate::operator::core::events;
+use crate::operator::shell::kube_io::Target;
+use crate::operator::resource::names::secret_annotations;
+use crate::operator::core::plan::{Action, Desired, IssueReason, RegObs, Retired, RevokeReason};
+use crate::operator::shell::reconcile::Context;
+use crate::operator::core::secret::{self, Record};
+use crate::operator::shell::store_client::Audit;
+use crate::operator::core::usage;
 use crate::api::ChangeReason;
 use crate::token::Token;
 

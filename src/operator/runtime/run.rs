@@ -16,15 +16,15 @@ use kube::runtime::events::Reporter;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 
-use super::cache::{self, CachedToken, Changes, SecretCache};
-use super::crd::ApiToken;
-use super::kube_io::Publisher;
-use super::leader;
-use super::metrics::Metrics;
-use super::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use super::reconcile::{Context, error_policy, reconcile};
-use super::store_client::{StoreClient, Trust};
-use super::tenancy::{self, TenancyConfig, TenancyError, Watches};
+use crate::operator::shell::cache::{self, CachedToken, Changes, SecretCache};
+use crate::operator::resource::crd::ApiToken;
+use crate::operator::shell::kube_io::Publisher;
+use crate::operator::runtime::leader;
+use crate::operator::shell::metrics::Metrics;
+use crate::operator::resource::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::operator::shell::reconcile::{Context, error_policy, reconcile};
+use crate::operator::shell::store_client::{StoreClient, Trust};
+use crate::operator::shell::tenancy::{self, TenancyConfig, TenancyError, Watches};
 use crate::serve::{self, CredentialError, SecretFileError};
 
 /// Everything `run` needs, already parsed.
@@ -264,7 +264,7 @@ fn list_config() -> watcher::Config {
 /// memory per object: see [`cache`]), and the Secret cache keeps fingerprints, not tokens.
 /// Only the Secrets the operator manages are watched (and cached), and any change to one, its
 /// deletion included, wakes its owner; ApiTokens wake it only on the changes
-/// [`super::watch::triggers`] names ([`Changes`]), and on the changes to ApiTokenPolicies and
+/// [`crate::operator::core::watch::triggers`] names ([`Changes`]), and on the changes to ApiTokenPolicies and
 /// namespaces that concern them (see [`tenancy`]).
 fn controller(
     client: &Client,

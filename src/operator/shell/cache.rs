@@ -38,13 +38,13 @@ use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::crd::ApiToken;
-use super::names::secret_annotations as ann;
-use super::names::{
+use crate::operator::resource::crd::ApiToken;
+use crate::operator::resource::names::secret_annotations as ann;
+use crate::operator::resource::names::{
     API_TOKEN_LABEL, DEFAULT_GRACE_PERIOD, DEFAULT_SECRET_KEY, FINALIZER, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE, ROTATE_ANNOTATION,
 };
-use super::{secret, watch};
+use crate::operator::core::{secret, watch};
 
 /// An ApiToken as the controller's cache keeps it: name and namespace in `metadata`, the hash
 /// of what wakes the controller ([`watch::triggers`]), the rest as compressed JSON.
@@ -394,9 +394,9 @@ pub fn secret_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::fixtures::minimal;
-    use crate::operator::crd::{ApiTokenStatus, Condition};
-    use crate::operator::names::{LAST_APPLIED_ANNOTATION, ROTATE_ANNOTATION};
+    use crate::operator::resource::crd::fixtures::minimal;
+    use crate::operator::resource::crd::{ApiTokenStatus, Condition};
+    use crate::operator::resource::names::{LAST_APPLIED_ANNOTATION, ROTATE_ANNOTATION};
     use crate::token::Token;
     use kube::ResourceExt;
     use kube::runtime::reflector::ObjectRef;

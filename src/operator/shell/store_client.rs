@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use super::plan::RegObs;
+use crate::operator::core::plan::RegObs;
 use crate::api::{
     ChangeReason, ErrorBody, ListQuery, MAX_PAGE, Owner, PatchRequest, RegisterRequest,
     RevokeQuery, TokenList, TokenView,

@@ -12,7 +12,7 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::run::{LeaderElection, StartError};
+use crate::operator::runtime::run::{LeaderElection, StartError};
 
 /// A lease this process holds.
 pub struct Lease {

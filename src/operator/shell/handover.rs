@@ -1,7 +1,7 @@
 //! Handing a token over: leaving it behind when its ApiToken is deleted with
 //! `deletionPolicy: Orphan`, adopting it into a later ApiToken of the same name, and letting an
 //! ApiToken go without the store (`loop.dev/abandon-revocation`). I/O module; what to do is
-//! [`super::deletion`]'s decision.
+//! [`crate::operator::core::deletion`]'s decision.
 //!
 //! Orphaning and adopting change only the Secret's owner reference and orphan mark (a strategic
 //! merge patch) and the registration's owner in the store: the token itself is never read
@@ -11,16 +11,16 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::{Resource, ResourceExt};
 
-use super::act;
-use super::decide;
-use super::deletion::{self, Orphaned};
-use super::error::Error;
-use super::events;
-use super::kube_io::{Target, publish_on};
-use super::names::{ROTATE_ANNOTATION, secret_annotations as ann};
-use super::plan::{self, Desired};
-use super::reconcile::Context;
-use super::secret;
+use crate::operator::shell::act;
+use crate::operator::core::decide;
+use crate::operator::core::deletion::{self, Orphaned};
+use crate::operator::core::error::Error;
+use crate::operator::core::events;
+use crate::operator::shell::kube_io::{Target, publish_on};
+use crate::operator::resource::names::{ROTATE_ANNOTATION, secret_annotations as ann};
+use crate::operator::core::plan::{self, Desired};
+use crate::operator::shell::reconcile::Context;
+use crate::operator::core::secret;
 use crate::api::ChangeReason;
 
 /// Let the ApiToken go without reaching the store: a Warning names the tokens that stay active

@@ -17,25 +17,25 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::act::{self, Scene};
-use super::cache::{CachedToken, SecretCache};
-use super::crash;
-use super::crd::{ApiToken, ApiTokenStatus};
-use super::decide::{self, AfterFailure, StatusWrite};
-use super::deletion::{self, Deletion};
-use super::error::Error;
-use super::events;
-use super::handover;
-use super::kube_io::{Publisher, Target};
-use super::metrics::Metrics;
-use super::names::{FINALIZER, ROTATE_ANNOTATION};
-use super::plan::{self, Action, Blocked, Desired, Observed, Plan, RegObs};
-use super::rollout;
-use super::rollout_io;
-use super::secret;
-use super::status::{self, Outcome};
-use super::store_client::{StoreClient, StoreError};
-use super::tenancy::{self, Tenancy};
+use crate::operator::shell::act::{self, Scene};
+use crate::operator::shell::cache::{CachedToken, SecretCache};
+use crate::operator::shell::crash;
+use crate::operator::resource::crd::{ApiToken, ApiTokenStatus};
+use crate::operator::core::decide::{self, AfterFailure, StatusWrite};
+use crate::operator::core::deletion::{self, Deletion};
+use crate::operator::core::error::Error;
+use crate::operator::core::events;
+use crate::operator::shell::handover;
+use crate::operator::shell::kube_io::{Publisher, Target};
+use crate::operator::shell::metrics::Metrics;
+use crate::operator::resource::names::{FINALIZER, ROTATE_ANNOTATION};
+use crate::operator::core::plan::{self, Action, Blocked, Desired, Observed, Plan, RegObs};
+use crate::operator::core::rollout;
+use crate::operator::shell::rollout_io;
+use crate::operator::core::secret;
+use crate::operator::core::status::{self, Outcome};
+use crate::operator::shell::store_client::{StoreClient, StoreError};
+use crate::operator::shell::tenancy::{self, Tenancy};
 
 /// How often a Secret name clash is checked again (other Secrets are not watched).
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
@@ -91,7 +91,7 @@ pub async fn reconcile(obj: Arc<CachedToken>, ctx: Arc<Context>) -> Result<Reque
 }
 
 /// The ApiToken from the watch cache, or from the API server if the cached copy cannot be read
-/// back (not expected; see [`super::cache`]): the next watch event would replace it, but none
+/// back (not expected; see [`crate::operator::shell::cache`]): the next watch event would replace it, but none
 /// may come.
 async fn cached_or_live(obj: &CachedToken, api: &Api<ApiToken>) -> Result<ApiToken, Error> {
     match obj.decode() {

@@ -1,20 +1,20 @@
 //! The reconcile shell's own decisions, as small pure functions: when a plan made from the
 //! watch cache may be acted on, when a problem deserves an Event, how a status is written, what
-//! follows a failure, and when to come back. No I/O; [`super::reconcile`] calls them.
+//! follows a failure, and when to come back. No I/O; [`crate::operator::shell::reconcile`] calls them.
 //!
-//! [`super::plan`] decides what to do with the token; these decide how the shell observes and
+//! [`crate::operator::core::plan`] decides what to do with the token; these decide how the shell observes and
 //! reports, which is where requests to the API server are saved or spent.
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::crd::ApiTokenStatus;
-use super::error::Error;
-use super::names::{condition, reason};
-use super::plan::{self, Desired, Grace, Plan, RegObs};
-use super::status::{self, Readiness, readiness};
-use super::store_client::StoreError;
+use crate::operator::resource::crd::ApiTokenStatus;
+use crate::operator::core::error::Error;
+use crate::operator::resource::names::{condition, reason};
+use crate::operator::core::plan::{self, Desired, Grace, Plan, RegObs};
+use crate::operator::core::status::{self, Readiness, readiness};
+use crate::operator::shell::store_client::StoreError;
 
 /// Whether a plan made from the watch cache may be acted on. The cache can lag the API server,
 /// so only two plans are trusted: "nothing to do" (a converged token costs no API request), and
@@ -150,8 +150,8 @@ pub fn next_reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::Condition;
-    use crate::operator::plan::{Action, Blocked, IssueReason};
+    use crate::operator::resource::crd::Condition;
+    use crate::operator::core::plan::{Action, Blocked, IssueReason};
 
     fn plan_with(actions: Vec<Action>, blocked: Option<Blocked>) -> Plan {
         Plan {
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn secrets_are_listed_only_after_a_rename() {
-        let t = crate::operator::crd::fixtures::api_token(
+        let t = crate::operator::resource::crd::fixtures::api_token(
             serde_json::json!({"scopes": ["orders:read"], "secret": {"name": "new"}}),
         );
         let d = plan::desired(&t, "a", None).expect("a valid spec");
@@ -320,8 +320,8 @@ mod tests {
 
     #[test]
     fn usage_findings_are_announced_once() {
-        use crate::operator::crd::PreviousToken;
-        use crate::operator::plan::Grace;
+        use crate::operator::resource::crd::PreviousToken;
+        use crate::operator::core::plan::Grace;
         let mut p = plan_with(vec![], None);
         let g = Grace {
             id: "u.0".into(),

@@ -34,10 +34,10 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::crd::{ApiToken, UnusedAction};
-use super::rollout::Consumers;
-use super::schedule::{self, Aging, Due, Expiry};
-use super::usage::{self, Early, Idle, InGrace, Unused};
+use crate::operator::resource::crd::{ApiToken, UnusedAction};
+use crate::operator::core::rollout::Consumers;
+use crate::operator::core::schedule::{self, Aging, Due, Expiry};
+use crate::operator::core::usage::{self, Early, Idle, InGrace, Unused};
 
 /// Why a spec cannot be acted on (the schema prevents these; this is defence in depth).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -887,7 +887,7 @@ pub fn until(now: Timestamp, at: Timestamp) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::schedule::Expiry;
+    use crate::operator::core::schedule::Expiry;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -1803,8 +1803,8 @@ mod tests {
         })
     }
 
-    fn with_rollout(retire: crate::operator::crd::Retire) -> Desired {
-        use crate::operator::crd::{RolloutKind, RolloutPolicy, RolloutTarget};
+    fn with_rollout(retire: crate::operator::resource::crd::Retire) -> Desired {
+        use crate::operator::resource::crd::{RolloutKind, RolloutPolicy, RolloutTarget};
         let mut d = desired();
         d.consumers.rollout = Some(RolloutPolicy {
             targets: vec![RolloutTarget {
@@ -1818,7 +1818,7 @@ mod tests {
 
     #[test]
     fn after_rollout_the_previous_token_goes_once_every_target_runs_the_new_one() {
-        use crate::operator::crd::Retire;
+        use crate::operator::resource::crd::Retire;
         let d = with_rollout(Retire::AfterRollout);
         // Not rolled out yet, or only the previous token was: the grace period runs.
         assert_eq!(rolled(&d, None).actions, vec![]);

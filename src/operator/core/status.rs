@@ -6,12 +6,12 @@
 
 use jiff::Timestamp;
 
-use super::crd::{ApiTokenStatus, Condition, PreviousToken};
-use super::names::condition::{READY, RECONCILING, STALLED, UNUSED};
-use super::names::reason;
-use super::plan::{Blocked, Desired, Plan};
-use super::policy::Verdict;
-use super::store_client::StoreError;
+use crate::operator::resource::crd::{ApiTokenStatus, Condition, PreviousToken};
+use crate::operator::resource::names::condition::{READY, RECONCILING, STALLED, UNUSED};
+use crate::operator::resource::names::reason;
+use crate::operator::core::plan::{Blocked, Desired, Plan};
+use crate::operator::core::policy::Verdict;
+use crate::operator::shell::store_client::StoreError;
 
 /// How a reconcile ended.
 #[derive(Debug)]
@@ -390,12 +390,12 @@ pub fn readiness(s: &ApiTokenStatus) -> Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::plan::RegObs;
+    use crate::operator::core::plan::RegObs;
 
     #[test]
     fn the_status_patch_names_every_field_of_the_schema() {
         use kube::CustomResourceExt;
-        let crd = crate::operator::crd::ApiToken::crd();
+        let crd = crate::operator::resource::crd::ApiToken::crd();
         let schema = crd.spec.versions[0]
             .schema
             .as_ref()
@@ -573,7 +573,7 @@ mod tests {
     fn an_outage_when_a_rotation_is_due_says_the_rotation_is_overdue() {
         let mut p = plan_with_current();
         let due = Timestamp::from_second(1_800_000_100).unwrap();
-        p.next_rotation = Some((due, crate::operator::schedule::Due::Scheduled));
+        p.next_rotation = Some((due, crate::operator::core::schedule::Due::Scheduled));
         p.expires_at = Some(Timestamp::from_second(1_800_009_000).unwrap());
         let ok = compute(
             &ApiTokenStatus::default(),
@@ -607,7 +607,7 @@ mod tests {
 
     #[test]
     fn a_policy_violation_is_stalled_keeps_the_token_and_says_what_happens_to_it() {
-        use crate::operator::policy::Violation;
+        use crate::operator::core::policy::Violation;
         let ok = compute(
             &ApiTokenStatus::default(),
             &Outcome::Converged,
@@ -667,7 +667,7 @@ mod tests {
 
     #[test]
     fn unused_is_a_condition_of_its_own_that_keeps_through_a_failed_pass() {
-        use crate::operator::usage::Idle;
+        use crate::operator::core::usage::Idle;
         let mut p = plan_with_current();
         p.unused = Some(Idle {
             fingerprint: "abcdef012345".into(),
@@ -750,7 +750,7 @@ mod tests {
 
     #[test]
     fn previous_tokens_show_their_use_and_still_in_use_stays_said() {
-        use crate::operator::plan::Grace;
+        use crate::operator::core::plan::Grace;
         let mut p = plan_with_current();
         let g = Grace {
             id: "id-0".into(),

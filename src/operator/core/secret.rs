@@ -1,7 +1,7 @@
 //! The Secret record: the Secret the operator writes for an ApiToken, how it reads one back,
 //! and the form the watch cache keeps. Pure, no I/O.
 //!
-//! The Secret is the durable record of the token chain (see [`super::plan`]): its data holds
+//! The Secret is the durable record of the token chain (see [`crate::operator::core::plan`]): its data holds
 //! the token, its annotations the store id of that token, the token it replaced, when it was
 //! issued and which `loop.dev/rotate` value it answered. All of it is written in one request,
 //! so it is never half-written.
@@ -14,10 +14,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use super::crd::ApiToken;
-use super::names::secret_annotations as ann;
-use super::names::{API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use super::plan::{Desired, Retired, SecretObs};
+use crate::operator::resource::crd::ApiToken;
+use crate::operator::resource::names::secret_annotations as ann;
+use crate::operator::resource::names::{API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::operator::core::plan::{Desired, Retired, SecretObs};
 use crate::token::Token;
 
 /// What the Secret cache keeps in place of a token: this prefix and the token's fingerprint.
@@ -383,10 +383,10 @@ pub fn for_cache(s: &mut Secret) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::fixtures::minimal;
+    use crate::operator::resource::crd::fixtures::minimal;
 
     fn desired_spec() -> Desired {
-        crate::operator::plan::desired(&minimal(), "a", None).expect("a valid spec")
+        crate::operator::core::plan::desired(&minimal(), "a", None).expect("a valid spec")
     }
 
     fn record() -> Record {

@@ -1,6 +1,6 @@
 //! Tenancy decisions: which ApiTokenPolicies govern a namespace, how they combine, whether an
 //! ApiToken keeps to them, and the digest the chart's admission policy reads. Pure: no I/O;
-//! [`super::tenancy`] feeds it the watched policies and namespaces.
+//! [`crate::operator::shell::tenancy`] feeds it the watched policies and namespaces.
 //!
 //! **How policies combine.** A namespace is governed by every policy whose `namespaceSelector`
 //! selects it (its labels; `{}` selects all):
@@ -27,8 +27,8 @@ use jiff::SignedDuration;
 use kube::ResourceExt;
 use sha2::{Digest as _, Sha256};
 
-use super::plan::parse_duration;
-use super::policy_crd::{ApiTokenPolicy, Enforcement, NamespaceSelector, SelectorOperator};
+use crate::operator::core::plan::parse_duration;
+use crate::operator::resource::policy_crd::{ApiTokenPolicy, Enforcement, NamespaceSelector, SelectorOperator};
 
 /// What happens in a namespace that no policy selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

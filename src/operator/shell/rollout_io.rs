@@ -1,6 +1,6 @@
 //! Rollout targets on the API server: read before planning (has every target rolled out the
 //! current token?), restarted after a new token is in the Secret, and the Events that say so.
-//! I/O module; every decision is in [`super::rollout`].
+//! I/O module; every decision is in [`crate::operator::core::rollout`].
 //!
 //! Targets are read with a GET each time an ApiToken with `spec.rollout` is reconciled, and
 //! not watched: while a rollout is pending or a target is missing, the ApiToken is looked at
@@ -11,13 +11,13 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
-use super::crd::RolloutKind;
-use super::error::{Error, describe};
-use super::kube_io::Target;
-use super::names::FIELD_MANAGER;
-use super::plan::{Desired, Plan};
-use super::reconcile::Context;
-use super::rollout::{self, Found, Report, Restart, TargetObs, Unfollowable};
+use crate::operator::resource::crd::RolloutKind;
+use crate::operator::core::error::{Error, describe};
+use crate::operator::shell::kube_io::Target;
+use crate::operator::resource::names::FIELD_MANAGER;
+use crate::operator::core::plan::{Desired, Plan};
+use crate::operator::shell::reconcile::Context;
+use crate::operator::core::rollout::{self, Found, Report, Restart, TargetObs, Unfollowable};
 
 /// The rollout targets as read before planning.
 pub enum Targets {
@@ -189,8 +189,8 @@ async fn announce(tg: &Target<'_>, ctx: &Context, report: Report, plan: &Plan) -
         }
         Report::Unfollowable(_) => {
             let said = old.conditions.iter().any(|c| {
-                c.type_ == super::names::condition::RECONCILING
-                    && c.reason == super::names::reason::ROLLOUT_FORBIDDEN
+                c.type_ == crate::operator::resource::names::condition::RECONCILING
+                    && c.reason == crate::operator::resource::names::reason::ROLLOUT_FORBIDDEN
             });
             if let Some(note) = rollout::unfollowable_note(&report).filter(|_| !said) {
                 tg.publish(&ctx.events, note).await;

@@ -1,6 +1,6 @@
 //! Restarting the apps that read the token: which rollout targets to patch and with what value,
 //! whether a target's rollout is complete (as `kubectl rollout status` judges it), and the
-//! status entries and condition that say so. Pure, no I/O: [`super::rollout_io`] reads the
+//! status entries and condition that say so. Pure, no I/O: [`crate::operator::shell::rollout_io`] reads the
 //! targets, patches them and writes what these functions return.
 //!
 //! A target is restarted by setting its pod template annotation
@@ -16,14 +16,14 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::crd::{
+use crate::operator::resource::crd::{
     ApiToken, ApiTokenStatus, Condition, Retire, RolloutKind, RolloutPolicy, RolloutState,
     RolloutTarget, RolloutTargetStatus,
 };
 use kube::runtime::events::EventType;
 
-use super::events::Note;
-use super::names::{RESTARTED_FOR_PREFIX, condition, event, reason};
+use crate::operator::core::events::Note;
+use crate::operator::resource::names::{RESTARTED_FOR_PREFIX, condition, event, reason};
 
 /// What the token's consumers ask of the operator besides the token: the Secret's extra
 /// labels, annotations and rendered keys, and the workloads to restart.

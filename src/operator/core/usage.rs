@@ -20,8 +20,8 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::crd::UnusedAction;
-use super::plan::RegObs;
+use crate::operator::resource::crd::UnusedAction;
+use crate::operator::core::plan::RegObs;
 
 /// `spec.unused`, with durations parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 
 use kube::runtime::finalizer;
 
-use super::store_client::StoreError;
+use crate::operator::shell::store_client::StoreError;
 use crate::token::MintError;
 
 /// A reconcile failure. Never carries a token.
@@ -65,12 +65,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("adding the finalizer {} failed: {}", super::names::FINALIZER, describe(.source))]
+    #[error("adding the finalizer {} failed: {}", crate::operator::resource::names::FINALIZER, describe(.source))]
     AddFinalizer {
         #[source]
         source: kube::Error,
     },
-    #[error("removing the finalizer {} failed: {}", super::names::FINALIZER, describe(.source))]
+    #[error("removing the finalizer {} failed: {}", crate::operator::resource::names::FINALIZER, describe(.source))]
     RemoveFinalizer {
         #[source]
         source: kube::Error,

@@ -9,10 +9,10 @@
 use jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
-use super::names::event;
-use super::plan::{IssueReason, RevokeReason};
-use super::schedule::Aging;
-use super::usage::Idle;
+use crate::operator::resource::names::event;
+use crate::operator::core::plan::{IssueReason, RevokeReason};
+use crate::operator::core::schedule::Aging;
+use crate::operator::core::usage::Idle;
 
 /// One Event: its type, reason (also its action) and note.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,7 +312,7 @@ pub fn previous_still_in_use(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::schedule::Expiry;
+    use crate::operator::core::schedule::Expiry;
 
     #[test]
     fn a_first_issue_has_no_event_and_a_rotation_says_why_and_how_long_the_old_token_lives() {

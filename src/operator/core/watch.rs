@@ -1,9 +1,9 @@
 //! What the controller's watches keep and what wakes it. Pure functions over objects; the
-//! wiring in [`super::run`] applies them to the watch streams.
+//! wiring in [`crate::operator::runtime::run`] applies them to the watch streams.
 //!
 //! - ApiTokens are cached without managedFields and without the client-side-apply copy of the
 //!   object, neither of which the operator reads;
-//! - owned Secrets are cached in the form of [`super::secret::for_cache`] (fingerprints, not
+//! - owned Secrets are cached in the form of [`crate::operator::core::secret::for_cache`] (fingerprints, not
 //!   tokens);
 //! - only spec, annotations, finalizers and deletion wake the controller ([`triggers`]);
 //! - a namespace wakes the ApiTokens in it only when its labels (which policies select it) or
@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 
-use super::crd::ApiToken;
-use super::names::LAST_APPLIED_ANNOTATION;
+use crate::operator::resource::crd::ApiToken;
+use crate::operator::resource::names::LAST_APPLIED_ANNOTATION;
 
 /// Prepare an ApiToken for the watch cache.
 pub fn token_for_cache(t: &mut ApiToken) {
@@ -52,9 +52,9 @@ pub fn namespace_triggers(n: &PartialObjectMeta<Namespace>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::fixtures::minimal;
-    use crate::operator::crd::{ApiTokenStatus, Condition};
-    use crate::operator::names::{FINALIZER, ROTATE_ANNOTATION};
+    use crate::operator::resource::crd::fixtures::minimal;
+    use crate::operator::resource::crd::{ApiTokenStatus, Condition};
+    use crate::operator::resource::names::{FINALIZER, ROTATE_ANNOTATION};
 
     #[test]
     fn status_only_changes_do_not_wake_the_controller() {

@@ -1,0 +1,12 @@
+pub mod decide;
+pub mod deletion;
+pub mod error;
+pub mod events;
+pub mod plan;
+pub mod policy;
+pub mod rollout;
+pub mod schedule;
+pub mod secret;
+pub mod status;
+pub mod usage;
+pub mod watch;

@@ -1,0 +1,10 @@
+pub mod act;
+pub mod cache;
+pub mod crash;
+pub mod handover;
+pub mod kube_io;
+pub mod metrics;
+pub mod reconcile;
+pub mod rollout_io;
+pub mod store_client;
+pub mod tenancy;
