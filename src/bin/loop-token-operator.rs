@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use loop_token_operator::cli::parse_duration;
 use loop_token_operator::operator::core::policy::Unselected;
-use loop_token_operator::operator::runtime::run::{LeaderElection, RunConfig, run};
+use loop_token_operator::operator::runtime::leader::LeaderElection;
+use loop_token_operator::operator::runtime::run::{RunConfig, run};
 use loop_token_operator::operator::shell::tenancy::{TenancyConfig, parse_configmap};
 use loop_token_operator::telemetry::{LogFormat, init_logging};
 

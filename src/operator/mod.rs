@@ -13,3 +13,6 @@ pub mod core;
 pub mod resource;
 pub mod runtime;
 pub mod shell;
+
+#[cfg(test)]
+mod architecture;

@@ -495,7 +495,8 @@ async fn rollout_is_opt_in(
         let s = t.status.as_ref()?;
         (reconciling(&t).is_none()
             && s.rollout.len() == 1
-            && s.rollout[0].state == loop_token_operator::operator::resource::crd::RolloutState::Complete)
+            && s.rollout[0].state
+                == loop_token_operator::operator::resource::crd::RolloutState::Complete)
             .then_some(())
     })
     .await;

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::operator::resource::crd::ApiTokenStatus;
 use crate::operator::core::error::Error;
-use crate::operator::resource::names::{condition, reason};
-use crate::operator::core::plan::{self, Desired, Grace, Plan, RegObs};
+use crate::operator::core::error::StoreError;
+use crate::operator::core::plan;
 use crate::operator::core::status::{self, Readiness, readiness};
-use crate::operator::shell::store_client::StoreError;
+use crate::operator::core::vocabulary::{Desired, Grace, Plan, RegObs};
+use crate::operator::resource::crd::ApiTokenStatus;
+use crate::operator::resource::names::{condition, reason};
 
 /// Whether a plan made from the watch cache may be acted on. The cache can lag the API server,
 /// so only two plans are trusted: "nothing to do" (a converged token costs no API request), and
@@ -150,8 +151,8 @@ pub fn next_reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::core::vocabulary::{Action, Blocked, IssueReason};
     use crate::operator::resource::crd::Condition;
-    use crate::operator::core::plan::{Action, Blocked, IssueReason};
 
     fn plan_with(actions: Vec<Action>, blocked: Option<Blocked>) -> Plan {
         Plan {
@@ -291,7 +292,7 @@ mod tests {
         let t = crate::operator::resource::crd::fixtures::api_token(
             serde_json::json!({"scopes": ["orders:read"], "secret": {"name": "new"}}),
         );
-        let d = plan::desired(&t, "a", None).expect("a valid spec");
+        let d = crate::operator::core::spec::desired(&t, "a", None).expect("a valid spec");
         let named = |n: &str| ApiTokenStatus {
             secret_name: Some(n.into()),
             ..ApiTokenStatus::default()
@@ -320,8 +321,8 @@ mod tests {
 
     #[test]
     fn usage_findings_are_announced_once() {
+        use crate::operator::core::vocabulary::Grace;
         use crate::operator::resource::crd::PreviousToken;
-        use crate::operator::core::plan::Grace;
         let mut p = plan_with(vec![], None);
         let g = Grace {
             id: "u.0".into(),

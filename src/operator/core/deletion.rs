@@ -24,11 +24,13 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
+use crate::api::{Owner, TokenView};
+use crate::operator::core::vocabulary::{RegObs, SecretObs};
 use crate::operator::resource::crd::{ApiToken, ApiTokenStatus, DeletionPolicy};
 use crate::operator::resource::names::secret_annotations as ann;
-use crate::operator::resource::names::{ABANDON_ANNOTATION, API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use crate::operator::core::plan::{RegObs, SecretObs};
-use crate::api::{Owner, TokenView};
+use crate::operator::resource::names::{
+    ABANDON_ANNOTATION, API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+};
 
 /// What a deletion does.
 #[derive(Debug, Clone, PartialEq, Eq)]

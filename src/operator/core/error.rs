@@ -7,8 +7,38 @@
 
 use kube::runtime::finalizer;
 
-use crate::operator::shell::store_client::StoreError;
 use crate::token::MintError;
+
+/// A failed call to the store. Messages never carry a token or a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not reachable, timed out, or a 5xx: retry with backoff.
+    #[error("the Loop token store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused the admin credential.
+    #[error(
+        "the Loop token store rejected the operator's credential (HTTP {status}); check --store-token-file"
+    )]
+    Unauthorized { status: u16 },
+    /// The store refused the request; `code` is its machine-readable error.
+    #[error("the Loop token store refused the request ({code}): {message}")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Unauthorized { .. } => "unauthorized",
+            StoreError::Rejected { .. } => "rejected",
+        }
+    }
+}
 
 /// A reconcile failure. Never carries a token.
 #[derive(Debug, thiserror::Error)]

@@ -9,10 +9,10 @@
 use jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
-use crate::operator::resource::names::event;
-use crate::operator::core::plan::{IssueReason, RevokeReason};
 use crate::operator::core::schedule::Aging;
-use crate::operator::core::usage::Idle;
+use crate::operator::core::vocabulary::Idle;
+use crate::operator::core::vocabulary::{IssueReason, RevokeReason};
+use crate::operator::resource::names::event;
 
 /// One Event: its type, reason (also its action) and note.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,8 @@ pub mod policy;
 pub mod rollout;
 pub mod schedule;
 pub mod secret;
+pub mod spec;
 pub mod status;
 pub mod usage;
+pub mod vocabulary;
 pub mod watch;

@@ -27,8 +27,10 @@ use jiff::SignedDuration;
 use kube::ResourceExt;
 use sha2::{Digest as _, Sha256};
 
-use crate::operator::core::plan::parse_duration;
-use crate::operator::resource::policy_crd::{ApiTokenPolicy, Enforcement, NamespaceSelector, SelectorOperator};
+use crate::operator::core::spec::parse_duration;
+use crate::operator::resource::policy_crd::{
+    ApiTokenPolicy, Enforcement, NamespaceSelector, SelectorOperator,
+};
 
 /// What happens in a namespace that no policy selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

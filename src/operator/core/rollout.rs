@@ -10,57 +10,18 @@
 //! starts with it); any later token (a rotation, a reissue) restarts each target whose
 //! annotation differs.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::operator::resource::crd::{
-    ApiToken, ApiTokenStatus, Condition, Retire, RolloutKind, RolloutPolicy, RolloutState,
-    RolloutTarget, RolloutTargetStatus,
+    ApiTokenStatus, Condition, RolloutKind, RolloutState, RolloutTarget, RolloutTargetStatus,
 };
 use kube::runtime::events::EventType;
 
 use crate::operator::core::events::Note;
 use crate::operator::resource::names::{RESTARTED_FOR_PREFIX, condition, event, reason};
-
-/// What the token's consumers ask of the operator besides the token: the Secret's extra
-/// labels, annotations and rendered keys, and the workloads to restart.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Consumers {
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    /// Key → template text (placeholders `${token}`, `${tokenId}`, `${fingerprint}`,
-    /// `${issuedAt}`).
-    pub template: BTreeMap<String, String>,
-    pub rollout: Option<RolloutPolicy>,
-}
-
-impl Consumers {
-    /// From the spec (the schema has checked the keys and placeholders).
-    pub fn of(t: &ApiToken) -> Consumers {
-        let s = &t.spec.secret;
-        Consumers {
-            labels: s.labels.clone(),
-            annotations: s.annotations.clone(),
-            template: s.template.clone(),
-            rollout: t.spec.rollout.clone(),
-        }
-    }
-
-    /// The rollout targets (none without `spec.rollout`).
-    pub fn targets(&self) -> &[RolloutTarget] {
-        self.rollout.as_ref().map_or(&[], |r| r.targets.as_slice())
-    }
-
-    /// Whether the previous token is revoked once the targets have rolled out.
-    pub fn retire_after_rollout(&self) -> bool {
-        self.rollout
-            .as_ref()
-            .is_some_and(|r| r.retire == Retire::AfterRollout)
-    }
-}
 
 /// How soon an ApiToken whose rollout is pending, or whose target is missing, is looked at
 /// again.

@@ -14,10 +14,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use crate::operator::core::vocabulary::{Desired, Retired, SecretObs};
 use crate::operator::resource::crd::ApiToken;
 use crate::operator::resource::names::secret_annotations as ann;
 use crate::operator::resource::names::{API_TOKEN_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use crate::operator::core::plan::{Desired, Retired, SecretObs};
 use crate::token::Token;
 
 /// What the Secret cache keeps in place of a token: this prefix and the token's fingerprint.
@@ -386,7 +386,7 @@ mod tests {
     use crate::operator::resource::crd::fixtures::minimal;
 
     fn desired_spec() -> Desired {
-        crate::operator::core::plan::desired(&minimal(), "a", None).expect("a valid spec")
+        crate::operator::core::spec::desired(&minimal(), "a", None).expect("a valid spec")
     }
 
     fn record() -> Record {

@@ -6,12 +6,12 @@
 
 use jiff::Timestamp;
 
+use crate::operator::core::error::StoreError;
+use crate::operator::core::policy::Verdict;
+use crate::operator::core::vocabulary::{Blocked, Desired, Plan};
 use crate::operator::resource::crd::{ApiTokenStatus, Condition, PreviousToken};
 use crate::operator::resource::names::condition::{READY, RECONCILING, STALLED, UNUSED};
 use crate::operator::resource::names::reason;
-use crate::operator::core::plan::{Blocked, Desired, Plan};
-use crate::operator::core::policy::Verdict;
-use crate::operator::shell::store_client::StoreError;
 
 /// How a reconcile ended.
 #[derive(Debug)]
@@ -390,7 +390,7 @@ pub fn readiness(s: &ApiTokenStatus) -> Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::core::plan::RegObs;
+    use crate::operator::core::vocabulary::RegObs;
 
     #[test]
     fn the_status_patch_names_every_field_of_the_schema() {
@@ -667,7 +667,7 @@ mod tests {
 
     #[test]
     fn unused_is_a_condition_of_its_own_that_keeps_through_a_failed_pass() {
-        use crate::operator::core::usage::Idle;
+        use crate::operator::core::vocabulary::Idle;
         let mut p = plan_with_current();
         p.unused = Some(Idle {
             fingerprint: "abcdef012345".into(),
@@ -750,7 +750,7 @@ mod tests {
 
     #[test]
     fn previous_tokens_show_their_use_and_still_in_use_stays_said() {
-        use crate::operator::core::plan::Grace;
+        use crate::operator::core::vocabulary::Grace;
         let mut p = plan_with_current();
         let g = Grace {
             id: "id-0".into(),

@@ -20,25 +20,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::operator::resource::crd::UnusedAction;
-use crate::operator::core::plan::RegObs;
-
-/// `spec.unused`, with durations parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unused {
-    pub after: SignedDuration,
-    pub action: UnusedAction,
-}
-
-/// A token unused for longer than `spec.unused.after`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Idle {
-    pub fingerprint: String,
-    /// Its last use, or its issue when it was never used.
-    pub since: Timestamp,
-    /// `spec.unused.after`.
-    pub after: SignedDuration,
-}
+use crate::operator::core::vocabulary::{Idle, RegObs, Unused};
 
 /// Since when `r`, issued at `issued`, has not been used.
 pub fn idle_since(r: &RegObs, issued: Timestamp) -> Timestamp {
@@ -175,6 +157,7 @@ pub fn still_in_use(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::resource::crd::UnusedAction;
 
     const T0: i64 = 1_800_000_000;
 

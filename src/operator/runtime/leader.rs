@@ -12,7 +12,32 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::operator::runtime::run::{LeaderElection, StartError};
+/// Leader election settings: one active operator per Lease.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    /// How long a lease stays valid without renewal; a standby takes over at most this long
+    /// after the leader dies.
+    pub duration: Duration,
+    /// Renew this long before the lease would expire.
+    pub grace: Duration,
+}
+
+/// Why leader election stopped the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("leader election on Lease {namespace}/{name} failed")]
+    Failed {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("lost the leadership of Lease {0}; exiting so that only the new leader acts")]
+    Lost(String),
+}
 
 /// A lease this process holds.
 pub struct Lease {
@@ -22,8 +47,8 @@ pub struct Lease {
 }
 
 /// Wait until this process holds the Lease. `None` when a shutdown signal came first.
-pub async fn acquire(client: Client, le: &LeaderElection) -> Result<Option<Lease>, StartError> {
-    let err = |source| StartError::LeaderElection {
+pub async fn acquire(client: Client, le: &LeaderElection) -> Result<Option<Lease>, Error> {
+    let err = |source| Error::Failed {
         namespace: le.namespace.clone(),
         name: le.lease_name.clone(),
         source,
@@ -67,7 +92,7 @@ pub async fn acquire(client: Client, le: &LeaderElection) -> Result<Option<Lease
 pub async fn run_while_leading(
     controller: impl Future<Output = ()>,
     lease: Lease,
-) -> Result<(), StartError> {
+) -> Result<(), Error> {
     let Lease {
         mut leader,
         task,
@@ -86,7 +111,7 @@ pub async fn run_while_leading(
         () = controller => {}
         () = lost => {
             tracing::error!(lease = %name, "lost leadership; stopping at once");
-            return Err(StartError::LostLeadership(name));
+            return Err(Error::Lost(name));
         }
     }
     leader.mark_unchanged();

@@ -16,13 +16,14 @@ use kube::runtime::events::Reporter;
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 
-use crate::operator::shell::cache::{self, CachedToken, Changes, SecretCache};
 use crate::operator::resource::crd::ApiToken;
-use crate::operator::shell::kube_io::Publisher;
-use crate::operator::runtime::leader;
-use crate::operator::shell::metrics::Metrics;
 use crate::operator::resource::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use crate::operator::shell::reconcile::{Context, error_policy, reconcile};
+use crate::operator::runtime::leader;
+use crate::operator::shell::cache::{self, CachedToken, Changes, SecretCache};
+use crate::operator::shell::context::Context;
+use crate::operator::shell::kube_io::Publisher;
+use crate::operator::shell::metrics::Metrics;
+use crate::operator::shell::reconcile::{error_policy, reconcile};
 use crate::operator::shell::store_client::{StoreClient, Trust};
 use crate::operator::shell::tenancy::{self, TenancyConfig, TenancyError, Watches};
 use crate::serve::{self, CredentialError, SecretFileError};
@@ -45,23 +46,10 @@ pub struct RunConfig {
     pub store_timeout: Duration,
     pub retry_after: Duration,
     pub crash_at: Option<String>,
-    pub leader_election: Option<LeaderElection>,
+    pub leader_election: Option<leader::LeaderElection>,
     /// Export per-ApiToken expiry and next-rotation gauges (labelled by namespace and name).
     pub per_token_metrics: bool,
     pub tenancy: TenancyConfig,
-}
-
-/// Leader election settings: one active operator per Lease.
-#[derive(Debug, Clone)]
-pub struct LeaderElection {
-    pub namespace: String,
-    pub lease_name: String,
-    pub identity: String,
-    /// How long a lease stays valid without renewal; a standby takes over at most this long
-    /// after the leader dies.
-    pub duration: Duration,
-    /// Renew this long before the lease would expire.
-    pub grace: Duration,
 }
 
 /// Why the operator cannot start.
@@ -95,15 +83,8 @@ pub enum StartError {
     StoreClient(String),
     #[error("cannot connect to Kubernetes (is KUBECONFIG set, or is this running in a cluster?)")]
     Kube(#[source] kube::Error),
-    #[error("leader election on Lease {namespace}/{name} failed")]
-    LeaderElection {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube_lease_manager::LeaseManagerError,
-    },
-    #[error("lost the leadership of Lease {0}; exiting so that only the new leader acts")]
-    LostLeadership(String),
+    #[error(transparent)]
+    Leader(#[from] leader::Error),
     #[error(transparent)]
     Tenancy(#[from] TenancyError),
     #[error("cannot listen on {addr} for metrics")]

@@ -12,17 +12,20 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use crate::operator::shell::crash;
-use crate::operator::core::error::Error;
-use crate::operator::core::events;
-use crate::operator::shell::kube_io::Target;
-use crate::operator::resource::names::secret_annotations;
-use crate::operator::core::plan::{Action, Desired, IssueReason, RegObs, Retired, RevokeReason};
-use crate::operator::shell::reconcile::Context;
-use crate::operator::core::secret::{self, Record};
-use crate::operator::shell::store_client::Audit;
-use crate::operator::core::usage;
 use crate::api::ChangeReason;
+use crate::operator::core::error::{Error, StoreError};
+use crate::operator::core::events;
+use crate::operator::core::plan;
+use crate::operator::core::secret::{self, Record};
+use crate::operator::core::usage;
+use crate::operator::core::vocabulary::{
+    Action, Desired, IssueReason, RegObs, Retired, RevokeReason,
+};
+use crate::operator::resource::names::secret_annotations;
+use crate::operator::shell::context::Context;
+use crate::operator::shell::crash;
+use crate::operator::shell::kube_io::Target;
+use crate::operator::shell::store_client::Audit;
 use crate::token::Token;
 
 /// What an action works on: the Secret as observed in this pass and the token it holds (only
@@ -318,6 +321,50 @@ async fn mark_unused(
     crash::point(ctx.crash_at.as_deref(), "after-mark-unused");
     tracing::info!(apitoken = %tg.name, namespace = %tg.ns, token_id = %id, "token removed from its Secret: unused (spec.unused.action Revoke)");
     Ok(Some(written))
+}
+
+/// Revoke the registrations `ids` (of `regs`, as listed for this ApiToken), each with its
+/// audit reason. Returns the fingerprints revoked, and the first failure (nothing after it is
+/// tried): the caller announces what was revoked either way.
+pub async fn revoke_each(
+    tg: &Target<'_>,
+    ctx: &Context,
+    regs: &[RegObs],
+    ids: impl IntoIterator<Item = (String, ChangeReason)>,
+) -> (Vec<String>, Result<(), StoreError>) {
+    let mut revoked = Vec::new();
+    for (id, reason) in ids {
+        if let Err(e) = ctx.store.revoke(&id, audit(tg, reason)).await {
+            return (revoked, Err(e));
+        }
+        ctx.metrics.action("revoke");
+        revoked.extend(
+            regs.iter()
+                .filter(|r| r.id == id)
+                .map(|r| r.fingerprint.clone()),
+        );
+    }
+    (revoked, Ok(()))
+}
+
+/// Revoke every active registration of this ApiToken ([`plan::plan_cleanup`]), each with the
+/// audit reason `reason` gives its plan's reason.
+pub async fn revoke_all_owned(
+    tg: &Target<'_>,
+    ctx: &Context,
+    reason: impl Fn(RevokeReason) -> ChangeReason,
+) -> (Vec<String>, Result<(), StoreError>) {
+    let regs = match ctx.store.list_owned(&tg.uid).await {
+        Ok(regs) => regs,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let ids = plan::plan_cleanup(&regs)
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Revoke { id, reason: why } => Some((id, reason(why))),
+            _ => None,
+        });
+    revoke_each(tg, ctx, &regs, ids.collect::<Vec<_>>()).await
 }
 
 /// What the store's audit trail records for a call about `tg`.

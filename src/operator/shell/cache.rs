@@ -38,13 +38,13 @@ use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::operator::core::{secret, watch};
 use crate::operator::resource::crd::ApiToken;
 use crate::operator::resource::names::secret_annotations as ann;
 use crate::operator::resource::names::{
     API_TOKEN_LABEL, DEFAULT_GRACE_PERIOD, DEFAULT_SECRET_KEY, FINALIZER, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE, ROTATE_ANNOTATION,
 };
-use crate::operator::core::{secret, watch};
 
 /// An ApiToken as the controller's cache keeps it: name and namespace in `metadata`, the hash
 /// of what wakes the controller ([`watch::triggers`]), the rest as compressed JSON.

@@ -11,17 +11,17 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::{Resource, ResourceExt};
 
-use crate::operator::shell::act;
+use crate::api::ChangeReason;
 use crate::operator::core::decide;
 use crate::operator::core::deletion::{self, Orphaned};
 use crate::operator::core::error::Error;
 use crate::operator::core::events;
-use crate::operator::shell::kube_io::{Target, publish_on};
-use crate::operator::resource::names::{ROTATE_ANNOTATION, secret_annotations as ann};
-use crate::operator::core::plan::{self, Desired};
-use crate::operator::shell::reconcile::Context;
 use crate::operator::core::secret;
-use crate::api::ChangeReason;
+use crate::operator::core::vocabulary::Desired;
+use crate::operator::resource::names::{ROTATE_ANNOTATION, secret_annotations as ann};
+use crate::operator::shell::act;
+use crate::operator::shell::context::Context;
+use crate::operator::shell::kube_io::{Target, publish_on};
 
 /// Let the ApiToken go without reaching the store: a Warning names the tokens that stay active
 /// (from its status and its cached Secret). In a namespace being deleted, where no Event can
@@ -66,7 +66,7 @@ pub async fn orphan(tg: &Target<'_>, ctx: &Context) -> Result<(), Error> {
         tg.t.annotations()
             .get(ROTATE_ANNOTATION)
             .map(String::as_str);
-    let d = plan::desired(tg.t, &tg.name, rotation).ok();
+    let d = crate::operator::core::spec::desired(tg.t, &tg.name, rotation).ok();
     let live = match &d {
         Some(d) => tg.get_secret(&d.secret_name).await?,
         None => None,
@@ -80,18 +80,12 @@ pub async fn orphan(tg: &Target<'_>, ctx: &Context) -> Result<(), Error> {
     });
     let regs = ctx.store.list_owned(&tg.uid).await?;
     let p = deletion::orphan_plan(obs.as_ref(), &regs, Timestamp::now());
-    let mut revoked = Vec::new();
-    for id in &p.revoke {
-        ctx.store
-            .revoke(id, act::audit(tg, ChangeReason::Deleted))
-            .await?;
-        ctx.metrics.action("revoke");
-        revoked.extend(
-            regs.iter()
-                .filter(|r| &r.id == id)
-                .map(|r| r.fingerprint.clone()),
-        );
-    }
+    let ids = p
+        .revoke
+        .iter()
+        .map(|id| (id.clone(), ChangeReason::Deleted));
+    let (revoked, result) = act::revoke_each(tg, ctx, &regs, ids.collect::<Vec<_>>()).await;
+    result?;
     match (&p.keep, &live) {
         (Some(_), Some(s)) => {
             tg.release_secret(&s.name_any()).await?;

@@ -12,14 +12,14 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::operator::resource::crd::{ApiToken, ApiTokenStatus};
+use crate::api::Owner;
 use crate::operator::core::error::{Error, describe};
 use crate::operator::core::events::Note;
-use crate::operator::resource::names::secret_annotations::{ORPHANED_FROM, REVOKED_UNUSED};
-use crate::operator::resource::names::{API_TOKEN_LABEL, FIELD_MANAGER};
 use crate::operator::core::secret;
 use crate::operator::core::status;
-use crate::api::Owner;
+use crate::operator::resource::crd::{ApiToken, ApiTokenStatus};
+use crate::operator::resource::names::secret_annotations::{ORPHANED_FROM, REVOKED_UNUSED};
+use crate::operator::resource::names::{API_TOKEN_LABEL, FIELD_MANAGER};
 
 /// One ApiToken and the API handles its reconcile uses.
 pub struct Target<'a> {

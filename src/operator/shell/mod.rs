@@ -1,5 +1,6 @@
 pub mod act;
 pub mod cache;
+pub mod context;
 pub mod crash;
 pub mod handover;
 pub mod kube_io;

@@ -15,53 +15,36 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{self, Event as Finalizer};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
-use crate::operator::shell::act::{self, Scene};
-use crate::operator::shell::cache::{CachedToken, SecretCache};
-use crate::operator::shell::crash;
-use crate::operator::resource::crd::{ApiToken, ApiTokenStatus};
+use crate::api::ChangeReason;
 use crate::operator::core::decide::{self, AfterFailure, StatusWrite};
 use crate::operator::core::deletion::{self, Deletion};
 use crate::operator::core::error::Error;
+use crate::operator::core::error::StoreError;
 use crate::operator::core::events;
-use crate::operator::shell::handover;
-use crate::operator::shell::kube_io::{Publisher, Target};
-use crate::operator::shell::metrics::Metrics;
-use crate::operator::resource::names::{FINALIZER, ROTATE_ANNOTATION};
-use crate::operator::core::plan::{self, Action, Blocked, Desired, Observed, Plan, RegObs};
+use crate::operator::core::plan::{self, Observed};
+use crate::operator::core::policy::Verdict;
 use crate::operator::core::rollout;
-use crate::operator::shell::rollout_io;
 use crate::operator::core::secret;
 use crate::operator::core::status::{self, Outcome};
-use crate::operator::shell::store_client::{StoreClient, StoreError};
-use crate::operator::shell::tenancy::{self, Tenancy};
+use crate::operator::core::vocabulary::{Action, Blocked, Desired, Plan, RegObs};
+use crate::operator::resource::crd::{ApiToken, ApiTokenStatus};
+use crate::operator::resource::names::condition::STALLED;
+use crate::operator::resource::names::{FINALIZER, ROTATE_ANNOTATION, reason};
+use crate::operator::shell::act::{self, Scene};
+use crate::operator::shell::cache::CachedToken;
+use crate::operator::shell::context::Context;
+use crate::operator::shell::crash;
+use crate::operator::shell::handover;
+use crate::operator::shell::kube_io::Target;
+use crate::operator::shell::rollout_io;
 
 /// How often a Secret name clash is checked again (other Secrets are not watched).
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 
 /// Passes of observe-plan-act within one reconcile before reporting `Progressing`.
 pub const MAX_PASSES: usize = 5;
-
-/// What every reconcile shares.
-pub struct Context {
-    pub client: Client,
-    /// The owned Secrets (label-selected), as last seen by the controller's watch.
-    pub secrets: SecretCache,
-    pub store: StoreClient,
-    pub cluster: String,
-    /// Publishes Events.
-    pub events: Publisher,
-    pub metrics: Arc<Metrics>,
-    /// How often usage figures are refreshed from the store.
-    pub usage_interval: Duration,
-    /// How long to wait before retrying after an error.
-    pub retry_after: Duration,
-    /// Test hook (see [`crash`]).
-    pub crash_at: Option<String>,
-    /// ApiTokenPolicies and namespaces.
-    pub tenancy: Tenancy,
-}
 
 /// Entry point for the controller.
 pub async fn reconcile(obj: Arc<CachedToken>, ctx: Arc<Context>) -> Result<Requeue, Error> {
@@ -128,7 +111,7 @@ enum Passes {
 async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
     let tg = Target::new(t, &ctx.client)?;
     let rotation = t.annotations().get(ROTATE_ANNOTATION).map(String::as_str);
-    let d = match plan::desired(t, &tg.name, rotation) {
+    let d = match crate::operator::core::spec::desired(t, &tg.name, rotation) {
         Ok(d) => d,
         Err(problem) => {
             let blocked = Blocked::Spec(problem);
@@ -141,7 +124,7 @@ async fn apply(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
         Err(e) => return fail(&tg, ctx, &d, e).await,
     };
     if !verdict.complies() {
-        return match tenancy::hold(&tg, ctx, &d, &verdict).await {
+        return match hold(&tg, ctx, &d, &verdict).await {
             Ok(requeue) => Ok(requeue),
             Err(e) => fail(&tg, ctx, &d, e).await,
         };
@@ -482,22 +465,7 @@ async fn cleanup(t: &ApiToken, ctx: &Context) -> Result<Requeue, Error> {
 
 /// Revoke every token of a deleted ApiToken; one Event names them.
 async fn revoke_all(tg: &Target<'_>, ctx: &Context) -> Result<(), StoreError> {
-    let mut revoked = Vec::new();
-    let result = async {
-        let regs = ctx.store.list_owned(&tg.uid).await?;
-        for action in plan::plan_cleanup(&regs) {
-            if let Action::Revoke { id, reason } = &action {
-                let audit = act::audit(tg, act::revoke_reason(*reason));
-                ctx.store.revoke(id, audit).await?;
-                ctx.metrics.action("revoke");
-                if let Some(r) = regs.iter().find(|r| &r.id == id) {
-                    revoked.push(r.fingerprint.clone());
-                }
-            }
-        }
-        Ok::<(), StoreError>(())
-    }
-    .await;
+    let (revoked, result) = act::revoke_all_owned(tg, ctx, act::revoke_reason).await;
     // One Event for all the tokens revoked (the current one and any still in grace).
     if let Some(note) = events::revoked_on_deletion(&revoked) {
         tg.publish(&ctx.events, note).await;
@@ -505,9 +473,41 @@ async fn revoke_all(tg: &Target<'_>, ctx: &Context) -> Result<(), StoreError> {
     result
 }
 
+/// Hold an ApiToken outside its policies: announce it, revoke its tokens when the policy says
+/// so, and report it. Nothing is issued, rotated or updated.
+async fn hold(
+    tg: &Target<'_>,
+    ctx: &Context,
+    d: &Desired,
+    verdict: &Verdict,
+) -> Result<Requeue, Error> {
+    let already = tg.status().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == STALLED && c.status == "True" && c.reason == reason::POLICY_VIOLATION
+        })
+    });
+    if !already {
+        tg.publish(&ctx.events, events::policy_violation(&verdict.message()))
+            .await;
+    }
+    let (revoked, result) = if verdict.revoke {
+        act::revoke_all_owned(tg, ctx, |_| ChangeReason::Policy).await
+    } else {
+        (Vec::new(), Ok(()))
+    };
+    // One Event for all the tokens revoked (the current one and any still in grace).
+    if let Some(note) = events::revoked_by_policy(&revoked) {
+        tg.publish(&ctx.events, note).await;
+    }
+    result?;
+    let acted = !revoked.is_empty();
+    write_status(tg, ctx, &Outcome::Policy(verdict), Some(d), None, acted).await?;
+    Ok(Requeue::requeue(ctx.usage_interval))
+}
+
 /// Compute the status from an outcome and write it if it changed (see
 /// [`decide::status_write`]).
-pub(super) async fn write_status(
+async fn write_status(
     tg: &Target<'_>,
     ctx: &Context,
     outcome: &Outcome<'_>,

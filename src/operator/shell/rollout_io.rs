@@ -11,13 +11,13 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
-use crate::operator::resource::crd::RolloutKind;
 use crate::operator::core::error::{Error, describe};
-use crate::operator::shell::kube_io::Target;
-use crate::operator::resource::names::FIELD_MANAGER;
-use crate::operator::core::plan::{Desired, Plan};
-use crate::operator::shell::reconcile::Context;
 use crate::operator::core::rollout::{self, Found, Report, Restart, TargetObs, Unfollowable};
+use crate::operator::core::vocabulary::{Desired, Plan};
+use crate::operator::resource::crd::RolloutKind;
+use crate::operator::resource::names::FIELD_MANAGER;
+use crate::operator::shell::context::Context;
+use crate::operator::shell::kube_io::Target;
 
 /// The rollout targets as read before planning.
 pub enum Targets {

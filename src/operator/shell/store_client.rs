@@ -13,43 +13,13 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::operator::core::plan::RegObs;
 use crate::api::{
     ChangeReason, ErrorBody, ListQuery, MAX_PAGE, Owner, PatchRequest, RegisterRequest,
     RevokeQuery, TokenList, TokenView,
 };
+use crate::operator::core::error::StoreError;
+use crate::operator::core::vocabulary::RegObs;
 use crate::token::TokenHash;
-
-/// A failed call to the store. Messages never carry a token or a credential.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Not reachable, timed out, or a 5xx: retry with backoff.
-    #[error("the Loop token store is unavailable: {0}")]
-    Unavailable(String),
-    /// The store refused the admin credential.
-    #[error(
-        "the Loop token store rejected the operator's credential (HTTP {status}); check --store-token-file"
-    )]
-    Unauthorized { status: u16 },
-    /// The store refused the request; `code` is its machine-readable error.
-    #[error("the Loop token store refused the request ({code}): {message}")]
-    Rejected {
-        status: u16,
-        code: String,
-        message: String,
-    },
-}
-
-impl StoreError {
-    /// Bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Unauthorized { .. } => "unauthorized",
-            StoreError::Rejected { .. } => "rejected",
-        }
-    }
-}
 
 /// Why the operator asks for a change, for the store's audit trail: the reason, and the
 /// ApiToken's `metadata.generation` so that a store event can be joined to the API server's

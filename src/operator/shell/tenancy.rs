@@ -26,27 +26,20 @@ use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
-use crate::operator::shell::cache::CachedToken;
-use crate::operator::resource::crd::ApiToken;
 use crate::operator::core::error::Error;
-use crate::operator::core::events;
-use crate::operator::shell::kube_io::Target;
-use crate::operator::resource::names::condition::STALLED;
-use crate::operator::resource::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, reason};
-use crate::operator::core::plan::{self, Action, Desired};
 use crate::operator::core::policy::{self, Asked, Unselected, Verdict};
-use crate::operator::resource::policy_crd::{ApiTokenPolicy, NamespaceSelector};
-use crate::operator::shell::reconcile::{Context, write_status};
-use crate::operator::core::status::Outcome;
+use crate::operator::core::vocabulary::Desired;
 use crate::operator::core::watch::namespace_triggers;
-use crate::api::ChangeReason;
+use crate::operator::resource::crd::ApiToken;
+use crate::operator::resource::names::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::operator::resource::policy_crd::{ApiTokenPolicy, NamespaceSelector};
+use crate::operator::shell::cache::CachedToken;
 
 /// How long the digest writer waits before trying a failed write again.
 const DIGEST_RETRY: Duration = Duration::from_secs(10);
@@ -211,7 +204,7 @@ impl Tenancy {
 /// one the schema should have refused).
 fn requested_expiry(t: &ApiToken) -> Option<(&str, SignedDuration)> {
     let after = t.spec.expiry.as_ref()?.after.as_str();
-    let d = crate::operator::core::plan::parse_duration("expiry.after", after).ok()?;
+    let d = crate::operator::core::spec::parse_duration("expiry.after", after).ok()?;
     Some((after, d))
 }
 
@@ -456,52 +449,6 @@ impl DigestWriter {
         tracing::info!(configmap = %self.d.name, namespaces = data.keys().filter(|k| k.starts_with(policy::digest_keys::NAMESPACE_PREFIX)).count(), "policy digest written");
         Ok(())
     }
-}
-
-/// Hold an ApiToken outside its policies: announce it, revoke its tokens when the policy says
-/// so, and report it. Nothing is issued, rotated or updated.
-pub async fn hold(
-    tg: &Target<'_>,
-    ctx: &Context,
-    d: &Desired,
-    verdict: &Verdict,
-) -> Result<Requeue, Error> {
-    let already = tg.status().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == STALLED && c.status == "True" && c.reason == reason::POLICY_VIOLATION
-        })
-    });
-    if !already {
-        tg.publish(&ctx.events, events::policy_violation(&verdict.message()))
-            .await;
-    }
-    let mut revoked = Vec::new();
-    let result = async {
-        if verdict.revoke {
-            let regs = ctx.store.list_owned(&tg.uid).await?;
-            for action in plan::plan_cleanup(&regs) {
-                let Action::Revoke { id, .. } = action else {
-                    continue;
-                };
-                ctx.store
-                    .revoke(&id, crate::operator::shell::act::audit(tg, ChangeReason::Policy))
-                    .await?;
-                ctx.metrics.action("revoke");
-                let fp = regs.iter().filter(|r| r.id == id);
-                revoked.extend(fp.map(|r| r.fingerprint.clone()));
-            }
-        }
-        Ok::<(), Error>(())
-    }
-    .await;
-    // One Event for all the tokens revoked (the current one and any still in grace).
-    if let Some(note) = events::revoked_by_policy(&revoked) {
-        tg.publish(&ctx.events, note).await;
-    }
-    result?;
-    let acted = !revoked.is_empty();
-    write_status(tg, ctx, &Outcome::Policy(verdict), Some(d), None, acted).await?;
-    Ok(Requeue::requeue(ctx.usage_interval))
 }
 
 /// `--cluster-name`, or when it is not given the uid of the `kube-system` namespace: unique
