@@ -102,7 +102,7 @@ struct ServeArgs {
     /// process this one may still answer from its cache as before. The cache answers only
     /// while a heartbeat sent through the database every quarter of this came back through
     /// the change listener within it; otherwise introspection reads the database, or answers
-    /// 503. Minimum 200ms.
+    /// 503. Between 200ms and 1h.
     #[arg(long, env = "LOOP_STORE_CACHE_TRUST_BOUND", default_value = "2s", value_parser = parse_trust_bound)]
     cache_trust_bound: Duration,
     /// Answer introspection from memory (on) or query the database every time (off; a
@@ -145,10 +145,15 @@ struct ServeArgs {
 
 fn parse_trust_bound(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    if d < loop_token_operator::store::trust::MIN_BOUND {
+    use loop_token_operator::store::trust::{MAX_BOUND, MIN_BOUND};
+    if d < MIN_BOUND {
         return Err(format!(
-            "{s} is shorter than {:?}: a heartbeat is sent every quarter of the bound",
-            loop_token_operator::store::trust::MIN_BOUND
+            "{s} is shorter than {MIN_BOUND:?}: a heartbeat is sent every quarter of the bound"
+        ));
+    }
+    if d > MAX_BOUND {
+        return Err(format!(
+            "{s} is longer than {MAX_BOUND:?}: a bound that long promises little"
         ));
     }
     Ok(d)

@@ -103,6 +103,7 @@ pub struct Metrics {
     introspections: Family<OutcomeLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
     cache_trusted: Gauge,
+    heartbeat_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     usage_flush_failures: Counter,
     listener_restarts: Family<RestartLabels, Counter>,
 }
@@ -140,6 +141,12 @@ impl Metrics {
             "1 when the cache may answer (a heartbeat came back through the change listener within the trust bound), 0 while changes by other processes could be missed",
             cache_trusted.clone(),
         );
+        let heartbeat_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "change_listener_heartbeat_age_seconds",
+            "PostgreSQL: how long ago the latest heartbeat that came back through the change listener was sent (the cache answers while this is below --cache-trust-bound; NaN while none came back on the current connection)",
+            heartbeat_age.clone(),
+        );
         let usage_flush_failures = Counter::default();
         registry.register(
             "usage_flush_failures",
@@ -160,6 +167,7 @@ impl Metrics {
             introspections,
             cache,
             cache_trusted,
+            heartbeat_age,
             usage_flush_failures,
         })
     }
@@ -199,6 +207,12 @@ impl Metrics {
         self.listener_restarts
             .get_or_create(&RestartLabels { reason })
             .inc();
+    }
+
+    /// `None`: no heartbeat has come back on the current listener connection.
+    pub fn set_heartbeat_age(&self, age: Option<std::time::Duration>) {
+        self.heartbeat_age
+            .set(age.map_or(f64::NAN, |a| a.as_secs_f64()));
     }
 
     pub fn usage_flush_failed(&self) {

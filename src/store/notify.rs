@@ -36,8 +36,8 @@ pub fn spawn(
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> {
-    let channel = heartbeat_channel();
+) -> Result<impl std::future::Future<Output = ()>, NoRandomness> {
+    let channel = heartbeat_channel()?;
     let (trusted_tx, mut trusted_rx) = watch::channel(false);
     tokio::spawn(heartbeat(
         options.clone(),
@@ -48,27 +48,27 @@ pub fn spawn(
     tokio::spawn(listen(
         options, channel, cache, metrics, trusted_tx, shutdown,
     ));
-    async move {
+    Ok(async move {
         let _ = trusted_rx.wait_for(|t| *t).await;
-    }
+    })
 }
 
+/// The OS gave no randomness for the heartbeat channel's name.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the operating system gave no randomness for this process's heartbeat channel (getrandom failed)"
+)]
+pub struct NoRandomness;
+
 /// This process's heartbeat channel: a random name, so that each process hears only its own.
-fn heartbeat_channel() -> String {
+/// Another process's stamps, read against this one's clock, would prove nothing: without
+/// randomness there is no name that is surely this process's alone (a process id is 1 in every
+/// container), and the store does not start.
+fn heartbeat_channel() -> Result<String, NoRandomness> {
     let mut bytes = [0u8; 8];
-    // Another process's stamps read against this one's clock would prove nothing: the name
-    // must be this process's alone. Without randomness from the OS: the wall clock's
-    // nanoseconds and the process id.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
-            .unwrap_or_default();
-        bytes[..4].copy_from_slice(&nanos.to_le_bytes());
-        bytes[4..].copy_from_slice(&std::process::id().to_le_bytes());
-    }
+    getrandom::fill(&mut bytes).map_err(|_| NoRandomness)?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("loop_store_heartbeat_{hex}")
+    Ok(format!("loop_store_heartbeat_{hex}"))
 }
 
 async fn heartbeat(
@@ -155,8 +155,11 @@ async fn listen(
         };
         match subscribed {
             Ok(Ok(listener)) => {
-                // Changes made while nobody listened are unknown: start afresh. The cache
-                // answers again with the first heartbeat heard on this connection.
+                // Changes made while nobody listened are unknown: start afresh. This must come
+                // after `listen_all`: changes committed before the LISTEN took effect never reach
+                // this connection, and a heartbeat on it proves nothing about them; only reads
+                // made after this clear do. The cache answers again with the first heartbeat
+                // heard on this connection.
                 cache.untrust();
                 backoff = Duration::from_millis(100);
                 tracing::info!(
@@ -261,7 +264,11 @@ mod tests {
 
     #[test]
     fn heartbeat_channels_are_distinct_lowercase_identifiers() {
-        let (a, b) = (heartbeat_channel(), heartbeat_channel());
+        let (a, b) = (
+            heartbeat_channel().unwrap_or_default(),
+            heartbeat_channel().unwrap_or_default(),
+        );
+        assert!(!a.is_empty());
         assert_ne!(a, b);
         for c in [&a, &b] {
             assert!(c.len() < 64, "{c}");

@@ -122,6 +122,8 @@ pub enum StartError {
         #[source]
         source: repo::OpenError,
     },
+    #[error(transparent)]
+    NoRandomness(#[from] notify::NoRandomness),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -327,7 +329,7 @@ async fn open_parts(
                 Arc::clone(&cache),
                 Arc::clone(&metrics),
                 shutdown_rx.clone(),
-            );
+            )?;
             // Serve once the cache is trusted (or after 10 s, reading the database).
             let _ = tokio::time::timeout(Duration::from_secs(10), trusted).await;
             cache

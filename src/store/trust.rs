@@ -10,7 +10,9 @@
 //!    its own database connection, stamped with the time it was sent ([`Trust::stamp`]);
 //! 2. PostgreSQL delivers notifications in commit order, and the heartbeat commits after it was
 //!    sent, so when the listener receives a heartbeat stamped `s`, every change committed
-//!    before `s` has already reached the listener, and its invalidation is applied;
+//!    before `s`, and after the listener's `LISTEN` took effect, has already reached the
+//!    listener, and its invalidation is applied. (Changes committed before the `LISTEN` are
+//!    covered by emptying the cache once the `LISTEN` is in place: see [`super::notify`].);
 //! 3. the cache answers at time `t` only while `t < s + bound` for the latest such `s`
 //!    ([`Trust::proven`], [`Trust::is_trusted_at`]).
 //!
@@ -24,6 +26,11 @@
 //!
 //! A SQLite file has one writer, this process, so its cache is trusted for ever
 //! ([`Trust::always`]).
+//!
+//! The clock is [`Instant`] (`CLOCK_MONOTONIC` on Linux), which does not advance while the
+//! machine is suspended: a process resumed from a suspension (a VM paused, a laptop closed) may
+//! answer from its cache for up to one bound of its own clock before the listener's silence
+//! shows. Servers are not suspended in normal operation; the bound assumes they are not.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +40,10 @@ pub const DEFAULT_BOUND: Duration = Duration::from_secs(2);
 
 /// Shortest bound accepted (a heartbeat every quarter of it is sent through the database).
 pub const MIN_BOUND: Duration = Duration::from_millis(200);
+
+/// Longest bound accepted: past it the promise means little, and the listener's silence limit
+/// (five bounds) stays far from overflowing a clock.
+pub const MAX_BOUND: Duration = Duration::from_secs(3600);
 
 /// `until` value of a cache that is always trusted.
 const ALWAYS: u64 = u64::MAX;
@@ -59,12 +70,12 @@ impl Trust {
         }
     }
 
-    /// Trusted only within `bound` of the latest heartbeat received; not trusted until the
-    /// first.
+    /// Trusted only within `bound` (clamped to [`MIN_BOUND`]..=[`MAX_BOUND`]) of the latest
+    /// heartbeat received; not trusted until the first.
     pub fn bounded(bound: Duration) -> Self {
         Trust {
             base: Instant::now(),
-            bound,
+            bound: bound.clamp(MIN_BOUND, MAX_BOUND),
             until: AtomicU64::new(NEVER),
         }
     }
@@ -117,6 +128,17 @@ impl Trust {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
                 (cur != ALWAYS && cur < until).then_some(until)
             });
+    }
+
+    /// How long ago the latest heartbeat that came back was sent (`None`: none on this
+    /// connection yet, or a cache that needs none). Above the bound the cache does not answer.
+    pub fn proof_age(&self, now: Instant) -> Option<Duration> {
+        let until = self.until.load(Ordering::Acquire);
+        if until == ALWAYS || until == NEVER {
+            return None;
+        }
+        let sent = until.saturating_sub(self.nanos_of(self.bound));
+        Some(Duration::from_nanos(self.nanos(now).saturating_sub(sent)))
     }
 
     /// The listener's connection is gone or being replaced: notifications may be lost.
@@ -213,6 +235,27 @@ mod tests {
         assert_eq!(t.parse_stamp("-1", at), None);
         let future = t.stamp(at + Duration::from_secs(60));
         assert_eq!(t.parse_stamp(&future, at), None);
+    }
+
+    #[test]
+    fn the_proof_age_counts_from_the_send_of_the_latest_heartbeat() {
+        let t = Trust::bounded(BOUND);
+        let now = Instant::now();
+        assert_eq!(t.proof_age(now), None);
+        t.proven(now);
+        let later = now + Duration::from_millis(700);
+        let age = t.proof_age(later).unwrap_or_default();
+        assert!(
+            age >= Duration::from_millis(699) && age <= Duration::from_millis(701),
+            "{age:?}"
+        );
+        assert_eq!(Trust::always().proof_age(later), None);
+    }
+
+    #[test]
+    fn bounds_are_clamped() {
+        assert_eq!(Trust::bounded(Duration::ZERO).bound(), MIN_BOUND);
+        assert_eq!(Trust::bounded(Duration::MAX).bound(), MAX_BOUND);
     }
 
     #[test]

@@ -31,8 +31,12 @@ pub(super) async fn readyz(State(s): State<Shared>) -> Response {
 }
 
 pub(super) async fn metrics(State(s): State<Shared>) -> Response {
-    s.metrics
-        .set_cache_trusted(s.introspector.cache().is_trusted());
+    let cache = s.introspector.cache();
+    s.metrics.set_cache_trusted(cache.is_trusted());
+    if cache.trust().bound() != std::time::Duration::MAX {
+        s.metrics
+            .set_heartbeat_age(cache.trust().proof_age(std::time::Instant::now()));
+    }
     match s.metrics.encode() {
         Ok(text) => openmetrics(text),
         Err(_) => ApiError::Internal.into_response(),
