@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use loop_token_operator::cli::parse_duration;
-use loop_token_operator::operator::core::policy::Unselected;
-use loop_token_operator::operator::runtime::leader::LeaderElection;
-use loop_token_operator::operator::runtime::run::{RunConfig, run};
-use loop_token_operator::operator::shell::tenancy::{TenancyConfig, parse_configmap};
+use loop_token_operator::operator::LeaderElection;
+use loop_token_operator::operator::Unselected;
+use loop_token_operator::operator::{RunConfig, run};
+use loop_token_operator::operator::{TenancyConfig, parse_configmap};
 use loop_token_operator::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         store_timeout: a.store_timeout,
         retry_after: a.retry_after,
         // Test hook for the crash tests (debug builds only); undocumented in --help on purpose.
-        crash_at: loop_token_operator::operator::shell::crash::configured(),
+        crash_at: loop_token_operator::operator::crash::configured(),
         leader_election,
         per_token_metrics: a.per_token_metrics,
         tenancy: TenancyConfig {

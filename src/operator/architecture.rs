@@ -216,3 +216,34 @@ fn the_checks_see_imports_and_ignore_comments() {
     .collect();
     assert_eq!(refs, want);
 }
+
+#[test]
+fn every_module_is_listed_in_its_folder_and_in_the_architecture_doc() {
+    let t = tree();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/architecture.md"))
+        .unwrap_or_else(|e| panic!("docs/architecture.md: {e}"));
+    let mut missing = Vec::new();
+    for m in t.edges.keys() {
+        let parts: Vec<&str> = m.split("::").collect();
+        let [_, folder, name] = parts.as_slice() else {
+            continue;
+        };
+        let folder_doc = t
+            .code
+            .get(&format!("operator::{folder}"))
+            .map_or("", String::as_str);
+        let folder_text =
+            std::fs::read_to_string(root.join(format!("src/operator/{folder}/mod.rs")))
+                .unwrap_or_default();
+        if !folder_doc.contains(&format!("pub mod {name};"))
+            || !folder_text.contains(&format!("[`{name}`]"))
+        {
+            missing.push(format!("{m}: not in src/operator/{folder}/mod.rs's list"));
+        }
+        if !doc.contains(&format!("`{name}`")) {
+            missing.push(format!("{m}: not in docs/architecture.md"));
+        }
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
+}

@@ -9,10 +9,20 @@
 //!   caches, metrics);
 //! - [`runtime`]: wiring (configuration, watches, controller, leader election, servers).
 
-pub mod core;
+pub(crate) mod core;
 pub mod resource;
-pub mod runtime;
-pub mod shell;
+pub(crate) mod runtime;
+pub(crate) mod shell;
+
+// What the binaries and the tests use; everything else is the crate's own, so that the
+// compiler reports what nothing uses.
+pub use self::core::policy::{Limit, Unselected, Violation};
+pub use self::core::status::Readiness;
+pub use self::runtime::leader::LeaderElection;
+pub use self::runtime::run::{RunConfig, StartError, run};
+pub use self::shell::crash;
+pub use self::shell::metrics::Metrics;
+pub use self::shell::tenancy::{TenancyConfig, parse_configmap};
 
 #[cfg(test)]
 mod architecture;

@@ -1226,11 +1226,8 @@ async fn helm_prometheus_rule_alerts_on_metrics_the_operator_exports() {
         );
 
         // What the operator exports with --per-token-metrics, for one ApiToken with a schedule.
-        let metrics = loop_token_operator::operator::shell::metrics::Metrics::new(true);
-        metrics.set_state(
-            "u",
-            loop_token_operator::operator::core::status::Readiness::Stalled,
-        );
+        let metrics = loop_token_operator::operator::Metrics::new(true);
+        metrics.set_state("u", loop_token_operator::operator::Readiness::Stalled);
         metrics.set_times("u", "ns", "a", Some(1_800_000_000), Some(1_700_000_000));
         let exported = metrics.encode().unwrap_or_default();
         for r in &rules {

@@ -12,8 +12,8 @@ use crate::support;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use loop_token_operator::operator::core::policy::{Limit, Violation};
 use loop_token_operator::operator::resource::crd::ApiToken;
+use loop_token_operator::operator::{Limit, Violation};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::operator::OperatorProcess;

@@ -20,7 +20,6 @@
 //! hand to look orphaned takes over nobody else's token.
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
@@ -116,17 +115,6 @@ pub fn orphan_plan(secret: Option<&SecretObs>, regs: &[RegObs], now: Timestamp) 
         .map(|r| r.id.clone())
         .collect();
     OrphanPlan { keep, revoke }
-}
-
-/// The Secret as it stays behind: no owner reference (so the garbage collector leaves it), and
-/// marked with the uid of the ApiToken that left it.
-pub fn orphaned_secret(mut s: Secret, from_uid: &str) -> Secret {
-    s.metadata.owner_references = None;
-    s.metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(ann::ORPHANED_FROM.to_owned(), from_uid.to_owned());
-    s
 }
 
 /// An orphaned Secret's marks: which ApiToken left it, and the store id of its token.
@@ -346,13 +334,6 @@ mod tests {
         let mut unmarked = orphan_meta("a", false);
         unmarked.annotations = None;
         assert_eq!(orphaned_for(&unmarked, "a"), None);
-        // The Secret the orphaning writes carries exactly those marks.
-        let s = Secret {
-            metadata: orphan_meta("a", true),
-            ..Secret::default()
-        };
-        let left = orphaned_secret(s, "old-uid");
-        assert!(orphaned_for(&left.metadata, "a").is_some());
     }
 
     #[test]

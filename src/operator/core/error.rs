@@ -29,17 +29,6 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// Bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Unauthorized { .. } => "unauthorized",
-            StoreError::Rejected { .. } => "rejected",
-        }
-    }
-}
-
 /// A reconcile failure. Never carries a token.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -161,6 +150,7 @@ impl Error {
     }
 
     /// Every kind [`Error::kind`] can return.
+    #[cfg(test)]
     pub const KINDS: [&'static str; 20] = [
         "get_secret",
         "create_secret",

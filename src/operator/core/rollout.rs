@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::operator::resource::crd::{
-    ApiTokenStatus, Condition, RolloutKind, RolloutState, RolloutTarget, RolloutTargetStatus,
+    ApiTokenStatus, Condition, RolloutState, RolloutTarget, RolloutTargetStatus,
 };
 use kube::runtime::events::EventType;
 
@@ -424,15 +424,6 @@ pub fn patch(r: &Restart) -> serde_json::Value {
     serde_json::json!({"spec": {"template": {"metadata": {"annotations": {r.key.as_str(): r.value}}}}})
 }
 
-/// The target kinds, for the RBAC error message.
-pub fn kind_resource(kind: RolloutKind) -> &'static str {
-    match kind {
-        RolloutKind::Deployment => "deployments.apps",
-        RolloutKind::StatefulSet => "statefulsets.apps",
-        RolloutKind::DaemonSet => "daemonsets.apps",
-    }
-}
-
 /// The Event for a target restarted for a new token.
 pub fn restarted_note(r: &Restart) -> Note {
     Note {
@@ -488,6 +479,7 @@ pub fn unfollowable_note(report: &Report) -> Option<Note> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::resource::crd::RolloutKind;
     use serde_json::json;
 
     const KEY: &str = "loop.dev/restarted-for.shop-token";
