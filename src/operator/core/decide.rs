@@ -40,21 +40,14 @@ pub fn announce_overdue(
     now: Timestamp,
 ) -> Option<status::Overdue<'_>> {
     let s = previous?;
-    let said = s
-        .conditions
-        .iter()
-        .any(|c| c.type_ == condition::READY && c.reason == reason::ROTATION_OVERDUE);
+    let said = s.has_reason(condition::READY, reason::ROTATION_OVERDUE);
     if said { None } else { status::overdue(s, now) }
 }
 
 /// Whether the current token's being unused deserves an Event: the last status did not say
 /// `Unused=True` yet. Once per episode, like a stall.
 pub fn announce_unused(previous: Option<&ApiTokenStatus>) -> bool {
-    !previous.is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == condition::UNUSED && c.status == "True")
-    })
+    !previous.is_some_and(|s| s.is_true(condition::UNUSED))
 }
 
 /// The previous tokens the plan finds still in use half-way through their grace periods that
@@ -75,9 +68,7 @@ pub fn announce_still_in_use<'p>(previous: Option<&ApiTokenStatus>, p: &'p Plan)
 
 /// Whether a status says its token was revoked as unused (a hint when the Secret is lost).
 pub fn says_revoked_unused(s: &ApiTokenStatus) -> bool {
-    s.conditions
-        .iter()
-        .any(|c| c.type_ == condition::READY && c.reason == reason::REVOKED_UNUSED)
+    s.has_reason(condition::READY, reason::REVOKED_UNUSED)
 }
 
 /// How a newly computed status is written.

@@ -249,9 +249,7 @@ pub fn apply_to_status(old: &ApiTokenStatus, new: &mut ApiTokenStatus, report: &
     new.conditions.retain(|c| c.type_ != condition::RECONCILING);
     if let Some((why, message)) = report.reconciling() {
         let since = old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == condition::RECONCILING && c.status == "True")
+            .true_condition(condition::RECONCILING)
             .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
         new.conditions.push(Condition {
             type_: condition::RECONCILING.to_owned(),

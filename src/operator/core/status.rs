@@ -228,9 +228,8 @@ pub fn compute(
         .into_iter()
         .map(|(type_, status, reason, message)| {
             let since = old
-                .conditions
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
+                .condition(type_)
+                .filter(|c| c.status == status)
                 .map_or_else(|| ts(now), |c| c.last_transition_time.clone());
             Condition {
                 type_: type_.to_owned(),
@@ -291,9 +290,7 @@ fn unused_condition(
         }),
         (Outcome::Blocked(_), _) | (Outcome::Converged, None) => None,
         _ => old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == UNUSED && c.status == "True")
+            .true_condition(UNUSED)
             .map(|c| (UNUSED, "True", reason::IDLE, c.message.clone())),
     }
 }
@@ -373,11 +370,7 @@ pub fn replacement_patch(new: &ApiTokenStatus) -> Result<serde_json::Value, serd
 
 /// The readiness a status states.
 pub fn readiness(s: &ApiTokenStatus) -> Readiness {
-    let has = |t: &str| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == t && c.status == "True")
-    };
+    let has = |t: &str| s.is_true(t);
     if has(STALLED) {
         Readiness::Stalled
     } else if has(READY) {

@@ -533,6 +533,28 @@ pub struct PreviousToken {
     pub still_in_use: bool,
 }
 
+impl ApiTokenStatus {
+    /// The condition of this type (a status has at most one of each).
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// The condition of this type, when it is `True`.
+    pub fn true_condition(&self, type_: &str) -> Option<&Condition> {
+        self.condition(type_).filter(|c| c.status == "True")
+    }
+
+    /// The condition of this type is `True`.
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.true_condition(type_).is_some()
+    }
+
+    /// The condition of this type has this reason, whatever its status.
+    pub fn has_reason(&self, type_: &str, reason: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.reason == reason)
+    }
+}
+
 /// A status condition (the shape of `metav1.Condition`).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -625,6 +647,32 @@ mod tests {
         );
         assert_eq!(spec.rotation.grace_period, "1h");
         assert_eq!(spec.display_name, None);
+    }
+
+    #[test]
+    fn status_condition_helpers_read_type_status_and_reason() {
+        let cond = |type_: &str, status: &str, reason: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: String::new(),
+            observed_generation: None,
+        };
+        let s = ApiTokenStatus {
+            conditions: vec![
+                cond("Ready", "False", "Expired"),
+                cond("Stalled", "True", "X"),
+            ],
+            ..ApiTokenStatus::default()
+        };
+        assert!(s.is_true("Stalled") && !s.is_true("Ready") && !s.is_true("Unused"));
+        assert!(s.has_reason("Ready", "Expired") && !s.has_reason("Ready", "X"));
+        assert_eq!(
+            s.true_condition("Stalled").map(|c| c.reason.as_str()),
+            Some("X")
+        );
+        assert!(s.true_condition("Ready").is_none() && s.condition("Ready").is_some());
     }
 
     #[test]

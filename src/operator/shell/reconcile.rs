@@ -482,9 +482,8 @@ async fn hold(
     verdict: &Verdict,
 ) -> Result<Requeue, Error> {
     let already = tg.status().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == STALLED && c.status == "True" && c.reason == reason::POLICY_VIOLATION
-        })
+        s.true_condition(STALLED)
+            .is_some_and(|c| c.reason == reason::POLICY_VIOLATION)
     });
     if !already {
         tg.publish(&ctx.events, events::policy_violation(&verdict.message()))

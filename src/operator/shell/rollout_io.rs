@@ -15,7 +15,7 @@ use crate::operator::core::error::{Error, describe};
 use crate::operator::core::rollout::{self, Found, Report, Restart, TargetObs, Unfollowable};
 use crate::operator::core::vocabulary::{Desired, Plan};
 use crate::operator::resource::crd::RolloutKind;
-use crate::operator::resource::names::FIELD_MANAGER;
+use crate::operator::resource::names::{FIELD_MANAGER, condition, reason};
 use crate::operator::shell::context::Context;
 use crate::operator::shell::kube_io::Target;
 
@@ -188,10 +188,7 @@ async fn announce(tg: &Target<'_>, ctx: &Context, report: Report, plan: &Plan) -
             }
         }
         Report::Unfollowable(_) => {
-            let said = old.conditions.iter().any(|c| {
-                c.type_ == crate::operator::resource::names::condition::RECONCILING
-                    && c.reason == crate::operator::resource::names::reason::ROLLOUT_FORBIDDEN
-            });
+            let said = old.has_reason(condition::RECONCILING, reason::ROLLOUT_FORBIDDEN);
             if let Some(note) = rollout::unfollowable_note(&report).filter(|_| !said) {
                 tg.publish(&ctx.events, note).await;
             }
