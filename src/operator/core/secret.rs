@@ -25,6 +25,42 @@ const CACHED_FINGERPRINT: &str = "loop.dev/fingerprint:";
 /// What the Secret cache keeps in place of a rendered template value (which holds the token).
 const CACHED_RENDERED: &[u8] = b"loop.dev/rendered";
 
+/// The operator's annotations on a Secret, parsed once: the record of the token chain as
+/// written, whoever reads it (the plan through [`read`], the shell through the Secret it holds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Annotations {
+    pub token_id: Option<String>,
+    pub previous: Option<String>,
+    pub issued_at: Option<Timestamp>,
+    pub rotation: Option<String>,
+    /// `None` in a record written before the list existed.
+    pub retired: Option<Vec<Retired>>,
+    pub revoked_unused: Option<String>,
+    pub usage_from: Option<Timestamp>,
+    /// The data key the token was written under.
+    pub token_key: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+impl Annotations {
+    pub fn of(s: &Secret) -> Annotations {
+        let Some(a) = s.metadata.annotations.as_ref() else {
+            return Annotations::default();
+        };
+        Annotations {
+            token_id: a.get(ann::TOKEN_ID).cloned(),
+            previous: a.get(ann::PREVIOUS_TOKEN_ID).cloned(),
+            issued_at: a.get(ann::ISSUED_AT).and_then(|v| v.parse().ok()),
+            rotation: a.get(ann::ROTATION_REQUEST).cloned(),
+            retired: a.get(ann::RETIRED_TOKEN_IDS).map(|v| parse_retired(v)),
+            revoked_unused: a.get(ann::REVOKED_UNUSED).cloned(),
+            usage_from: a.get(ann::USAGE_COUNTED_FROM).and_then(|v| v.parse().ok()),
+            token_key: a.get(ann::TOKEN_KEY).cloned(),
+            fingerprint: a.get(ann::FINGERPRINT).cloned(),
+        }
+    }
+}
+
 /// The record a token is written with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -43,17 +79,14 @@ impl Record {
     /// decided (`issued_at`). `None` without a token id (then it is not a record the operator
     /// can restore).
     pub fn of(s: &Secret, issued_at: Timestamp) -> Option<Record> {
-        let a = s.metadata.annotations.as_ref()?;
+        let a = Annotations::of(s);
         Some(Record {
-            token_id: a.get(ann::TOKEN_ID)?.clone(),
-            previous: a.get(ann::PREVIOUS_TOKEN_ID).cloned(),
+            token_id: a.token_id?,
+            previous: a.previous,
             issued_at,
-            rotation: a.get(ann::ROTATION_REQUEST).cloned(),
-            retired: a
-                .get(ann::RETIRED_TOKEN_IDS)
-                .map(|v| parse_retired(v))
-                .unwrap_or_default(),
-            usage_from: a.get(ann::USAGE_COUNTED_FROM).and_then(|v| v.parse().ok()),
+            rotation: a.rotation,
+            retired: a.retired.unwrap_or_default(),
+            usage_from: a.usage_from,
         })
     }
 }
@@ -296,15 +329,12 @@ pub struct Read {
 /// gives the fingerprint but no token.
 pub fn read(s: &Secret, name: &str, uid: &str, d: &Desired) -> Read {
     let empty = BTreeMap::new();
-    let annotations = s.metadata.annotations.as_ref().unwrap_or(&empty);
+    let a = Annotations::of(s);
     let labels = s.metadata.labels.as_ref().unwrap_or(&empty);
     let owned = controlled_by(&s.metadata, uid);
     let (found, at_desired_key) = match token_at(s, &d.secret_key) {
         Some(f) => (Some(f), true),
-        None => (
-            annotations.get(ann::TOKEN_KEY).and_then(|k| token_at(s, k)),
-            false,
-        ),
+        None => (a.token_key.as_deref().and_then(|k| token_at(s, k)), false),
     };
     let (token, fingerprint) = match found {
         Some((token, fp)) => (token, Some(fp)),
@@ -315,24 +345,20 @@ pub fn read(s: &Secret, name: &str, uid: &str, d: &Desired) -> Read {
     let shape_ok = at_desired_key
         && labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
         && labels.get(API_TOKEN_LABEL).map(String::as_str) == Some(name)
-        && annotations.get(ann::FINGERPRINT) == fingerprint.as_ref()
-        && annotations.get(ann::TOKEN_KEY) == Some(&d.secret_key)
+        && a.fingerprint == fingerprint
+        && a.token_key.as_ref() == Some(&d.secret_key)
         && extras_ok(s, d);
     let obs = SecretObs {
         owned,
-        token_id: annotations.get(ann::TOKEN_ID).cloned(),
-        previous_token_id: annotations.get(ann::PREVIOUS_TOKEN_ID).cloned(),
-        issued_at: annotations.get(ann::ISSUED_AT).and_then(|v| v.parse().ok()),
-        rotation_request: annotations.get(ann::ROTATION_REQUEST).cloned(),
+        token_id: a.token_id,
+        previous_token_id: a.previous,
+        issued_at: a.issued_at,
+        rotation_request: a.rotation,
         fingerprint,
         shape_ok,
-        retired: annotations
-            .get(ann::RETIRED_TOKEN_IDS)
-            .map(|v| parse_retired(v)),
-        revoked_unused: annotations.get(ann::REVOKED_UNUSED).cloned(),
-        usage_from: annotations
-            .get(ann::USAGE_COUNTED_FROM)
-            .and_then(|v| v.parse().ok()),
+        retired: a.retired,
+        revoked_unused: a.revoked_unused,
+        usage_from: a.usage_from,
     };
     Read {
         obs,

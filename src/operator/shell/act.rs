@@ -21,7 +21,6 @@ use crate::operator::core::usage;
 use crate::operator::core::vocabulary::{
     Action, Desired, IssueReason, RegObs, Retired, RevokeReason,
 };
-use crate::operator::resource::names::secret_annotations;
 use crate::operator::shell::context::Context;
 use crate::operator::shell::crash;
 use crate::operator::shell::kube_io::Target;
@@ -171,21 +170,16 @@ async fn issue(
 /// The count of non-use (`spec.unused`) goes on through a new token, and starts again with a
 /// first token or after a token was revoked as unused.
 fn usage_from_at_issue(existing: Option<&Secret>, issued_at: Timestamp) -> Timestamp {
-    let a = existing.map(|s| s.annotations());
-    let carried = a
-        .and_then(|a| a.get(secret_annotations::USAGE_COUNTED_FROM))
-        .and_then(|v| v.parse().ok());
-    let restart = a.is_some_and(|a| a.contains_key(secret_annotations::REVOKED_UNUSED));
-    usage::counting_from_at_issue(carried, restart, issued_at)
+    let a = existing.map(secret::Annotations::of).unwrap_or_default();
+    usage::counting_from_at_issue(a.usage_from, a.revoked_unused.is_some(), issued_at)
 }
 
 /// After a new token replaced one revoked as unused, remove the mark from the Secret. Best
 /// effort: a mark left behind names another token than the Secret's, so it is ignored.
 async fn clear_unused_mark(tg: &Target<'_>, scene: &Scene<'_>, written: Secret) -> Secret {
-    let marked = scene.secret.is_some_and(|s| {
-        s.annotations()
-            .contains_key(secret_annotations::REVOKED_UNUSED)
-    });
+    let marked = scene
+        .secret
+        .is_some_and(|s| secret::Annotations::of(s).revoked_unused.is_some());
     if !marked {
         return written;
     }
@@ -213,8 +207,7 @@ async fn reregister(
     // not extend the token's life.
     let issued_at = scene
         .secret
-        .and_then(|s| s.annotations().get(secret_annotations::ISSUED_AT))
-        .and_then(|v| v.parse::<Timestamp>().ok());
+        .and_then(|s| secret::Annotations::of(s).issued_at);
     let expires_at = issued_at.and_then(|t| d.aging.expiry_of(t));
     ctx.store
         .register(
@@ -308,13 +301,11 @@ async fn mark_unused(
         id: id.to_owned(),
     };
     let existing = scene.secret.ok_or_else(changed)?;
-    let a = existing.annotations();
-    if a.get(secret_annotations::TOKEN_ID).map(String::as_str) != Some(id) {
+    let a = secret::Annotations::of(existing);
+    if a.token_id.as_deref() != Some(id) {
         return Err(changed());
     }
-    let key = a
-        .get(secret_annotations::TOKEN_KEY)
-        .map_or(scene.d.secret_key.as_str(), String::as_str);
+    let key = a.token_key.as_deref().unwrap_or(&scene.d.secret_key);
     let mut keys = secret::rendered_keys(existing);
     keys.push(key.to_owned());
     let written = tg.mark_unused(existing, &keys, id).await?;
