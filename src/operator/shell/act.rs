@@ -10,7 +10,6 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 
 use crate::api::ChangeReason;
 use crate::operator::core::error::{Error, StoreError};
