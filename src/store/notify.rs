@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::cache::Cache;
 use super::metrics::{ListenerRestart, Metrics};
@@ -39,15 +39,23 @@ pub fn spawn(
 ) -> Result<impl std::future::Future<Output = ()>, NoRandomness> {
     let channel = heartbeat_channel()?;
     let (trusted_tx, mut trusted_rx) = watch::channel(false);
+    let beat_now = Arc::new(Notify::new());
     tokio::spawn(heartbeat(
         options.clone(),
         channel.clone(),
         Arc::clone(&cache),
+        Arc::clone(&beat_now),
         shutdown.clone(),
     ));
-    tokio::spawn(listen(
-        options, channel, cache, metrics, trusted_tx, shutdown,
-    ));
+    let listener = Listener {
+        options,
+        channel,
+        cache,
+        metrics,
+        trusted: trusted_tx,
+        beat_now,
+    };
+    tokio::spawn(listener.run(shutdown));
     Ok(async move {
         let _ = trusted_rx.wait_for(|t| *t).await;
     })
@@ -75,6 +83,7 @@ async fn heartbeat(
     options: PgConnectOptions,
     channel: String,
     cache: Arc<Cache>,
+    beat_now: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let trust = cache.trust();
@@ -86,6 +95,8 @@ async fn heartbeat(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A new listener connection: prove it now rather than at the next tick.
+            _ = beat_now.notified() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         // Stamped before anything is sent: the heartbeat commits later than this, never
@@ -138,56 +149,64 @@ enum Ended {
     Restart(ListenerRestart),
 }
 
-async fn listen(
+/// The listener task's parts.
+struct Listener {
     options: PgConnectOptions,
     channel: String,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     trusted: watch::Sender<bool>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let silence = cache.trust().silence_limit();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let subscribed = tokio::select! {
-            s = tokio::time::timeout(silence, subscribe(&options, &channel)) => s,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        match subscribed {
-            Ok(Ok(listener)) => {
-                // Changes made while nobody listened are unknown: start afresh. This must come
-                // after `listen_all`: changes committed before the LISTEN took effect never reach
-                // this connection, and a heartbeat on it proves nothing about them; only reads
-                // made after this clear do. The cache answers again with the first heartbeat
-                // heard on this connection.
-                cache.untrust();
-                backoff = Duration::from_millis(100);
-                tracing::info!(
-                    channel = NOTIFY_CHANNEL,
-                    "listening for token changes by other store processes"
-                );
-                let ended = receive(listener, &channel, &cache, &trusted, &mut shutdown).await;
-                cache.untrust();
-                match ended {
-                    Ended::Shutdown => return,
-                    Ended::Restart(why) => metrics.listener_restart(why),
+    beat_now: Arc<Notify>,
+}
+
+impl Listener {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let cache = &self.cache;
+        let silence = cache.trust().silence_limit();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let subscribed = tokio::select! {
+                s = tokio::time::timeout(silence, subscribe(&self.options, &self.channel)) => s,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match subscribed {
+                Ok(Ok(listener)) => {
+                    // Changes made while nobody listened are unknown: start afresh. This must
+                    // come after `listen_all`: changes committed before the LISTEN took effect
+                    // never reach this connection, and a heartbeat on it proves nothing about
+                    // them; only reads made after this clear do. The cache answers again with
+                    // the first heartbeat heard on this connection, asked for at once.
+                    cache.untrust();
+                    self.beat_now.notify_one();
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(
+                        channel = NOTIFY_CHANNEL,
+                        "listening for token changes by other store processes"
+                    );
+                    let ended =
+                        receive(listener, &self.channel, cache, &self.trusted, &mut shutdown).await;
+                    cache.untrust();
+                    match ended {
+                        Ended::Shutdown => return,
+                        Ended::Restart(why) => self.metrics.listener_restart(why),
+                    }
+                }
+                failed => {
+                    cache.untrust();
+                    self.metrics.listener_restart(ListenerRestart::Error);
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {silence:?}"),
+                    };
+                    tracing::warn!(%error, retry_in = ?backoff, "cannot listen for token changes; introspection reads the database");
                 }
             }
-            failed => {
-                cache.untrust();
-                metrics.listener_restart(ListenerRestart::Error);
-                let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {silence:?}"),
-                };
-                tracing::warn!(%error, retry_in = ?backoff, "cannot listen for token changes; introspection reads the database");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {},
+                _ = shutdown.wait_for(|s| *s) => return,
             }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {},
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

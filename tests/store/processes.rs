@@ -343,6 +343,88 @@ async fn a_replica_behind_a_silent_link_never_answers_a_revoked_token_active_bey
     .await;
 }
 
+/// Issue 25's reconnect window: B's listener connection is ended by PostgreSQL
+/// (`pg_terminate_backend`, as a restart or an administrator does) while new connections to
+/// the database hang, and a token B has cached is revoked through A at that moment. B must stop
+/// answering from its cache as soon as it sees the loss, not when a reconnection it cannot
+/// finish gives up, nor when the trust bound runs out: the bound here is 30 s, and B must answer
+/// the revoked token inactive (from the database, over a connection it already has) well
+/// before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_stops_the_cache_at_once_even_when_reconnecting_hangs() {
+    /// Far more than the few milliseconds it takes B to see its connection end.
+    const SEEN_WITHIN: Duration = Duration::from_secs(5);
+    let url = support::postgres().await;
+    let proxy = Proxy::start(pg_addr(&url)).await;
+    let proxied = url.replace(&pg_addr(&url).to_string(), &proxy.addr.to_string());
+    let a = StoreProcess::start(&["--database-url", &url], &[]);
+    let b = StoreProcess::start(
+        &[
+            "--database-url",
+            &proxied,
+            "--cache-trust-bound",
+            "30s",
+            // A read that tries a new connection (which hangs here) gives up fast, so that
+            // the next one takes a connection B already has.
+            "--db-acquire-timeout",
+            "1s",
+            "--db-read-timeout",
+            "1s",
+        ],
+        &[],
+    );
+    let t = cached_by_b(&a, &b, "lost").await;
+
+    proxy.hold_new(true);
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let ports: Vec<i32> = proxy.client_ports().into_iter().map(i32::from).collect();
+    let ended: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE client_port = ANY($1) AND query LIKE 'LISTEN%'",
+    )
+    .bind(&ports)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        ended,
+        vec![(true,)],
+        "B's one listener connection was ended"
+    );
+    let (s, _) = a
+        .call(Method::DELETE, "/v1/tokens/lost", Some(ADMIN), None)
+        .await;
+    assert_eq!(s, 200);
+    let revoked = Instant::now();
+
+    let mut inactive_after = 0;
+    while revoked.elapsed() < SEEN_WITHIN * 3 {
+        let sent = revoked.elapsed();
+        let (s, v) = b.introspect(t.expose()).await;
+        let active = s == 200 && v["active"] == true;
+        assert!(
+            !active || sent < SEEN_WITHIN,
+            "B answered the revoked token active to a request sent {sent:?} after the revocation, its listener gone: {v}"
+        );
+        if sent >= SEEN_WITHIN && (s, &v) == (200, &json!({"active": false})) {
+            inactive_after += 1;
+        }
+    }
+    assert!(
+        inactive_after > 0,
+        "B answered from the database after the loss\n{}",
+        b.log_text()
+    );
+    let m = b.metrics().await;
+    assert!(
+        m.contains("loop_store_change_listener_restarts_total{reason=\"Lost\"} 1"),
+        "{m}"
+    );
+    assert!(!cache_trusted(&b).await, "no listener, no trust");
+}
+
 #[tokio::test]
 async fn shutdown_flushes_usage_and_sqlite_keeps_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -185,6 +185,10 @@ pub struct Proxy {
     accept: tokio::task::JoinHandle<()>,
     /// Bumped by [`Proxy::hold`]; a connection opened before the bump is held.
     holds: tokio::sync::watch::Sender<u64>,
+    /// [`Proxy::hold_new`]: connections accepted from now on are held from the start.
+    hold_new: Arc<AtomicBool>,
+    /// The local port of each connection to the target: the client port the server sees.
+    outbound_ports: Arc<Mutex<Vec<u16>>>,
 }
 
 impl Proxy {
@@ -197,6 +201,9 @@ impl Proxy {
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let (d, c) = (Arc::clone(&down), Arc::clone(&conns));
         let (holds, holds_rx) = tokio::sync::watch::channel(0u64);
+        let hold_new = Arc::new(AtomicBool::new(false));
+        let outbound_ports: Arc<Mutex<Vec<u16>>> = Arc::default();
+        let (hn, ports) = (Arc::clone(&hold_new), Arc::clone(&outbound_ports));
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if d.load(Ordering::SeqCst) {
@@ -205,8 +212,21 @@ impl Proxy {
                 }
                 let mut held = holds_rx.clone();
                 let opened_in = *held.borrow_and_update();
+                let held_from_start = hn.load(Ordering::SeqCst);
+                let ports = Arc::clone(&ports);
                 let task = tokio::spawn(async move {
+                    if held_from_start {
+                        // Accepted, never answered: a connection attempt that hangs.
+                        let _keep = &inbound;
+                        std::future::pending::<()>().await;
+                    }
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        if let Ok(local) = outbound.local_addr() {
+                            ports
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(local.port());
+                        }
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                             _ = async { let _ = held.wait_for(|h| *h > opened_in).await; } => {
@@ -228,7 +248,25 @@ impl Proxy {
             conns,
             accept,
             holds,
+            hold_new,
+            outbound_ports,
         }
+    }
+
+    /// From now on (until called with `false`), new connections are accepted and held: they
+    /// never reach the target and never close (a connection attempt that hangs). Open ones
+    /// pass as before.
+    pub fn hold_new(&self, on: bool) {
+        self.hold_new.store(on, Ordering::SeqCst);
+    }
+
+    /// The client ports the target has seen from this proxy (to find its sessions in
+    /// `pg_stat_activity`).
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.outbound_ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Hold every connection open now: from here on it forwards nothing and never closes
