@@ -46,7 +46,7 @@ use crate::token::TokenHash;
 pub const NOTIFY_CHANNEL: &str = "loop_store_tokens";
 
 /// The PostgreSQL advisory lock every audited write takes ("loopaudt").
-const AUDIT_LOCK: i64 = 0x6c6f_6f70_6175_6474;
+pub const AUDIT_LOCK: i64 = 0x6c6f_6f70_6175_6474;
 
 /// A storage failure, split by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,13 @@ pub enum RepoError {
 
 impl From<sqlx::Error> for RepoError {
     fn from(e: sqlx::Error) -> Self {
+        let retry_later = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| RETRY_LATER_CODES.contains(&c.as_ref()));
+        if retry_later {
+            return RepoError::Unavailable(e);
+        }
         match e {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
@@ -746,16 +753,38 @@ pub struct PostgresRepo {
 /// does not answer in time is closed instead (see [`PostgresRepo::open`]).
 pub const RELEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Settings of every PostgreSQL session of the store, for the server's side of its socket (sqlx
-/// sets no socket option on the client's side): keepalive probes after 10 s idle, every 5 s, 3
-/// of them; and data unacknowledged for 10 s ends the connection. So PostgreSQL ends, within
-/// about 25 s instead of about 2 hours, the session of a store that vanished behind a silent
-/// link, with its transaction and locks, and a listening session that no longer reads, which
-/// would otherwise hold back the notification queue of every listener. Sent as `SET` after
-/// connecting rather than as start-up options, which connection poolers such as PgBouncer
-/// refuse; a server that refuses them is logged and used as it is.
+/// Settings of every PostgreSQL session of the store.
+///
+/// For the server's side of its socket (sqlx sets no socket option on the client's side):
+/// keepalive probes after 10 s idle, every 5 s, 3 of them; and data unacknowledged for 10 s ends
+/// the connection. So PostgreSQL ends, within about 25 s instead of about 2 hours, the session
+/// of a store that vanished behind a silent link, and a listening session that no longer reads,
+/// which would otherwise hold back the notification queue of every listener.
+///
+/// For a store frozen in the middle of a transaction (its link held, its process stopped):
+/// every audited write takes one advisory lock, so such a session would stop every write of
+/// every replica. The store's transactions take milliseconds, so a session idle inside one for
+/// 5 s is ended (`idle_in_transaction_session_timeout`), which releases the lock; a write waits
+/// at most 10 s for a lock (`lock_timeout`) and a statement runs at most 30 s
+/// (`statement_timeout`), then fails as unavailable (503, "retry later") instead of piling up.
+///
+/// Sent as `SET` after connecting rather than as start-up options, which connection poolers
+/// such as PgBouncer refuse; a server that refuses them is logged and used as it is.
 const SESSION_SETTINGS: &str = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
-     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000";
+     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000; \
+     SET idle_in_transaction_session_timeout = 5000; SET lock_timeout = 10000; \
+     SET statement_timeout = 30000";
+
+/// PostgreSQL's error codes for a statement stopped by one of [`SESSION_SETTINGS`]' limits (or
+/// an administrator), or a session ended: retry later.
+const RETRY_LATER_CODES: [&str; 6] = [
+    "55P03", // lock_not_available (lock_timeout)
+    "57014", // query_canceled (statement_timeout)
+    "25P03", // idle_in_transaction_session_timeout
+    "57P01", // admin_shutdown (pg_terminate_backend, a shutdown)
+    "57P02", // crash_shutdown
+    "57P03", // cannot_connect_now (starting up, or a standby being promoted)
+];
 
 /// Apply [`SESSION_SETTINGS`] to a new connection.
 pub async fn tune_session(conn: &mut sqlx::PgConnection) {

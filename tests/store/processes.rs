@@ -425,6 +425,59 @@ async fn a_lost_listener_stops_the_cache_at_once_even_when_reconnecting_hangs() 
     assert!(!cache_trusted(&b).await, "no listener, no trust");
 }
 
+/// Issue 25: every audited write of every replica takes one advisory lock, so a replica frozen
+/// inside a write (its link held, its process stopped) would stop every revocation everywhere
+/// until PostgreSQL noticed the dead peer, about 2 hours by default. The store's sessions end a
+/// transaction left idle for 5 s: a revocation through another replica then waits seconds, not
+/// hours, and the frozen session is the one PostgreSQL ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_frozen_inside_a_write_holds_other_writes_back_for_seconds() {
+    use loop_token_operator::store::repo::{AUDIT_LOCK, PoolSettings, pg_pool_options};
+    let url = support::postgres().await;
+    let a = StoreProcess::start(&["--database-url", &url], &[]);
+    let t = Token::mint().unwrap();
+    assert_eq!(
+        a.register("frozen", t.hash().as_str(), &["orders:read"])
+            .await
+            .0,
+        201
+    );
+    // A replica frozen in the middle of an audited write: a session made as the store makes
+    // them, inside a transaction that holds the audit lock, which then never says a word.
+    let frozen = pg_pool_options(&PoolSettings::default())
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut tx = frozen.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(AUDIT_LOCK)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let (s, v) = support::within(60, "the revocation behind the frozen session", async {
+        a.call(Method::DELETE, "/v1/tokens/frozen", Some(ADMIN), None)
+            .await
+    })
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(s, 200, "{v}");
+    eprintln!("a revocation behind a frozen session answered after {waited:?}");
+    assert_eq!(a.introspect(t.expose()).await.1, json!({"active": false}));
+    // PostgreSQL ended the frozen session (its transaction, and the lock with it).
+    let err = sqlx::query("SELECT 1")
+        .execute(&mut *tx)
+        .await
+        .expect_err("the frozen session was ended");
+    let text = format!("{err}");
+    assert!(
+        text.contains("idle-in-transaction") || text.contains("connection"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_flushes_usage_and_sqlite_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
