@@ -116,6 +116,17 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "another loop-store process is serving the SQLite database {path} (it holds {lock}); SQLite supports one store process per file: stop the other one, or use PostgreSQL (--database-url postgres://...) for several replicas"
+    )]
+    SqliteInUse { path: String, lock: String },
+    #[error("cannot lock the SQLite database {path} (with {lock})")]
+    SqliteLock {
+        path: String,
+        lock: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the database {url}")]
     Database {
         url: String,
@@ -253,6 +264,39 @@ fn create_private_file(path: &Path) -> Result<(), StartError> {
     }
 }
 
+/// Hold the SQLite file for this process alone: an exclusive `flock` on `<file>.lock`, kept
+/// until the returned file is dropped (at exit). Two store processes on one file would each
+/// trust their own cache and miss the other's revocations; the second is refused at start.
+/// (A separate file: closing any descriptor of the database file itself would drop SQLite's own
+/// POSIX locks.)
+fn lock_sqlite(path: &Path) -> Result<std::fs::File, StartError> {
+    let lock = PathBuf::from(format!("{}.lock", path.display()));
+    let (shown, shown_lock) = (path.display().to_string(), lock.display().to_string());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
+        .open(&lock)
+        .map_err(|source| StartError::SqliteLock {
+            path: shown.clone(),
+            lock: shown_lock.clone(),
+            source,
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StartError::SqliteInUse {
+            path: shown,
+            lock: shown_lock,
+        }),
+        Err(e) => Err(StartError::SqliteLock {
+            path: shown,
+            lock: shown_lock,
+            source: e.into(),
+        }),
+    }
+}
+
 /// Hide the password of a database URL for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -293,6 +337,8 @@ struct Parts {
     repo: Arc<dyn Repository>,
     metrics: Arc<Metrics>,
     backend_url: String,
+    /// The SQLite file's lock, held while the store runs.
+    sqlite_lock: Option<std::fs::File>,
 }
 
 /// Read the configuration's files, open the database and build the HTTP state.
@@ -307,6 +353,9 @@ async fn open_parts(
         None => Catalogue::default(),
     };
     let url = database_url(cfg)?;
+    let sqlite_lock = sqlite_path(&url)
+        .map(|p| lock_sqlite(Path::new(p)))
+        .transpose()?;
     let opened = repo::open(&url, &cfg.pool)
         .await
         .map_err(|source| StartError::Database {
@@ -362,6 +411,7 @@ async fn open_parts(
         repo,
         metrics,
         backend_url: redact_url(&url),
+        sqlite_lock,
     })
 }
 
@@ -396,6 +446,7 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
     tracing::info!(%addr, scheme, backend = parts.repo.backend(), database = %parts.backend_url, cache = cfg.introspection_cache, "listening");
     let app = http::app(parts.state);
     let writer = parts.writer;
+    let sqlite_lock = parts.sqlite_lock;
     let drain_deadline = cfg.limits.shutdown_deadline;
     let task = tokio::spawn(async move {
         listen::serve(listener, tls, app, cfg.limits, shutdown_rx).await;
@@ -409,6 +460,8 @@ pub async fn start(cfg: ServeConfig, clock: Clock) -> Result<Running, StartError
             tracing::warn!(deadline = ?drain_deadline, "writes still running at the shutdown deadline; exiting without them");
         }
         let _ = flusher.await;
+        // The last write is done: another process may take the file now.
+        drop(sqlite_lock);
         Ok(())
     });
     Ok(Running {

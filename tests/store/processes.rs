@@ -504,6 +504,32 @@ async fn shutdown_flushes_usage_and_sqlite_keeps_it() {
     assert!(v["lastUsedAt"].is_string());
 }
 
+/// Issue 25: two stores on one SQLite file would each trust their own cache, and neither would
+/// hear the other's revocations. The second is refused at start, with what to do; once the
+/// first has stopped, the file can be served again.
+#[test]
+fn a_second_store_on_one_sqlite_file_is_refused() {
+    use support::store::INTROSPECT;
+    let dir = tempfile::tempdir().unwrap();
+    let args = sqlite_args(dir.path());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = StoreProcess::start(&argv, &[]);
+    let creds = [
+        ("LOOP_STORE_ADMIN_TOKEN", ADMIN),
+        ("LOOP_STORE_INTROSPECT_TOKEN", INTROSPECT),
+    ];
+    let err = start_failure(&argv, &creds);
+    assert!(
+        err.contains("another loop-store process is serving the SQLite database")
+            && err.contains("use PostgreSQL"),
+        "{err}"
+    );
+    let status = first.terminate();
+    assert!(status.success(), "loop-store exited with {status}");
+    let again = StoreProcess::start(&argv, &[]);
+    drop(again);
+}
+
 #[test]
 fn start_up_errors_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
