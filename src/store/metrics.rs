@@ -104,6 +104,8 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     cache_trusted: Gauge,
     heartbeat_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
+    skew: std::sync::OnceLock<Arc<crate::clock::Skew>>,
     usage_flush_failures: Counter,
     listener_restarts: Family<RestartLabels, Counter>,
 }
@@ -147,6 +149,12 @@ impl Metrics {
             "PostgreSQL: how long ago the latest heartbeat that came back through the change listener was sent (the cache answers while this is below --cache-trust-bound; NaN while none came back on the current connection)",
             heartbeat_age.clone(),
         );
+        let clock_offset = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "database_clock_offset_seconds",
+            "PostgreSQL: how far the database's clock is ahead of this process's (the store follows the database's clock, so that every replica agrees on expiry)",
+            clock_offset.clone(),
+        );
         let usage_flush_failures = Counter::default();
         registry.register(
             "usage_flush_failures",
@@ -168,6 +176,8 @@ impl Metrics {
             cache,
             cache_trusted,
             heartbeat_age,
+            clock_offset,
+            skew: std::sync::OnceLock::new(),
             usage_flush_failures,
         })
     }
@@ -219,8 +229,18 @@ impl Metrics {
         self.usage_flush_failures.inc();
     }
 
+    /// Report the database clock's offset from `skew` (PostgreSQL only).
+    pub fn follow_skew(&self, skew: Arc<crate::clock::Skew>) {
+        let _ = self.skew.set(skew);
+    }
+
     /// OpenMetrics text.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        if let Some(skew) = self.skew.get() {
+            // Milliseconds, exactly representable.
+            #[allow(clippy::cast_precision_loss)]
+            self.clock_offset.set(skew.offset_ms() as f64 / 1000.0);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -27,6 +27,7 @@ use tokio::sync::{Notify, watch};
 use super::cache::Cache;
 use super::metrics::{ListenerRestart, Metrics};
 use super::repo::{NOTIFY_CHANNEL, tune_session};
+use crate::clock::{Clock, Skew};
 use crate::token::TokenHash;
 
 /// Start both tasks. The returned future resolves once the cache is first trusted (a heartbeat
@@ -35,6 +36,7 @@ pub fn spawn(
     options: PgConnectOptions,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
+    clock: (Clock, Arc<Skew>),
     shutdown: watch::Receiver<bool>,
 ) -> Result<impl std::future::Future<Output = ()>, NoRandomness> {
     let channel = heartbeat_channel()?;
@@ -45,6 +47,7 @@ pub fn spawn(
         channel.clone(),
         Arc::clone(&cache),
         Arc::clone(&beat_now),
+        clock,
         shutdown.clone(),
     ));
     let listener = Listener {
@@ -84,6 +87,7 @@ async fn heartbeat(
     channel: String,
     cache: Arc<Cache>,
     beat_now: Arc<Notify>,
+    (clock, skew): (Clock, Arc<Skew>),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let trust = cache.trust();
@@ -102,6 +106,7 @@ async fn heartbeat(
         // Stamped before anything is sent: the heartbeat commits later than this, never
         // earlier, so the proof it carries is on the safe side.
         let sent = Instant::now();
+        let before_ms = clock();
         let outcome = tokio::time::timeout(deadline, async {
             if conn.is_none() {
                 let mut c = PgConnection::connect_with(&options).await?;
@@ -109,14 +114,19 @@ async fn heartbeat(
                 conn = Some(c);
             }
             let Some(c) = conn.as_mut() else {
-                return Ok(());
+                return Ok::<(), sqlx::Error>(());
             };
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&channel)
-                .bind(trust.stamp(sent))
-                .execute(c)
-                .await
-                .map(|_| ())
+            // The database's clock, read in the same round trip (see `crate::clock::Skew`).
+            let (db_ms,): (i64,) = sqlx::query_as(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+                 FROM pg_notify($1, $2)",
+            )
+            .bind(&channel)
+            .bind(trust.stamp(sent))
+            .fetch_one(c)
+            .await?;
+            skew.observe(before_ms, db_ms, clock());
+            Ok(())
         })
         .await;
         match outcome {

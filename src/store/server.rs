@@ -23,7 +23,7 @@ use super::tls::{self, ReloadingCert, TlsError, TlsFiles};
 use super::trust::Trust;
 use super::usage::Usage;
 use super::writes::Writer;
-use crate::clock::{Clock, system_clock};
+use crate::clock::{Clock, Skew, corrected, system_clock};
 use crate::serve::{
     CredentialError, SecretFileError, check_secret_file, read_credential, shutdown_signal,
 };
@@ -344,7 +344,7 @@ struct Parts {
 /// Read the configuration's files, open the database and build the HTTP state.
 async fn open_parts(
     cfg: &ServeConfig,
-    clock: Clock,
+    mut clock: Clock,
     shutdown_rx: &watch::Receiver<bool>,
 ) -> Result<Parts, StartError> {
     let credentials = credentials(cfg)?;
@@ -373,10 +373,15 @@ async fn open_parts(
         Some(pool) => {
             let cache = Arc::new(Cache::new(Trust::bounded(cfg.cache_trust_bound)));
             let options = (*pool.connect_options()).clone();
+            let skew = Arc::new(Skew::default());
+            let local = Arc::clone(&clock);
+            clock = corrected(Arc::clone(&local), Arc::clone(&skew));
+            metrics.follow_skew(Arc::clone(&skew));
             let trusted = notify::spawn(
                 options,
                 Arc::clone(&cache),
                 Arc::clone(&metrics),
+                (local, skew),
                 shutdown_rx.clone(),
             )?;
             // Serve once the cache is trusted (or after 10 s, reading the database).

@@ -478,6 +478,53 @@ async fn a_session_frozen_inside_a_write_holds_other_writes_back_for_seconds() {
     );
 }
 
+/// Issue 25: each replica decides expiry by a clock; a replica whose clock is 60 s behind would
+/// answer an expired token active for 60 s. The store follows the database's clock, read with
+/// every heartbeat: B, on a clock 60 s behind (libfaketime), answers the expired token inactive
+/// as soon as A does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_is_behind_expires_tokens_on_the_database_clock() {
+    use jiff::{SignedDuration, Timestamp};
+    let url = support::postgres().await;
+    let behind = support::clock::FakeClock::new();
+    behind.advance(SignedDuration::from_secs(-60));
+    let envs = behind.envs();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = StoreProcess::start(&["--database-url", &url], &[]);
+    let b = StoreProcess::start(&["--database-url", &url], &envs);
+    eventually(30, "B to measure the database's clock", || async {
+        let m = b.metrics().await;
+        let offset = m
+            .lines()
+            .find_map(|l| l.strip_prefix("loop_store_database_clock_offset_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())?;
+        ((59.0..61.0).contains(&offset)).then_some(())
+    })
+    .await;
+
+    let t = Token::mint().unwrap();
+    let expires = Timestamp::now() + SignedDuration::from_secs(3);
+    let body = json!({
+        "hash": t.hash().as_str(), "name": "expiring", "scopes": ["orders:read"],
+        "owner": {"cluster": "test", "namespace": "ns", "name": "e", "uid": "uid-e"},
+        "expiresAt": expires.to_string(),
+    });
+    let (s, v) = a
+        .call(Method::PUT, "/v1/tokens/expiring", Some(ADMIN), Some(body))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(b.introspect(t.expose()).await.1["active"], true);
+    eventually(30, "A to answer the token expired", || async {
+        (a.introspect(t.expose()).await.1 == json!({"active": false})).then_some(())
+    })
+    .await;
+    assert_eq!(
+        b.introspect(t.expose()).await,
+        (200, json!({"active": false})),
+        "B, 60 s behind, answers the expired token as the database's clock says"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_flushes_usage_and_sqlite_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
