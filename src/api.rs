@@ -296,6 +296,9 @@ pub struct ListQuery {
     /// Only tokens of this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Only tokens of this cluster (the owner's `cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Only active (`true`) or inactive (`false`) tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,

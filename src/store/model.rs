@@ -422,6 +422,7 @@ pub struct EventFilter {
 pub struct ListFilter {
     pub owner_uid: Option<String>,
     pub namespace: Option<String>,
+    pub cluster: Option<String>,
     pub active: Option<bool>,
     pub after: Option<String>,
     pub limit: u32,

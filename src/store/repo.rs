@@ -248,7 +248,7 @@ fn corrupt(e: impl std::fmt::Display) -> RepoError {
 /// The list query with only the filters that are set, so that each one is a plain comparison the
 /// planner can serve from an index. (`($1 IS NULL OR owner_uid = $1)` made SQLite scan the whole
 /// table on every list by owner, which the operator does on every reconcile.) Placeholders are
-/// numbered in the order [`list`](Repository::list) binds them: owner, namespace, active and now,
+/// numbered in the order [`list`](Repository::list) binds them: owner, namespace, cluster, active and now,
 /// after, limit.
 fn list_sql(f: &ListFilter) -> String {
     let mut n = 0;
@@ -262,6 +262,9 @@ fn list_sql(f: &ListFilter) -> String {
     }
     if f.namespace.is_some() {
         clauses.push(format!("owner_namespace = {}", next()));
+    }
+    if f.cluster.is_some() {
+        clauses.push(format!("owner_cluster = {}", next()));
     }
     if f.active.is_some() {
         let (active, now) = (next(), next());
@@ -602,6 +605,9 @@ macro_rules! sql_repository {
                 if let Some(ns) = f.namespace.as_deref() {
                     q = q.bind(ns);
                 }
+                if let Some(cluster) = f.cluster.as_deref() {
+                    q = q.bind(cluster);
+                }
                 if let Some(active) = f.active {
                     q = q.bind(active).bind(now_ms);
                 }
@@ -939,14 +945,16 @@ mod tests {
         let all = list_sql(&ListFilter {
             owner_uid: Some("u".into()),
             namespace: Some("n".into()),
+            cluster: Some("c".into()),
             active: Some(true),
             after: Some("a".into()),
             limit: 5,
         });
         assert!(
             all.ends_with(
-                "WHERE owner_uid = $1 AND owner_namespace = $2 AND $3 = (revoked_at IS NULL AND \
-                 (expires_at IS NULL OR expires_at > $4)) AND id > $5 ORDER BY id LIMIT $6"
+                "WHERE owner_uid = $1 AND owner_namespace = $2 AND owner_cluster = $3 AND \
+                 $4 = (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $5)) AND \
+                 id > $6 ORDER BY id LIMIT $7"
             ),
             "{all}"
         );

@@ -315,6 +315,32 @@ async fn lists_filter_by_owner_namespace_and_activity_and_page(repo: Arc<dyn Rep
         ..Default::default()
     };
     assert_eq!(ids(repo.list(&page2, 10).await.unwrap()), ["a3", "b1"]);
+    // By cluster: another cluster's registration is not listed.
+    let other = Owner {
+        cluster: "other".into(),
+        ..owner("uc", "n1")
+    };
+    repo.register(
+        &new_token("c1", &fresh_hash(), &["orders:read"], other),
+        M,
+        1,
+    )
+    .await
+    .unwrap();
+    let by_cluster = |c: &str| ListFilter {
+        cluster: Some(c.into()),
+        active: Some(true),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(repo.list(&by_cluster("dev"), 10).await.unwrap()),
+        ["a1", "a3", "b1"]
+    );
+    assert_eq!(
+        ids(repo.list(&by_cluster("other"), 10).await.unwrap()),
+        ["c1"]
+    );
 }
 
 async fn usage_is_additive(repo: Arc<dyn Repository>) {

@@ -134,6 +134,7 @@ fn filter(q: ListQuery) -> Result<(ListFilter, u32), ApiError> {
     let filter = ListFilter {
         owner_uid: q.owner_uid,
         namespace: q.namespace,
+        cluster: q.cluster,
         active: q.active,
         after: q.after,
         limit: limit + 1,
