@@ -64,6 +64,12 @@ struct RunArgs {
     /// How often usage figures (last used, use count) are read from the store.
     #[arg(long, env = "LOOP_USAGE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     usage_interval: Duration,
+    /// How often to revoke the store's active registrations of this cluster that no live
+    /// ApiToken owns and no Secret of the operator holds: revocations lost by a restore of the
+    /// store's database or a failover. Also once at start-up; 0 turns it off. See
+    /// docs/operator.md ("The sweep").
+    #[arg(long, env = "LOOP_SWEEP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    sweep_interval: Duration,
     /// Timeout of each call to the store.
     #[arg(long, env = "LOOP_STORE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     store_timeout: Duration,
@@ -153,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_addr: a.metrics_addr,
         concurrency: a.concurrency,
         usage_interval: a.usage_interval,
+        sweep_interval: a.sweep_interval,
         store_timeout: a.store_timeout,
         retry_after: a.retry_after,
         // Test hook for the crash tests (debug builds only); undocumented in --help on purpose.

@@ -650,3 +650,73 @@ async fn orphan_keeps_the_token_for_the_next_apitoken_of_that_name() {
     })
     .await;
 }
+
+/// Completed sweeps, from the operator's metrics.
+async fn sweeps(operator: &OperatorProcess) -> f64 {
+    operator
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("loop_operator_sweeps_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 25: a revocation that was lost (a restore of the store's database from before it, a
+/// failover to a standby that had not received it) brings back a registration whose ApiToken
+/// is gone, and nothing revoked it again. The sweep does: the store's active registrations of
+/// this cluster that no live ApiToken owns and no Secret of the operator holds are revoked;
+/// a live ApiToken's, an orphan's (`deletionPolicy: Orphan`) and another cluster's stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_revokes_registrations_that_nothing_accounts_for() {
+    with_namespace("tenancy-sweep", |cp, ns| async move {
+        let t = tenant(cp, ns).await;
+        let ns = t.ns.clone();
+        let register = |id: &'static str, cluster: &'static str| {
+            let token = loop_token_operator::token::Token::mint().unwrap();
+            let body = json!({
+                "hash": token.hash().as_str(), "name": id, "scopes": ["orders:read"],
+                "owner": {"cluster": cluster, "namespace": ns.clone(), "name": id, "uid": format!("uid-{id}")},
+            });
+            (token, body)
+        };
+        let (lost, body) = register("restored", "e2e");
+        t.store_call(Method::PUT, "/v1/tokens/restored", Some(ADMIN), Some(body)).await;
+        let (foreign, body) = register("foreign", "another-cluster");
+        t.store_call(Method::PUT, "/v1/tokens/foreign", Some(ADMIN), Some(body)).await;
+        assert!(t.active(lost.expose()).await && t.active(foreign.expose()).await);
+
+        let operator = OperatorProcess::builder(&t.cp, &t.store, &ns)
+            .args(&["--sweep-interval", "1s"])
+            .start();
+        t.apply_ok(&token_yaml("live", "  scopes: [orders:read]\n"));
+        t.wait_ready("live").await;
+        let live = t.secret_token("live").await;
+        t.apply_ok(&token_yaml("keep", "  scopes: [orders:read]\n  deletionPolicy: Orphan\n"));
+        t.wait_ready("keep").await;
+        let orphan = t.secret_token("keep").await;
+        t.kubectl(&["delete", "apitoken", "keep", "--timeout=90s"]);
+        assert!(t.active(&orphan).await, "the orphan's token stays registered");
+
+        eventually(120, "the sweep to revoke the restored registration", || async {
+            (!t.active(lost.expose()).await).then_some(())
+        })
+        .await;
+        // Two more whole sweeps after the orphan was left behind: the others still stand.
+        let done = sweeps(&operator).await;
+        eventually(120, "two more sweeps", || async {
+            (sweeps(&operator).await >= done + 2.0).then_some(())
+        })
+        .await;
+        assert!(t.active(&live).await, "a live ApiToken's token stays");
+        assert!(t.active(&orphan).await, "an orphan's token stays");
+        assert!(t.active(foreign.expose()).await, "another cluster's token is not ours to judge");
+        let events = t
+            .store_call(Method::GET, "/v1/tokens/restored/events", Some(ADMIN), None)
+            .await;
+        let last = events["items"].as_array().and_then(|e| e.last()).cloned().unwrap_or_default();
+        assert_eq!((last["kind"].as_str(), last["reason"].as_str()), (Some("revoked"), Some("deleted")), "{events}");
+        assert!(operator.logged("revoked a registration whose ApiToken no longer exists"));
+    })
+    .await;
+}

@@ -15,7 +15,8 @@
 //! - [`secret`]: the Secret record (the Secret to write, reading one back, the cache form);
 //! - [`events`]: the wording of every Event;
 //! - [`watch`]: what the watch caches keep and which changes wake the controller;
-//! - [`error`]: the reconcile error, one variant per failed operation, and the store's errors.
+//! - [`error`]: the reconcile error, one variant per failed operation, and the store's errors;
+//! - [`sweep`]: which of the cluster's registrations nothing accounts for any more.
 
 pub mod decide;
 pub mod deletion;
@@ -28,6 +29,7 @@ pub mod schedule;
 pub mod secret;
 pub mod spec;
 pub mod status;
+pub mod sweep;
 pub mod usage;
 pub mod vocabulary;
 pub mod watch;

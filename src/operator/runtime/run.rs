@@ -25,6 +25,7 @@ use crate::operator::shell::kube_io::Publisher;
 use crate::operator::shell::metrics::Metrics;
 use crate::operator::shell::reconcile::{error_policy, reconcile};
 use crate::operator::shell::store_client::{StoreClient, Trust};
+use crate::operator::shell::sweep_io;
 use crate::operator::shell::tenancy::{self, TenancyConfig, TenancyError, Watches};
 use crate::serve::{self, CredentialError, SecretFileError};
 
@@ -50,6 +51,9 @@ pub struct RunConfig {
     /// Export per-ApiToken expiry and next-rotation gauges (labelled by namespace and name).
     pub per_token_metrics: bool,
     pub tenancy: TenancyConfig,
+    /// How often the store's registrations of this cluster that nothing accounts for are
+    /// revoked (see [`crate::operator::core::sweep`]); zero: never.
+    pub sweep_interval: Duration,
 }
 
 /// Why the operator cannot start.
@@ -151,13 +155,29 @@ pub async fn run(cfg: RunConfig) -> Result<(), StartError> {
         },
         None => None,
     };
+    let sweeping = sweep(Arc::clone(&ctx), cfg.namespace.clone(), cfg.sweep_interval);
     let controller = controller(&client, &cfg, ctx, secret_cache, watches);
+    // The sweep runs beside the controller, while this process leads, and stops with it.
+    let work = async move {
+        tokio::select! {
+            () = controller => {}
+            () = sweeping => {}
+        }
+    };
     match lease {
-        None => controller.await,
-        Some(lease) => leader::run_while_leading(controller, lease).await?,
+        None => work.await,
+        Some(lease) => leader::run_while_leading(work, lease).await?,
     }
     tracing::info!("loop-token-operator stopped");
     Ok(())
+}
+
+/// The sweep, for ever (or never, with a zero interval).
+async fn sweep(ctx: Arc<Context>, namespace: Option<String>, every: Duration) {
+    if every.is_zero() {
+        return std::future::pending().await;
+    }
+    sweep_io::run(&ctx, namespace.as_deref(), every).await;
 }
 
 /// Which certificates the store client trusts.

@@ -65,6 +65,7 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     reconcile_seconds: Histograms<ResultLabels>,
     actions: Family<ActionLabels, Counter>,
+    sweeps: Counter,
     store_seconds: Histograms<StoreLabels>,
     tokens: Family<StateLabels, Gauge>,
     states: Mutex<HashMap<String, Readiness>>,
@@ -92,6 +93,12 @@ impl Metrics {
             "token_actions",
             "Actions taken: issue, rotate, update, expire, revoke, reregister, repair_secret",
             actions.clone(),
+        );
+        let sweeps = Counter::default();
+        registry.register(
+            "sweeps",
+            "Sweeps completed (store registrations of this cluster checked against the live ApiTokens and Secrets; revocations count as token_actions{action=\"sweep_revoke\"})",
+            sweeps.clone(),
         );
         let store_seconds: Histograms<StoreLabels> = Family::new_with_constructor(seconds);
         registry.register(
@@ -129,6 +136,7 @@ impl Metrics {
             reconciles,
             reconcile_seconds,
             actions,
+            sweeps,
             store_seconds,
             tokens,
             states: Mutex::default(),
@@ -183,6 +191,10 @@ impl Metrics {
                 action: action.to_owned(),
             })
             .inc();
+    }
+
+    pub fn swept(&self) {
+        self.sweeps.inc();
     }
 
     pub fn store_call(&self, operation: &'static str, seconds: f64, outcome: &'static str) {

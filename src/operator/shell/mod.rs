@@ -12,6 +12,7 @@
 //! - [`store_client`]: the client of `loop-store`;
 //! - [`cache`]: the compact watch caches ([`super::core::watch`] says what they keep);
 //! - [`metrics`]: Prometheus metrics;
+//! - [`sweep_io`]: the sweep of registrations nothing accounts for ([`super::core::sweep`] decides);
 //! - [`crash`]: the crash-test hook.
 
 pub mod act;
@@ -24,4 +25,5 @@ pub mod metrics;
 pub mod reconcile;
 pub mod rollout_io;
 pub mod store_client;
+pub mod sweep_io;
 pub mod tenancy;

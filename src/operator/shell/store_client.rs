@@ -18,6 +18,7 @@ use crate::api::{
     RevokeQuery, TokenList, TokenView,
 };
 use crate::operator::core::error::StoreError;
+use crate::operator::core::sweep::Registration;
 use crate::operator::core::vocabulary::RegObs;
 use crate::token::TokenHash;
 
@@ -195,6 +196,47 @@ impl StoreClient {
                 .await
                 .map_err(|e| StoreError::Unavailable(without_url(&e)))?;
             out.extend(page.items.iter().map(reg_obs));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The active registrations of `cluster` (in `namespace` only, when given), for the sweep.
+    pub async fn list_cluster(
+        &self,
+        cluster: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Registration>, StoreError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let q = ListQuery {
+                cluster: Some(cluster.to_owned()),
+                namespace: namespace.map(str::to_owned),
+                active: Some(true),
+                after: after.take(),
+                limit: Some(MAX_PAGE),
+                ..ListQuery::default()
+            };
+            let resp = self
+                .send(
+                    "list",
+                    self.http.get(format!("{}/v1/tokens", self.base)).query(&q),
+                )
+                .await?;
+            let page: TokenList = resp
+                .json()
+                .await
+                .map_err(|e| StoreError::Unavailable(without_url(&e)))?;
+            out.extend(page.items.into_iter().map(|v| Registration {
+                id: v.id,
+                owner_uid: v.owner.uid,
+                owner_namespace: v.owner.namespace,
+                owner_name: v.owner.name,
+                fingerprint: v.fingerprint,
+            }));
             match page.next {
                 Some(n) => after = Some(n),
                 None => return Ok(out),
