@@ -1,6 +1,6 @@
 //! The reconcile shell's own decisions, as small pure functions: when a plan made from the
 //! watch cache may be acted on, when a problem deserves an Event, how a status is written, what
-//! follows a failure, and when to come back. No I/O; [`crate::operator::shell::reconcile`] calls them.
+//! follows a failure, and when to come back. No I/O; the reconcile shell calls them.
 //!
 //! [`crate::operator::core::plan`] decides what to do with the token; these decide how the shell observes and
 //! reports, which is where requests to the API server are saved or spent.

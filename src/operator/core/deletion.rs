@@ -1,5 +1,5 @@
 //! What deleting an ApiToken does to its tokens, and when a later ApiToken of the same name may
-//! take over what an earlier one left behind. Pure: no I/O; [`crate::operator::shell::handover`] acts on it.
+//! take over what an earlier one left behind. Pure: no I/O; the shell's handover acts on it.
 //!
 //! - **Revoke** (`deletionPolicy: Revoke`, the default): every token the ApiToken registered is
 //!   revoked before the finalizer goes; with the store down, deletion waits and says why.

@@ -1,6 +1,6 @@
 //! Tenancy decisions: which ApiTokenPolicies govern a namespace, how they combine, whether an
 //! ApiToken keeps to them, and the digest the chart's admission policy reads. Pure: no I/O;
-//! [`crate::operator::shell::tenancy`] feeds it the watched policies and namespaces.
+//! The shell's tenancy module feeds it the watched policies and namespaces.
 //!
 //! **How policies combine.** A namespace is governed by every policy whose `namespaceSelector`
 //! selects it (its labels; `{}` selects all):

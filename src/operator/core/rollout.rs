@@ -1,6 +1,6 @@
 //! Restarting the apps that read the token: which rollout targets to patch and with what value,
 //! whether a target's rollout is complete (as `kubectl rollout status` judges it), and the
-//! status entries and condition that say so. Pure, no I/O: [`crate::operator::shell::rollout_io`] reads the
+//! status entries and condition that say so. Pure, no I/O: the shell's `rollout_io` reads the
 //! targets, patches them and writes what these functions return.
 //!
 //! A target is restarted by setting its pod template annotation

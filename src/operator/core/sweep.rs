@@ -1,5 +1,5 @@
 //! The sweep: which of this cluster's active registrations nothing in the cluster accounts for.
-//! Pure; [`crate::operator::shell::sweep_io`] lists and revokes.
+//! Pure; the shell's `sweep_io` lists and revokes.
 //!
 //! The operator revokes a token when its ApiToken is deleted, then forgets the ApiToken. A
 //! registration that comes back afterwards is revoked by nobody: a restore of the store's

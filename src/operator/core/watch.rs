@@ -1,5 +1,5 @@
 //! What the controller's watches keep and what wakes it. Pure functions over objects; the
-//! wiring in [`crate::operator::runtime::run`] applies them to the watch streams.
+//! the runtime's wiring applies them to the watch streams.
 //!
 //! - ApiTokens are cached without managedFields and without the client-side-apply copy of the
 //!   object, neither of which the operator reads;

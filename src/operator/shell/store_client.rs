@@ -176,31 +176,11 @@ impl StoreClient {
 
     /// Every registration of one owner (all pages).
     pub async fn list_owned(&self, owner_uid: &str) -> Result<Vec<RegObs>, StoreError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let q = ListQuery {
-                owner_uid: Some(owner_uid.to_owned()),
-                after: after.take(),
-                limit: Some(MAX_PAGE),
-                ..ListQuery::default()
-            };
-            let resp = self
-                .send(
-                    "list",
-                    self.http.get(format!("{}/v1/tokens", self.base)).query(&q),
-                )
-                .await?;
-            let page: TokenList = resp
-                .json()
-                .await
-                .map_err(|e| StoreError::Unavailable(without_url(&e)))?;
-            out.extend(page.items.iter().map(reg_obs));
-            match page.next {
-                Some(n) => after = Some(n),
-                None => return Ok(out),
-            }
-        }
+        let q = ListQuery {
+            owner_uid: Some(owner_uid.to_owned()),
+            ..ListQuery::default()
+        };
+        Ok(self.list_all(q).await?.iter().map(reg_obs).collect())
     }
 
     /// The active registrations of `cluster` (in `namespace` only, when given), for the sweep.
@@ -209,17 +189,30 @@ impl StoreClient {
         cluster: &str,
         namespace: Option<&str>,
     ) -> Result<Vec<Registration>, StoreError> {
+        let q = ListQuery {
+            cluster: Some(cluster.to_owned()),
+            namespace: namespace.map(str::to_owned),
+            active: Some(true),
+            ..ListQuery::default()
+        };
+        let views = self.list_all(q).await?;
+        Ok(views
+            .into_iter()
+            .map(|v| Registration {
+                id: v.id,
+                owner_uid: v.owner.uid,
+                owner_namespace: v.owner.namespace,
+                owner_name: v.owner.name,
+                fingerprint: v.fingerprint,
+            })
+            .collect())
+    }
+
+    /// Every page of `GET /v1/tokens` for the filters of `q`.
+    async fn list_all(&self, mut q: ListQuery) -> Result<Vec<TokenView>, StoreError> {
         let mut out = Vec::new();
-        let mut after: Option<String> = None;
+        q.limit = Some(MAX_PAGE);
         loop {
-            let q = ListQuery {
-                cluster: Some(cluster.to_owned()),
-                namespace: namespace.map(str::to_owned),
-                active: Some(true),
-                after: after.take(),
-                limit: Some(MAX_PAGE),
-                ..ListQuery::default()
-            };
             let resp = self
                 .send(
                     "list",
@@ -230,15 +223,9 @@ impl StoreClient {
                 .json()
                 .await
                 .map_err(|e| StoreError::Unavailable(without_url(&e)))?;
-            out.extend(page.items.into_iter().map(|v| Registration {
-                id: v.id,
-                owner_uid: v.owner.uid,
-                owner_namespace: v.owner.namespace,
-                owner_name: v.owner.name,
-                fingerprint: v.fingerprint,
-            }));
+            out.extend(page.items);
             match page.next {
-                Some(n) => after = Some(n),
+                Some(n) => q.after = Some(n),
                 None => return Ok(out),
             }
         }
