@@ -22,6 +22,7 @@ pub use self::runtime::leader::LeaderElection;
 pub use self::runtime::run::{RunConfig, StartError, run};
 pub use self::shell::crash;
 pub use self::shell::metrics::Metrics;
+pub use self::shell::store_client::{Trust, tls_config};
 pub use self::shell::tenancy::{TenancyConfig, parse_configmap};
 
 #[cfg(test)]
