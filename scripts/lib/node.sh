@@ -499,7 +499,7 @@ node_volume() {
 		kind: PersistentVolume
 		metadata:
 		  name: $name
-		  labels: {loop.dev/dev-cluster-volume: "true"}
+		  labels: {loop.dev/dev-cluster-volume: "true", loop.dev/claim-namespace: $ns}
 		spec:
 		  capacity: {storage: $size}
 		  accessModes: [ReadWriteOnce]

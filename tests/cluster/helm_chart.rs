@@ -24,49 +24,7 @@ use support::{ControlPlane, eventually, with_namespace};
 
 const KUBE_VERSION: &str = "1.37.2";
 
-pub(crate) fn chart() -> PathBuf {
-    support::repo_root().join("charts/loop-token-operator")
-}
-
-pub(crate) fn helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
-    let bin = String::from_utf8(
-        Command::new(support::repo_root().join("scripts/dev-cluster"))
-            .args(["bin", "helm"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    Command::new(bin.trim())
-        .args(args)
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("loop-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("loop-helm-config"),
-        )
-        .env(
-            "HELM_DATA_HOME",
-            std::env::temp_dir().join("loop-helm-data"),
-        )
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run helm: {e}"))
-}
-
-pub(crate) fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = helm(cp, args);
-    assert!(
-        out.status.success(),
-        "helm {} failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub(crate) use support::helm::{chart, helm, helm_ok};
 
 /// `helm template` of the chart as `release` in `ns`, the way Argo CD renders it (no cluster).
 fn render(cp: &ControlPlane, release: &str, ns: &str, extra: &[&str]) -> String {

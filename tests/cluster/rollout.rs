@@ -373,15 +373,17 @@ async fn the_secret_gets_labels_annotations_and_rendered_keys() {
     .await;
 }
 
-/// StatefulSets and DaemonSets are restarted and followed too (`replicas: 0`, and no node for
-/// the DaemonSet: both complete once their controller has seen the change).
+/// StatefulSets and DaemonSets are restarted and followed too (`replicas: 0`, and a node
+/// selector that no node matches for the DaemonSet, as the cluster may have a node: both
+/// complete once their controller has seen the change).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateful_sets_and_daemon_sets_are_restarted_and_followed() {
     with_namespace("rollout-kinds", |cp, ns| async move {
         let e = env(cp, ns).await;
         let pod = "  template:\n    metadata: {labels: {app: x}}\n    spec: {containers: [{name: app, image: registry.invalid/app:1}]}\n";
         let sts = format!("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: 0\n  serviceName: db\n  selector: {{matchLabels: {{app: x}}}}\n{pod}");
-        let ds = format!("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent}}\nspec:\n  selector: {{matchLabels: {{app: x}}}}\n{pod}");
+        let ds_pod = pod.replace("spec: {containers:", "spec: {nodeSelector: {loop.dev/no-such-node: \"true\"}, containers:");
+        let ds = format!("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent}}\nspec:\n  selector: {{matchLabels: {{app: x}}}}\n{ds_pod}");
         for yaml in [sts, ds] {
             let out = e.cp.kubectl_stdin(&["create", "-n", &e.ns, "-f", "-"], Some(&yaml));
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -226,7 +226,12 @@ fn describe(e: reqwest::Error) -> String {
     text
 }
 
-async fn calls(args: Arc<Args>, report: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn calls(
+    args: Arc<Args>,
+    http: reqwest::Client,
+    report: Shared,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let credential = match std::fs::read_to_string(&args.credential_file) {
         Ok(c) => c.trim().to_owned(),
         Err(e) => {
@@ -246,13 +251,6 @@ async fn calls(args: Arc<Args>, report: Shared, mut stop: tokio::sync::watch::Re
         }
         Some(Some(t)) => Some(t),
         None => None,
-    };
-    let http = match build_client(&args) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("{e:#}");
-            return;
-        }
     };
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,11 +312,12 @@ async fn push(http: &reqwest::Client, url: &str, report: &Report) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-async fn pushes(url: String, report: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default();
+async fn pushes(
+    http: reqwest::Client,
+    url: String,
+    report: Shared,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -350,6 +349,8 @@ async fn main() -> anyhow::Result<()> {
         ..Report::default()
     }));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // One client for the store and the reports (an image FROM scratch has no system roots).
+    let http = build_client(&args)?;
 
     let app = axum::Router::new()
         .route("/report", get(report_json))
@@ -359,11 +360,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let caller = tokio::spawn(calls(args.clone(), report.clone(), stop_rx.clone()));
+    let caller = tokio::spawn(calls(
+        args.clone(),
+        http.clone(),
+        report.clone(),
+        stop_rx.clone(),
+    ));
     let pusher = args
         .report_url
         .clone()
-        .map(|url| tokio::spawn(pushes(url, report.clone(), stop_rx.clone())));
+        .map(|url| tokio::spawn(pushes(http.clone(), url, report.clone(), stop_rx.clone())));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -384,10 +390,6 @@ async fn main() -> anyhow::Result<()> {
         let _ = p.await;
     }
     if let Some(url) = &args.report_url {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
         // The final report matters most: a few tries within the pod's grace period.
         for _ in 0..10 {
             if push(&http, url, &last).await {

@@ -14,6 +14,8 @@ pub mod clock;
 pub mod docs;
 pub mod flux;
 pub mod git;
+pub mod helm;
+pub mod node;
 pub mod operator;
 pub mod store;
 pub mod tls;

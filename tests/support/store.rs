@@ -193,9 +193,14 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0", target).await
+    }
+
+    /// A proxy listening on `bind` (e.g. the node's bridge address, for pods).
+    pub async fn start_on(bind: &str, target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("cannot listen on {bind}: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let down = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
