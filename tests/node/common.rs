@@ -79,3 +79,17 @@ pub fn rolled_out(cp: &ControlPlane, ns: &str, deployment: &str) {
 pub fn figure(name: &str, value: impl std::fmt::Display) {
     println!("FIGURE {name}: {value}");
 }
+
+/// The holder of the Lease `name` in `ns` ("" while there is none, or no Lease yet).
+pub fn lease_holder(cp: &ControlPlane, ns: &str, name: &str) -> String {
+    let out = cp.kubectl(&[
+        "get",
+        "lease",
+        name,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

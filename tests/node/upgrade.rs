@@ -5,7 +5,7 @@
 //! is upgraded is the chart's objects, the CRDs (applied as the README says) and the pods they
 //! restart.
 
-use crate::common::{figure, fingerprint, ready, secret_token};
+use crate::common::{figure, fingerprint, lease_holder, ready, secret_token};
 use crate::support;
 
 use std::process::Command;
@@ -167,9 +167,10 @@ async fn upgrading_the_chart_from_0_3_0_changes_no_token_and_refuses_no_call() {
         "upgraded: {version}"
     );
     // A new operator pod leads (and has reconciled what it found), and the app went on calling.
-    let lease = release.fullname.clone();
+    // The operator's default --lease-name when it watches one namespace.
+    let lease = format!("loop-token-operator-{}", apps.name);
     support::eventually(120, "a new operator pod leading", || {
-        let h = cp.kubectl_in(&system.name, &["get", "lease", &lease, "-o", "jsonpath={.spec.holderIdentity}"]);
+        let h = lease_holder(&cp, &system.name, &lease);
         let old = old_operators.clone();
         async move { (!h.is_empty() && !old.iter().any(|p| h.starts_with(p.as_str()))).then_some(()) }
     })

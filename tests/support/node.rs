@@ -268,6 +268,10 @@ impl Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
+        // Before the uninstall takes the pods and their events away.
+        if std::thread::panicking() {
+            eprintln!("{}", self.cp.dump(&self.ns));
+        }
         let _ = super::helm::helm(
             &self.cp,
             &["uninstall", &self.name, "--namespace", &self.ns, "--wait"],
