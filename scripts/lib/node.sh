@@ -187,13 +187,14 @@ node_network_up() {
 # every other rule of the machine stays as it was. Only Kubernetes names chains KUBE-, and this
 # machine runs one node.
 node_iptables_cleanup() {
-	local save restore table
+	local save restore table rules
 	for save in iptables-save ip6tables-save; do
 		command -v "$save" >/dev/null || continue
 		restore="${save/-save/-restore}"
 		for table in filter nat mangle; do
-			"$save" -t "$table" 2>/dev/null | grep -q 'KUBE-' || continue
-			"$save" -t "$table" | grep -v -- 'KUBE-' | "$restore" -w 5 -T "$table" ||
+			rules="$("$save" -t "$table" 2>/dev/null || true)"
+			grep -q 'KUBE-' <<<"$rules" || continue
+			grep -v -- 'KUBE-' <<<"$rules" | "$restore" -w 5 -T "$table" ||
 				log "could not remove the KUBE- chains of the $table table ($save)"
 		done
 	done
@@ -515,4 +516,28 @@ node_volume() {
 	YAML
 	log "PersistentVolume $name ($size, $dir) for the claim $ns/$claim"
 	printf '%s\n' "$name"
+}
+
+# `leftovers`: what a node of this state directory left on the machine (after `down`, nothing):
+# one line each, and a failure when there is any.
+node_leftovers() {
+	local found=() ns v4 v6 mounts pids
+	# Captured first: `grep -q` ending a pipe early would fail it under pipefail.
+	v4="$(iptables-save 2>/dev/null || true)"
+	v6="$(ip6tables-save 2>/dev/null || true)"
+	mounts="$(findmnt -rn -o TARGET 2>/dev/null || true)"
+	pids="$(pgrep -f "$STATE/" || true)"
+	ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && found+=("the bridge $NODE_BRIDGE")
+	grep -q -e 'KUBE-' -e "$NODE_FORWARD_COMMENT" <<<"$v4" && found+=("iptables rules (KUBE-* chains or $NODE_FORWARD_COMMENT)")
+	grep -q 'KUBE-' <<<"$v6" && found+=("ip6tables KUBE-* chains")
+	for ns in $(ls /var/run/netns 2>/dev/null | grep '^cni-' || true); do found+=("the network namespace $ns"); done
+	[[ -n "$pids" ]] && found+=("processes: $(tr '\n' ' ' <<<"$pids")")
+	grep -qF "$STATE/" <<<"$mounts" && found+=("mounts under $STATE")
+	[[ "$(cat "$NODE_OWNER_FILE" 2>/dev/null || true)" == "$STATE" ]] && found+=("$NODE_OWNER_FILE")
+	ls -d /sys/fs/cgroup/*/kubepods >/dev/null 2>&1 && found+=("kubepods cgroups")
+	if ((${#found[@]})); then
+		printf 'left over: %s\n' "${found[@]}"
+		return 1
+	fi
+	echo "nothing left over"
 }

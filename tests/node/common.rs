@@ -54,27 +54,6 @@ pub fn secret_token(cp: &ControlPlane, ns: &str, name: &str) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The uid of the ApiToken `name` in `ns`.
-pub fn uid(cp: &ControlPlane, ns: &str, name: &str) -> String {
-    cp.kubectl_in(
-        ns,
-        &["get", "apitoken", name, "-o", "jsonpath={.metadata.uid}"],
-    )
-}
-
-/// `kubectl rollout status` of a Deployment, which must complete within 180 s.
-pub fn rolled_out(cp: &ControlPlane, ns: &str, deployment: &str) {
-    cp.kubectl_in(
-        ns,
-        &[
-            "rollout",
-            "status",
-            &format!("deploy/{deployment}"),
-            "--timeout=180s",
-        ],
-    );
-}
-
 /// A figure for docs/benchmarks.md, on the test's output.
 pub fn figure(name: &str, value: impl std::fmt::Display) {
     println!("FIGURE {name}: {value}");

@@ -1,9 +1,10 @@
 //! A chart upgrade from the previous chart version (0.3.0, taken from git history: the parent of
-//! the commit that made it 0.4.0) to this checkout's, with live tokens and an app calling the
-//! store all along: no token changes (same fingerprint, same Secret), and no call is refused.
-//! Both releases run this checkout's image (the test builds one image, not the old one's): what
-//! is upgraded is the chart's objects, the CRDs (applied as the README says) and the pods they
-//! restart.
+//! the commit that made it 0.4.0) with its code's image, to this checkout's chart and image, with
+//! live tokens and an app calling the store all along: no token changes (same fingerprint, same
+//! Secret), and no call is refused. The old image is that commit's code built in today's image
+//! layout (`scripts/image previous`: the same two static binaries FROM scratch; chart 0.3.0's
+//! own Dockerfile pulled base images, which cannot be pulled here), so the upgrade runs the old
+//! code against the old chart's RBAC, as a user's cluster did.
 
 use crate::common::{figure, fingerprint, lease_holder, ready, secret_token};
 use crate::support;
@@ -12,8 +13,8 @@ use std::process::Command;
 
 use support::node::{Collector, Namespace, OPERATOR_IMAGE, Release, TokenFrom, consumer, node};
 
-/// The chart as it was at version 0.3.0, extracted into `dir`; returns its path.
-fn previous_chart(dir: &std::path::Path) -> std::path::PathBuf {
+/// The chart as it was at version 0.3.0, extracted into `dir`; returns its path and the commit.
+fn previous_chart(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let git = |args: &[&str]| {
         let out = Command::new("git")
             .args(args)
@@ -71,7 +72,30 @@ fn previous_chart(dir: &std::path::Path) -> std::path::PathBuf {
         .write_all(&archive.stdout)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(tar.wait().unwrap_or_else(|e| panic!("{e}")).success());
-    dir.join("charts/loop-token-operator")
+    (dir.join("charts/loop-token-operator"), old)
+}
+
+/// `scripts/image previous REV`, loaded into the node; returns the image's tag.
+fn previous_image(rev: &str) -> String {
+    let run = |script: &str, args: &[&str]| {
+        let out = Command::new(support::repo_root().join("scripts").join(script))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "{script} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let image = run("image", &["previous", rev]);
+    let loaded = run("dev-cluster", &["load-image", &image]);
+    loaded
+        .rsplit_once(':')
+        .map(|(_, tag)| tag.to_owned())
+        .unwrap_or_else(|| panic!("{loaded}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +103,8 @@ async fn upgrading_the_chart_from_0_3_0_changes_no_token_and_refuses_no_call() {
     let _one = crate::ONE_AT_A_TIME.lock().await;
     let cp = node().await;
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let old_chart = previous_chart(tmp.path());
+    let (old_chart, old_commit) = previous_chart(tmp.path());
+    let old_tag = previous_image(&old_commit);
     let system = Namespace::create(&cp, "up-system");
     let apps = Namespace::create(&cp, "up-apps");
     let name = format!("up-{}", support::suffix());
@@ -94,12 +119,12 @@ async fn upgrading_the_chart_from_0_3_0_changes_no_token_and_refuses_no_call() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sets = [
-        format!("image.repository={OPERATOR_IMAGE}"),
-        "image.tag=dev".to_owned(),
-        format!("watchNamespace={}", apps.name),
-    ];
-    let helm_args = |verb: &str, chart: &std::path::Path| {
+    let helm_args = |verb: &str, chart: &std::path::Path, tag: &str| {
+        let sets = [
+            format!("image.repository={OPERATOR_IMAGE}"),
+            format!("image.tag={tag}"),
+            format!("watchNamespace={}", apps.name),
+        ];
         let mut a: Vec<String> = [
             verb,
             &name,
@@ -118,7 +143,7 @@ async fn upgrading_the_chart_from_0_3_0_changes_no_token_and_refuses_no_call() {
         }
         a
     };
-    let args = helm_args("install", &old_chart);
+    let args = helm_args("install", &old_chart, &old_tag);
     support::helm::helm_ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>());
     release.grant_store_access(&apps.name);
     let collector = Collector::start().await;
@@ -152,7 +177,7 @@ async fn upgrading_the_chart_from_0_3_0_changes_no_token_and_refuses_no_call() {
     let old_operators = release.pods("operator");
 
     // The upgrade, as the README says: helm upgrade, then the CRDs.
-    let args = helm_args("upgrade", &support::helm::chart());
+    let args = helm_args("upgrade", &support::helm::chart(), "dev");
     support::helm::helm_ok(&cp, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let crds = support::repo_root().join("charts/loop-token-operator/crds");
     cp.kubectl_ok(&[
