@@ -7,7 +7,7 @@
 //! (`.ci/run` installs it).
 //!
 //! What differs from a cluster, and why: no kubelet runs here, so the containers share the
-//! host's network (the control plane listens on loopback only) and every address the chart
+//! host's network (the control plane listens on loopback, or on the node's bridge address) and every address the chart
 //! binds on 0.0.0.0 is moved to a free port on 127.0.0.1; the store's Service name resolves to
 //! 127.0.0.1 through `--add-host`, so the operator still checks the chart's certificate against
 //! that name; the operator authenticates as the chart's ServiceAccount through the in-cluster
@@ -429,13 +429,17 @@ async fn start_operator(
     let sa = format!("{RELEASE}-loop-token-operator-operator");
     let sa = service_account_dir(cp, ns, &sa, &dir.join("serviceaccount"));
     let apiserver_port = std::fs::read_to_string(cp.state_dir.join("apiserver-port")).unwrap();
+    // 127.0.0.1, or the node's bridge address when the cluster has a node.
+    let apiserver_addr = std::fs::read_to_string(cp.state_dir.join("apiserver-addr"))
+        .map(|a| a.trim().to_owned())
+        .unwrap_or_else(|_| "127.0.0.1".to_owned());
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let extra = [
         format!(
             "--volume={}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
             sa.display()
         ),
-        "--env=KUBERNETES_SERVICE_HOST=127.0.0.1".into(),
+        format!("--env=KUBERNETES_SERVICE_HOST={apiserver_addr}"),
         format!("--env=KUBERNETES_SERVICE_PORT={}", apiserver_port.trim()),
         format!("--add-host={}:127.0.0.1", store.svc),
     ];

@@ -67,17 +67,7 @@ fn fingerprint(t: &ApiToken) -> String {
         .unwrap_or_default()
 }
 
-/// Every target has completely rolled out the current token.
-fn rolled_out(t: &ApiToken) -> bool {
-    let fp = fingerprint(t);
-    ready(t)
-        && t.status.as_ref().is_some_and(|s| {
-            !s.rollout.is_empty()
-                && s.rollout
-                    .iter()
-                    .all(|r| r.state == RolloutState::Complete && r.fingerprint == fp)
-        })
-}
+use support::rolled_out;
 
 /// Accepted writes in the namespace, as the API server's audit log records them, of this
 /// resource and name, and this verb.

@@ -4,24 +4,13 @@
 //! is refused at any time (a pod being replaced stops calling on SIGTERM). Figure: rotation →
 //! every replica on the new fingerprint (rollout).
 
-use crate::common::{figure, fingerprint, install, ready, secret_token};
+use crate::common::{figure, fingerprint, install, secret_token};
 use crate::support;
 
 use std::collections::BTreeSet;
 
-use loop_token_operator::operator::resource::crd::{ApiToken, RolloutState};
 use support::node::{Collector, Namespace, TokenFrom, consumer, median_p99, node, now_ms};
-
-fn rolled_out(t: &ApiToken) -> bool {
-    let fp = fingerprint(t);
-    ready(t)
-        && t.status.as_ref().is_some_and(|s| {
-            !s.rollout.is_empty()
-                && s.rollout
-                    .iter()
-                    .all(|r| r.state == RolloutState::Complete && r.fingerprint == fp)
-        })
-}
+use support::rolled_out;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_restarts_env_var_apps_once_and_retires_the_old_token_without_a_refused_call() {

@@ -424,3 +424,16 @@ pub fn spawn_logged(
     };
     (Logged { child, logs }, value)
 }
+
+/// Ready, and every rollout target has completely rolled out the current token.
+pub fn rolled_out(t: &loop_token_operator::operator::resource::crd::ApiToken) -> bool {
+    use loop_token_operator::operator::resource::crd::RolloutState;
+    t.status.as_ref().is_some_and(|s| {
+        let fp = s.fingerprint.clone().unwrap_or_default();
+        s.is_true("Ready")
+            && !s.rollout.is_empty()
+            && s.rollout
+                .iter()
+                .all(|r| r.state == RolloutState::Complete && r.fingerprint == fp)
+    })
+}
