@@ -200,6 +200,22 @@ node_iptables_cleanup() {
 	done
 }
 
+# The cni-* network namespaces made while this node was up.
+node_own_netns() {
+	local ns
+	for ns in $(ls /var/run/netns 2>/dev/null | grep '^cni-' || true); do
+		grep -qx "$ns" "$STATE/node/netns-before" 2>/dev/null || printf '%s\n' "$ns"
+	done
+}
+
+node_remove_netns() {
+	local ns
+	for ns in $(node_own_netns); do
+		umount "/var/run/netns/$ns" 2>/dev/null || umount -l "/var/run/netns/$ns" 2>/dev/null || true
+		rm -f "/var/run/netns/$ns" 2>/dev/null || true
+	done
+}
+
 node_network_down() {
 	local f key ns
 	[[ -d "$STATE/node" ]] || return 0
@@ -212,11 +228,14 @@ node_network_down() {
 		cat "$f" >"/proc/sys/${key//.//}" 2>/dev/null || true
 	done
 	# Network namespaces made for pods that crictl could not stop (none after a clean stop).
-	for ns in $(ls /var/run/netns 2>/dev/null | grep '^cni-' || true); do
-		grep -qx "$ns" "$STATE/node/netns-before" 2>/dev/null && continue
-		umount "/var/run/netns/$ns" 2>/dev/null || true
-		rm -f "/var/run/netns/$ns"
-	done
+	node_remove_netns
+	if [[ -n "$(node_own_netns)" ]] && mountpoint -q /run/netns; then
+		# Their mounts can sit under a bind mount of /run/netns over itself (which `ip netns`
+		# and container tools make): lift it, and the namespaces' mounts are reachable again.
+		umount /run/netns 2>/dev/null || umount -l /run/netns 2>/dev/null || true
+		node_remove_netns
+	fi
+	[[ -z "$(node_own_netns)" ]] || log "could not remove the network namespaces $(node_own_netns | tr '\n' ' ')"
 	[[ "$(cat "$NODE_OWNER_FILE" 2>/dev/null || true)" != "$STATE" ]] || rm -f "$NODE_OWNER_FILE"
 }
 
