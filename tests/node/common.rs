@@ -47,10 +47,7 @@ pub fn ready(t: &ApiToken) -> bool {
 /// The plaintext in the key `token` of the Secret `name` in `ns` (kept in the test only).
 pub fn secret_token(cp: &ControlPlane, ns: &str, name: &str) -> String {
     let b64 = cp.kubectl_in(ns, &["get", "secret", name, "-o", "jsonpath={.data.token}"]);
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let bytes = support::node::base64_decode(b64.trim());
     String::from_utf8(bytes).unwrap_or_else(|e| panic!("{e}"))
 }
 

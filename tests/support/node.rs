@@ -279,7 +279,8 @@ impl Drop for Release {
     }
 }
 
-fn base64_decode(s: &str) -> Vec<u8> {
+/// Standard base64 (a Secret's `data`), decoded.
+pub fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
         .decode(s)
